@@ -1,0 +1,63 @@
+# The README's two commands, `make demo` and `make test`, work on a fresh Debian machine as root:
+# each installs what is missing (apt packages, the venv, the project) and is quick when all is there.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := redis-server containernetworking-plugins iproute2 iputils-ping util-linux procps
+# a stamp per input, so `make` reinstalls only when pyproject.toml changes
+STAMP := $(VENV)/.installed
+
+.PHONY: help deps apt venv demo test lint typecheck pytest bench soak clean
+
+help:
+	@echo "make demo   run the seed's triangle on the local backend (as root)"
+	@echo "make test   ruff, mypy and the whole test suite (as root)"
+	@echo "make bench  the benchmarks (bench/), tables into docs/benchmarks.md"
+
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo ">> apt-get install$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	@# the packaged redis service is not ours to run: tests and the demo start their own on a free port
+	@if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled redis-server >/dev/null 2>&1; then \
+	  systemctl disable --now redis-server >/dev/null 2>&1 || true; fi
+
+$(PY):
+	@command -v python3 >/dev/null || { echo "python3 is missing: apt-get install python3 python3-venv"; exit 1; }
+	@python3 -m venv $(VENV) || { apt-get install -y -q python3-venv && python3 -m venv $(VENV); }
+	@$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	@echo ">> pip install -e .[test]"
+	@$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+venv: $(STAMP)
+
+deps: apt venv
+
+demo: deps
+	$(VENV)/bin/lessonctl demo config/lessons/busybox-triangle.yaml
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+pytest: deps
+	$(PY) -m pytest
+
+test: lint typecheck pytest
+
+bench: deps
+	$(PY) bench/local_backend.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,5 @@
+"""lesson-scheduler: the request side (lessons, plans, state, API, client, CLI)."""
+
+__all__ = ["__version__"]
+
+__version__ = "0.1.0"

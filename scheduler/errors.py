@@ -1,0 +1,83 @@
+"""One small exception tree, built around the retry decision.
+
+    SchedulerError                 base; ``transient`` says whether retrying can help
+    ├── PermanentError             retrying cannot help: fail the step now
+    │   ├── LessonError            a lesson file or catalog is invalid (carries every problem)
+    │   ├── NotFound               an unknown lesson or live lesson
+    │   ├── LimitExceeded          a session or capacity limit; ``retry_after`` for clients
+    │   └── PrerequisiteMissing    root, a capability or a CNI plugin is missing
+    └── TemporaryError             retrying may help; ``delay`` is a hint in seconds
+        └── StillWaiting           a waiting step saw no failure, only "not yet"
+
+Backend and client errors are translated at the boundary (``raise TemporaryError(...) from exc``), so
+retry policy reads ``transient`` instead of guessing from exception types it does not own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "LessonError",
+    "LimitExceeded",
+    "NotFound",
+    "PermanentError",
+    "PrerequisiteMissing",
+    "Problem",
+    "SchedulerError",
+    "StillWaiting",
+    "TemporaryError",
+]
+
+
+class SchedulerError(Exception):
+    transient: bool = False
+
+
+class PermanentError(SchedulerError):
+    transient = False
+
+
+class TemporaryError(SchedulerError):
+    transient = True
+
+    def __init__(self, message: str, *, delay: float = 1.0) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class StillWaiting(TemporaryError):
+    """Nothing failed; the observed state is just not there yet."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One validation problem: where (file and path inside it) and what, in words."""
+
+    source: str
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.source}: {self.path}" if self.path else self.source
+        return f"{where}: {self.message}"
+
+
+class LessonError(PermanentError):
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class NotFound(PermanentError):
+    pass
+
+
+class LimitExceeded(PermanentError):
+    def __init__(self, message: str, *, retry_after: int = 30) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PrerequisiteMissing(PermanentError):
+    pass

@@ -1,0 +1,438 @@
+"""The lesson model, in two stages: raw (as written, Antidote's `lesson.meta.yaml`) and resolved.
+
+Pure: text in, models or a :class:`~scheduler.errors.LessonError` out. Reading files is
+``scheduler.catalog``'s job. Every problem names the source, the path inside it
+(``connections[1].subnet``) and what is wrong in words.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from scheduler.errors import LessonError, Problem
+
+__all__ = [
+    "DNS1123_LABEL",
+    "MIN_PREFIX",
+    "Connection",
+    "Endpoint",
+    "Image",
+    "Lesson",
+    "Presentation",
+    "ResolvedEndpoint",
+    "ResolvedLesson",
+    "is_dns1123_label",
+    "parse_image",
+    "parse_lesson",
+    "resolve",
+]
+
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+PREVIEW_TIERS = frozenset({"ptr", "local"})
+MIN_PREFIX = 29  # a /29 leaves six hosts: enough for a link and its gateway-less peers
+
+
+def is_dns1123_label(value: str) -> bool:
+    return len(value) <= 63 and bool(DNS1123_LABEL.match(value))
+
+
+def _label(value: str) -> str:
+    if len(value) > 63:
+        raise ValueError(f"'{value[:20]}...' is {len(value)} characters; a DNS-1123 label has at most 63")
+    if not DNS1123_LABEL.match(value):
+        raise ValueError(
+            f"{value!r} is not a DNS-1123 label (lower-case letters, digits and '-', "
+            "starting and ending with a letter or digit)"
+        )
+    return value
+
+
+def _port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError(f"port {value} is outside 1-65535")
+    return value
+
+
+class _Model(BaseModel):
+    # scalars are strict (Str/Int/Bool below): a port written "22" or a name written 12 is a mistake
+    # worth reporting, not coercing
+    model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True)
+
+
+class Presentation(_Model):
+    name: StrictStr
+    port: StrictInt
+    type: Literal["ssh", "http"]
+
+    _name = field_validator("name")(_label)
+    _port = field_validator("port")(_port)
+
+
+class Endpoint(_Model):
+    name: StrictStr
+    image: str = Field(min_length=1)
+    configuration_type: StrictStr | None = None
+    additional_ports: tuple[StrictInt, ...] = ()
+    presentations: tuple[Presentation, ...] = ()
+    # additions to Antidote's format: what the pod runs, when the image's default is not wanted
+    command: tuple[StrictStr, ...] | None = None
+    args: tuple[StrictStr, ...] | None = None
+
+    _name = field_validator("name")(_label)
+
+    @field_validator("additional_ports")
+    @classmethod
+    def _ports(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(_port(p) for p in value)
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        """Every declared port, presentations first, without repeats."""
+        seen: dict[int, None] = {}
+        for port in (*(p.port for p in self.presentations), *self.additional_ports):
+            seen.setdefault(port, None)
+        return tuple(seen)
+
+
+class Connection(_Model):
+    a: StrictStr
+    b: StrictStr
+    subnet: StrictStr | None = None
+
+    @field_validator("subnet")
+    @classmethod
+    def _subnet(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            net = ipaddress.IPv4Network(value, strict=False)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv4 CIDR such as 10.10.12.0/24") from None
+        if "/" not in value:
+            raise ValueError(f"{value!r} has no prefix length; write it as {net.network_address}/24")
+        try:
+            ipaddress.IPv4Network(value)
+        except ValueError:
+            raise ValueError(f"{value!r} has host bits set; did you mean {net}?") from None
+        if net.prefixlen > MIN_PREFIX:
+            raise ValueError(f"{value!r} is smaller than /{MIN_PREFIX}; a link needs at least /{MIN_PREFIX}")
+        return str(net)
+
+    @property
+    def network(self) -> ipaddress.IPv4Network | None:
+        return ipaddress.IPv4Network(self.subnet) if self.subnet else None
+
+
+class Stage(_Model):
+    description: StrictStr = ""
+    guide_type: StrictStr | None = None
+    stage_video: StrictStr | None = None
+
+
+class Author(_Model):
+    name: StrictStr
+    link: str | None = None
+
+
+class Lesson(_Model):
+    slug: StrictStr
+    name: str
+    description: StrictStr = ""
+    short_description: StrictStr = ""
+    category: StrictStr | None = None
+    tier: StrictStr | None = None
+    prereqs: tuple[StrictStr, ...] = ()
+    tags: tuple[StrictStr, ...] = ()
+    collection: StrictStr | None = None
+    authors: tuple[Author, ...] = ()
+    diagram: StrictStr | None = None
+    video: StrictStr | None = None
+    ready_delay: StrictInt = Field(default=0, ge=0, le=3600)
+    stages: tuple[Stage, ...] = ()
+    endpoints: tuple[Endpoint, ...] = Field(min_length=1)
+    connections: tuple[Connection, ...] = ()
+
+    _slug = field_validator("slug")(_label)
+
+
+class Image(_Model):
+    """An Antidote `images/<slug>/image.meta.yaml`."""
+
+    slug: StrictStr
+    description: str = ""
+    flavor: Literal["trusted", "untrusted"] = "untrusted"
+    enable_forwarding: StrictBool = False
+    ssh_user: StrictStr | None = None
+    ssh_password: StrictStr | None = None
+    config_user: StrictStr | None = None
+    config_password: StrictStr | None = None
+
+    _slug = field_validator("slug")(_label)
+
+
+@dataclass(frozen=True)
+class ResolvedEndpoint:
+    name: str
+    image: str  # the reference a runtime pulls, e.g. "busybox" or "antidotelabs/utility"
+    flavor: Literal["trusted", "untrusted"]
+    ports: tuple[int, ...]
+    command: tuple[str, ...] | None
+    args: tuple[str, ...] | None
+    forwarding: bool
+
+
+@dataclass(frozen=True)
+class ResolvedLesson:
+    """A lesson whose endpoints carry concrete images and whose connections are known to be sound."""
+
+    lesson: Lesson
+    source: str
+    endpoints: tuple[ResolvedEndpoint, ...]
+
+    @property
+    def slug(self) -> str:
+        return self.lesson.slug
+
+    @property
+    def connections(self) -> tuple[Connection, ...]:
+        return self.lesson.connections
+
+    @property
+    def ready_delay(self) -> int:
+        return self.lesson.ready_delay
+
+
+# --- parsing -------------------------------------------------------------------------------------------
+
+
+def _load_yaml(text: str | bytes, source: str) -> Mapping[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise LessonError([Problem(source, "", f"malformed YAML: {where}{problem}")]) from None
+    except (UnicodeDecodeError, ValueError) as exc:  # undecodable bytes, NUL characters
+        raise LessonError([Problem(source, "", f"not a text file: {exc}")]) from None
+    except RecursionError:
+        raise LessonError([Problem(source, "", "malformed YAML: nested too deeply")]) from None
+    if data is None:
+        raise LessonError([Problem(source, "", "the file is empty")])
+    if not isinstance(data, dict):
+        raise LessonError([Problem(source, "", f"the top level must be a mapping, not {_kind(data)}")])
+    return data
+
+
+def _kind(value: object) -> str:
+    return {
+        "str": "a string",
+        "int": "an integer",
+        "float": "a number",
+        "bool": "a boolean",
+        "list": "a list",
+        "dict": "a mapping",
+        "NoneType": "nothing (null)",
+    }.get(type(value).__name__, type(value).__name__)
+
+
+def _path(loc: Sequence[int | str]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+_EXPECTED = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "bool_type": "a boolean",
+    "tuple_type": "a list",
+    "list_type": "a list",
+    "model_type": "a mapping",
+    "dict_type": "a mapping",
+    "model_attributes_type": "a mapping",
+}
+
+
+def _model_at(model: type[BaseModel], loc: Sequence[int | str]) -> type[BaseModel] | None:
+    """The model class that owns the key at ``loc`` (to list the allowed keys on a typo)."""
+    current: type[BaseModel] = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = next((f for n, f in current.model_fields.items() if (f.alias or n) == part), None)
+        if field is None:
+            return None
+        inner = field.annotation
+        for arg in (*getattr(inner, "__args__", ()), inner):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                current = arg
+                break
+        else:
+            return None
+    return current
+
+
+def _problems(exc: ValidationError, model: type[BaseModel], source: str, data: object) -> list[Problem]:
+    problems = []
+    for err in exc.errors():
+        loc = err["loc"]
+        kind = err["type"]
+        value = err.get("input")
+        if kind == "extra_forbidden":
+            owner = _model_at(model, loc)
+            allowed = ", ".join(sorted(f.alias or n for n, f in owner.model_fields.items())) if owner else ""
+            message = f"unknown key {loc[-1]!r}" + (f" (allowed: {allowed})" if allowed else "")
+        elif kind == "missing":
+            message = "required field is missing"
+        elif kind in _EXPECTED:
+            message = f"expected {_EXPECTED[kind]}, got {_kind(value)}"
+        elif kind == "literal_error":
+            expected = err.get("ctx", {}).get("expected", "")
+            message = f"{value!r} is not one of {expected}"
+        elif kind == "too_short" and loc and loc[-1] == "endpoints":
+            message = "a lesson needs at least one endpoint"
+        elif kind == "value_error":
+            message = str(err.get("ctx", {}).get("error", err["msg"]))
+        else:
+            message = err["msg"][0].lower() + err["msg"][1:]
+        problems.append(Problem(source, _path(loc), message))
+    return problems
+
+
+def parse_lesson(text: str | bytes, source: str = "<lesson>") -> Lesson:
+    """Parse and validate one lesson document (structure and the lesson's own consistency)."""
+    data = _load_yaml(text, source)
+    try:
+        lesson = Lesson.model_validate(data)
+    except ValidationError as exc:
+        raise LessonError(_problems(exc, Lesson, source, data)) from None
+    problems = _consistency(lesson, source)
+    if problems:
+        raise LessonError(problems)
+    return lesson
+
+
+def parse_image(text: str | bytes, source: str = "<image>") -> Image:
+    data = _load_yaml(text, source)
+    try:
+        return Image.model_validate(data)
+    except ValidationError as exc:
+        raise LessonError(_problems(exc, Image, source, data)) from None
+
+
+def _consistency(lesson: Lesson, source: str) -> list[Problem]:
+    problems: list[Problem] = []
+    names: list[str] = []
+    for i, ep in enumerate(lesson.endpoints):
+        if ep.name in names:
+            problems.append(Problem(source, f"endpoints[{i}].name", f"duplicate endpoint name {ep.name!r}"))
+        names.append(ep.name)
+    known = ", ".join(names)
+    subnets: dict[str, list[tuple[int, ipaddress.IPv4Network]]] = {}
+    for i, conn in enumerate(lesson.connections):
+        for side in ("a", "b"):
+            name = getattr(conn, side)
+            if name not in names:
+                problems.append(
+                    Problem(
+                        source,
+                        f"connections[{i}].{side}",
+                        f"endpoint {name!r} is not defined (known: {known})",
+                    )
+                )
+        if conn.a == conn.b:
+            problems.append(
+                Problem(source, f"connections[{i}]", f"endpoint {conn.a!r} is connected to itself")
+            )
+        net = conn.network
+        if net is None:
+            continue
+        for name in {conn.a, conn.b}:
+            for j, other in subnets.get(name, []):
+                if net.overlaps(other):
+                    problems.append(
+                        Problem(
+                            source,
+                            f"connections[{i}].subnet",
+                            f"{net} overlaps {other} of connections[{j}] on endpoint {name!r}",
+                        )
+                    )
+            subnets.setdefault(name, []).append((i, net))
+    return problems
+
+
+def _reference(slug: str, registry: str) -> str:
+    return f"{registry}/{slug}" if registry else slug
+
+
+def resolve(
+    lesson: Lesson,
+    source: str,
+    images: Mapping[str, Image] | None,
+    *,
+    image_registry: str = "antidotelabs",
+) -> ResolvedLesson:
+    """Attach concrete images.
+
+    With a catalog's ``images`` (even empty), every slug of a production lesson must be known there.
+    """
+    problems = []
+    endpoints = []
+    for i, ep in enumerate(lesson.endpoints):
+        flavor: Literal["trusted", "untrusted"] = "untrusted"
+        forwarding = False
+        reference = ep.image
+        if images is not None:
+            image = images.get(ep.image)
+            if image is None and lesson.tier in PREVIEW_TIERS:
+                # Antidote served preview-tier lessons whose images were not in the catalog yet
+                # (three in the NRE Labs curriculum); they run from the plain reference
+                endpoints.append(
+                    ResolvedEndpoint(
+                        ep.name,
+                        _reference(ep.image, image_registry),
+                        "untrusted",
+                        ep.ports,
+                        ep.command,
+                        ep.args,
+                        False,
+                    )
+                )
+                continue
+            if image is None:
+                known = ", ".join(sorted(images)) or "none"
+                problems.append(
+                    Problem(
+                        source,
+                        f"endpoints[{i}].image",
+                        f"image {ep.image!r} is not in the catalog (known: {known})",
+                    )
+                )
+                continue
+            flavor, forwarding = image.flavor, image.enable_forwarding
+            reference = _reference(image.slug, image_registry)
+        endpoints.append(
+            ResolvedEndpoint(ep.name, reference, flavor, ep.ports, ep.command, ep.args, forwarding)
+        )
+    if problems:
+        raise LessonError(problems)
+    return ResolvedLesson(lesson, source, tuple(endpoints))

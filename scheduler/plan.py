@@ -1,0 +1,235 @@
+"""The plan: every name, subnet, interface and check of one live lesson, decided here and nowhere else.
+
+Pure and deterministic: the same (lesson, live lesson id, session, instance, pool) gives the same plan.
+Backends execute a plan; they never invent names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from scheduler.errors import LessonError, Problem
+from scheduler.lessons import ResolvedLesson
+
+__all__ = [
+    "CNI_VERSION",
+    "MANAGED_BY",
+    "Check",
+    "Interface",
+    "Network",
+    "Plan",
+    "Pod",
+    "bridge_name",
+    "make_plan",
+    "network_name",
+]
+
+CNI_VERSION = "0.4.0"
+MANAGED_BY = "lesson-scheduler"
+
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_INSTANCE = "lessons.io/instance"
+LABEL_LIVELESSON = "lessons.io/livelesson"
+LABEL_LESSON = "lessons.io/lesson"
+LABEL_SESSION = "lessons.io/session"
+LABEL_ENDPOINT = "lessons.io/endpoint"
+
+
+def _digest(instance: str, livelesson: str, index: int) -> str:
+    return hashlib.sha256(f"{instance}/{livelesson}/{index}".encode()).hexdigest()
+
+
+def bridge_name(instance: str, livelesson: str, index: int) -> str:
+    """Linux allows 15 characters; 48 bits of hash keep two live lessons off one bridge."""
+    return "lsb" + _digest(instance, livelesson, index)[:12]
+
+
+def network_name(instance: str, livelesson: str, index: int) -> str:
+    """host-local keys its allocations on this name, so it must be as unique as the bridge."""
+    return "lsn" + _digest(instance, livelesson, index)[:12]
+
+
+@dataclass(frozen=True)
+class Network:
+    index: int
+    nad: str  # NetworkAttachmentDefinition name, readable: "<a>-<b>"
+    cni_name: str
+    bridge: str
+    subnet: ipaddress.IPv4Network
+    a: str
+    b: str
+
+    def cni_config(self, ipam_data_dir: str | None = None) -> dict[str, Any]:
+        """The CNI configuration, as Multus would pass it to the bridge plugin."""
+        ipam: dict[str, Any] = {"type": "host-local", "subnet": str(self.subnet)}
+        if ipam_data_dir is not None:
+            ipam["dataDir"] = ipam_data_dir
+        return {
+            "cniVersion": CNI_VERSION,
+            "name": self.cni_name,
+            "type": "bridge",
+            "bridge": self.bridge,
+            "isGateway": False,
+            "ipMasq": False,
+            "hairpinMode": True,
+            "forceAddress": False,
+            "ipam": ipam,
+        }
+
+    def cni_json(self, ipam_data_dir: str | None = None) -> str:
+        return json.dumps(self.cni_config(ipam_data_dir), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Interface:
+    name: str  # net1, net2, ... in connection definition order
+    network: str  # the Network's nad name
+    peer: str
+
+
+@dataclass(frozen=True)
+class Pod:
+    endpoint: str
+    name: str  # the Kubernetes pod name
+    netns: str  # the local backend's network namespace name
+    image: str
+    flavor: Literal["trusted", "untrusted"]
+    ports: tuple[int, ...]
+    command: tuple[str, ...] | None
+    args: tuple[str, ...] | None
+    forwarding: bool
+    labels: Mapping[str, str]
+    interfaces: tuple[Interface, ...]
+
+
+@dataclass(frozen=True)
+class Check:
+    """Ping ``target`` from ``source`` over ``network``; the address is known only once pods are up."""
+
+    source: str
+    target: str
+    network: str
+    interface: str  # the target's interface on that network
+
+
+@dataclass(frozen=True)
+class Plan:
+    livelesson: str
+    lesson: str
+    session: str
+    instance: str
+    namespace: str
+    ready_delay: int
+    labels: Mapping[str, str]
+    networks: tuple[Network, ...]
+    pods: tuple[Pod, ...]
+    checks: tuple[Check, ...]
+    node_netns: str = field(default="")
+
+    def network(self, nad: str) -> Network:
+        return next(n for n in self.networks if n.nad == nad)
+
+    def pod(self, endpoint: str) -> Pod:
+        return next(p for p in self.pods if p.endpoint == endpoint)
+
+
+def _subnets(lesson: ResolvedLesson, pool: str) -> list[ipaddress.IPv4Network]:
+    explicit = [c.network for c in lesson.connections]
+    taken = [n for n in explicit if n is not None]
+    free = (
+        s for s in ipaddress.IPv4Network(pool).subnets(new_prefix=24) if not any(s.overlaps(t) for t in taken)
+    )
+    out = []
+    for i, net in enumerate(explicit):
+        if net is None:
+            net = next(free, None)
+            if net is None:
+                raise LessonError(
+                    [
+                        Problem(
+                            lesson.source, f"connections[{i}].subnet", f"the subnet pool {pool} is exhausted"
+                        )
+                    ]
+                )
+        out.append(net)
+    return out
+
+
+def make_plan(
+    lesson: ResolvedLesson,
+    livelesson: str,
+    session: str,
+    *,
+    instance: str,
+    subnet_pool: str = "10.10.0.0/16",
+) -> Plan:
+    namespace = f"{instance}-{livelesson}"
+    labels = {
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_INSTANCE: instance,
+        LABEL_LIVELESSON: livelesson,
+        LABEL_LESSON: lesson.slug,
+        LABEL_SESSION: session,
+    }
+    networks = []
+    used: dict[str, int] = {}
+    for i, (conn, subnet) in enumerate(zip(lesson.connections, _subnets(lesson, subnet_pool), strict=True)):
+        base = f"{conn.a}-{conn.b}"
+        used[base] = used.get(base, 0) + 1
+        nad = base if used[base] == 1 else f"{base}-{used[base]}"  # parallel links
+        networks.append(
+            Network(
+                i,
+                nad,
+                network_name(instance, livelesson, i),
+                bridge_name(instance, livelesson, i),
+                subnet,
+                conn.a,
+                conn.b,
+            )
+        )
+    pods = []
+    for ep in lesson.endpoints:
+        mine = [n for n in networks if ep.name in (n.a, n.b)]
+        interfaces = tuple(
+            Interface(f"net{k}", n.nad, n.b if n.a == ep.name else n.a) for k, n in enumerate(mine, start=1)
+        )
+        pods.append(
+            Pod(
+                endpoint=ep.name,
+                name=ep.name,
+                netns=f"{namespace}-{ep.name}",
+                image=ep.image,
+                flavor=ep.flavor,
+                ports=ep.ports,
+                command=ep.command,
+                args=ep.args,
+                forwarding=ep.forwarding,
+                labels={**labels, LABEL_ENDPOINT: ep.name},
+                interfaces=interfaces,
+            )
+        )
+    by_name = {p.endpoint: p for p in pods}
+    checks = []
+    for n in networks:
+        for src, dst in ((n.a, n.b), (n.b, n.a)):
+            iface = next(i.name for i in by_name[dst].interfaces if i.network == n.nad)
+            checks.append(Check(src, dst, n.nad, iface))
+    return Plan(
+        livelesson=livelesson,
+        lesson=lesson.slug,
+        session=session,
+        instance=instance,
+        namespace=namespace,
+        ready_delay=lesson.ready_delay,
+        labels=labels,
+        networks=tuple(networks),
+        pods=tuple(pods),
+        checks=tuple(checks),
+        node_netns=f"{instance}-node",
+    )

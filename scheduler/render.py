@@ -1,0 +1,148 @@
+"""Kubernetes objects for a plan, as plain dicts. Pure: the kubernetes backend and `lessonctl render` share it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+from scheduler.plan import LABEL_LIVELESSON, Plan, Pod
+
+__all__ = [
+    "NETWORKS_ANNOTATION",
+    "NETWORK_STATUS_ANNOTATION",
+    "namespace",
+    "network_attachment_definitions",
+    "network_policy",
+    "pods",
+    "render",
+    "to_yaml",
+]
+
+NETWORKS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
+NETWORK_STATUS_ANNOTATION = "k8s.v1.cni.cncf.io/network-status"
+
+Obj = dict[str, Any]
+
+# Lab images are small Linux boxes or virtual routers; these keep one node from being starved by one lesson.
+RESOURCES = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
+
+
+def namespace(plan: Plan) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": plan.namespace, "labels": dict(plan.labels)},
+    }
+
+
+def network_attachment_definitions(plan: Plan) -> list[Obj]:
+    return [
+        {
+            "apiVersion": "k8s.cni.cncf.io/v1",
+            "kind": "NetworkAttachmentDefinition",
+            "metadata": {"name": n.nad, "namespace": plan.namespace, "labels": dict(plan.labels)},
+            "spec": {"config": n.cni_json()},
+        }
+        for n in plan.networks
+    ]
+
+
+def _security_context(pod: Pod) -> Obj:
+    if pod.flavor == "trusted":
+        # virtual routers (vQFX, Cumulus) need /dev/net/tun, KVM and sysctls: Antidote ran them privileged
+        return {"privileged": True}
+    return {
+        "privileged": False,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {
+            "drop": ["ALL"],
+            "add": ["NET_RAW", "NET_BIND_SERVICE", "SETUID", "SETGID", "CHOWN"],
+        },
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _pod(plan: Plan, pod: Pod) -> Obj:
+    networks = [{"name": i.network, "namespace": plan.namespace, "interface": i.name} for i in pod.interfaces]
+    container: Obj = {
+        "name": pod.endpoint,
+        "image": pod.image,
+        "imagePullPolicy": "IfNotPresent",
+        "ports": [{"containerPort": p, "protocol": "TCP"} for p in pod.ports],
+        "resources": RESOURCES,
+        "securityContext": _security_context(pod),
+    }
+    if pod.command:
+        container["command"] = list(pod.command)
+    if pod.args:
+        container["args"] = list(pod.args)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod.name,
+            "namespace": plan.namespace,
+            "labels": dict(pod.labels),
+            "annotations": {NETWORKS_ANNOTATION: json.dumps(networks)} if networks else {},
+        },
+        "spec": {
+            "affinity": {
+                "podAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": [
+                        {
+                            "labelSelector": {
+                                "matchExpressions": [
+                                    {"key": LABEL_LIVELESSON, "operator": "In", "values": [plan.livelesson]}
+                                ]
+                            },
+                            "topologyKey": "kubernetes.io/hostname",
+                        }
+                    ]
+                }
+            },
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "restartPolicy": "Always",
+            "terminationGracePeriodSeconds": 5,
+            "containers": [container],
+        },
+    }
+
+
+def pods(plan: Plan) -> list[Obj]:
+    return [_pod(plan, p) for p in plan.pods]
+
+
+def network_policy(plan: Plan) -> Obj:
+    """Traffic stays inside the namespace; DNS is the one way out."""
+    same_namespace = [{"podSelector": {}}]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "isolate", "namespace": plan.namespace, "labels": dict(plan.labels)},
+        "spec": {
+            "podSelector": {},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": same_namespace}],
+            "egress": [
+                {"to": same_namespace},
+                {
+                    "to": [
+                        {"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
+                    ],
+                    "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+                },
+            ],
+        },
+    }
+
+
+def render(plan: Plan) -> list[Obj]:
+    """Every object, in the order they are applied."""
+    return [namespace(plan), *network_attachment_definitions(plan), network_policy(plan), *pods(plan)]
+
+
+def to_yaml(objects: list[Obj]) -> str:
+    return yaml.safe_dump_all(objects, sort_keys=False, default_flow_style=False)

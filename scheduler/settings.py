@@ -1,0 +1,85 @@
+"""Settings, from the environment (prefix ``LESSON_``). docs/configuration.md is generated from this model."""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from scheduler.lessons import is_dns1123_label
+
+__all__ = ["Settings", "get_settings"]
+
+# The catalog shipped in the repository, used when LESSON_CATALOG is not set.
+_DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "config" / "lessons"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LESSON_", frozen=True, extra="ignore")
+
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the queue, results and state.")
+    backend: Literal["local", "kubernetes"] = Field("local", description="Where lessons run.")
+    catalog: Path = Field(_DEFAULT_CATALOG, description="Lesson file, flat folder or Antidote catalog.")
+    instance: str = Field(
+        "lessons", description="Scopes everything this deployment owns; GC never touches another instance."
+    )
+    ttl_seconds: int = Field(
+        1800, ge=10, description="A live lesson expires this long after its last keepalive."
+    )
+    provision_timeout_seconds: int = Field(
+        300, ge=5, description="Deadline from request to ready; past it the lesson fails and is torn down."
+    )
+    gc_interval_seconds: int = Field(30, ge=1, description="How often beat runs `lessons.gc`.")
+    subnet_pool: str = Field(
+        "10.10.0.0/16", description="Where connections without a subnet get theirs: one /24 each, in order."
+    )
+    max_per_session: int = Field(3, ge=1, description="Active live lessons one session may hold.")
+    max_active: int = Field(
+        200, ge=1, description="Active live lessons this instance holds at most; past it requests get 503."
+    )
+    api_token: str | None = Field(None, description="Bearer token the HTTP API requires when set.")
+    log_format: Literal["json", "console"] = Field(
+        "json", description="structlog renderer for every process."
+    )
+    log_level: str = Field("INFO", description="Log level for every process.")
+    kubeconfig: Path | None = Field(
+        None, description="Kubeconfig for the kubernetes backend; else in-cluster."
+    )
+    state_dir: Path = Field(
+        Path("/var/lib/lesson-scheduler"), description="Local backend: IPAM, CNI results, pod pid files."
+    )
+    cni_path: Path = Field(
+        Path("/usr/lib/cni"), description="Where the CNI plugins (bridge, host-local) live."
+    )
+    image_registry: str = Field("antidotelabs", description="Prefix for catalog image slugs on Kubernetes.")
+    step_max_attempts: int = Field(
+        5, ge=1, description="Attempts per step on transient errors before failing."
+    )
+    lease_seconds: int = Field(
+        20, ge=2, description="A step with no progress for this long is re-driven by GC (its worker died)."
+    )
+
+    @field_validator("instance")
+    @classmethod
+    def _instance(cls, value: str) -> str:
+        # "<instance>-<10-char id>" must itself be a DNS-1123 label (a namespace name)
+        if not is_dns1123_label(value) or len(value) > 40:
+            raise ValueError("must be a DNS-1123 label of at most 40 characters")
+        return value
+
+    @field_validator("subnet_pool")
+    @classmethod
+    def _pool(cls, value: str) -> str:
+        net = ipaddress.IPv4Network(value)
+        if net.prefixlen > 24:
+            raise ValueError("must be /24 or larger")
+        return str(net)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

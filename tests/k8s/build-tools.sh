@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# Builds the test cluster's binaries from the Go module proxy, once, into
+#   ~/.cache/lesson-scheduler/k8s/<kubernetes version>/bin
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (k8s.io/kubernetes), etcd
+# (go.etcd.io/etcd/server/v3), kwok and kwokctl (sigs.k8s.io/kwok). Nothing is downloaded outside the
+# Go module proxy, and nothing of it lands in the repository: the small build modules are written here,
+# under the cache directory. If every binary is already there, it does nothing.
+#
+# Environment: K8S_VERSION, ETCD_VERSION, KWOK_VERSION (defaults in versions.sh), LESSON_K8S_CACHE,
+# K8S_BUILD_NICE (default 19: the builds leave a core to whoever else works on this machine).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.sh
+source "${here}/versions.sh"
+
+nice_level="${K8S_BUILD_NICE:-19}"
+src_dir="${K8S_TOOLS_DIR}/src"
+stamp_file="${K8S_TOOLS_DIR}/versions"
+
+log() { printf '[k8s-tools %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+die() { printf '[k8s-tools] error: %s\n' "$*" >&2; exit 1; }
+
+all_built() {
+  [[ -f "${stamp_file}" && "$(cat "${stamp_file}")" == "${K8S_STAMP}" ]] || return 1
+  local b
+  for b in "${K8S_BINARIES[@]}"; do [[ -x "${K8S_BIN_DIR}/${b}" ]] || return 1; done
+}
+
+if all_built; then
+  log "up to date: ${K8S_BIN_DIR} (${K8S_STAMP})"
+  exit 0
+fi
+
+command -v go >/dev/null || die "go is not on PATH"
+command -v python3 >/dev/null || die "python3 is not on PATH"
+
+if [[ -f "${stamp_file}" && "$(cat "${stamp_file}")" != "${K8S_STAMP}" ]]; then
+  log "pins changed ($(cat "${stamp_file}") -> ${K8S_STAMP}): rebuilding"
+  rm -rf "${K8S_BIN_DIR}" "${stamp_file}"
+fi
+mkdir -p "${K8S_BIN_DIR}" "${src_dir}"
+
+export CGO_ENABLED=0
+gorun() { nice -n "${nice_level}" go "$@"; }
+
+started=${SECONDS}
+step_started=${SECONDS}
+step() { step_started=${SECONDS}; log "$*"; }
+step_done() { log "  done in $((SECONDS - step_started))s"; }
+
+need() {  # need NAME...: true if any of the named binaries is missing
+  local b
+  for b in "$@"; do [[ -x "${K8S_BIN_DIR}/${b}" ]] || return 0; done
+  return 1
+}
+
+# Writes a tools.go that blank-imports the given main packages, so that `go mod tidy` records all their
+# dependencies in go.sum. The build tag keeps it out of every build.
+write_tools_go() {
+  local f="$1"; shift
+  {
+    echo '//go:build tools'
+    echo
+    echo 'package tools'
+    echo
+    echo 'import ('
+    local p
+    for p in "$@"; do printf '\t_ "%s"\n' "${p}"; done
+    echo ')'
+  } >"${f}"
+}
+
+# --- kubernetes -----------------------------------------------------------------------------------------
+k8s_cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+if need "${k8s_cmds[@]}"; then
+  mod="${src_dir}/kubernetes"
+  step "kubernetes ${K8S_VERSION}: writing the build module in ${mod}"
+  rm -rf "${mod}"; mkdir -p "${mod}"
+  (
+    cd "${mod}"
+    go mod init lesson-scheduler.test/k8s-build >/dev/null 2>&1
+    # k8s.io/kubernetes' own go.mod maps every staging module (k8s.io/api, k8s.io/apimachinery, ...) to
+    # ./staging/src/...; those replaces do not apply to a dependent module, so map each to its release.
+    k8s_gomod="$(go mod download -json "k8s.io/kubernetes@${K8S_VERSION}" \
+      | python3 -c 'import json,sys; d=json.load(sys.stdin); sys.exit(d["Error"]) if "Error" in d else print(d["GoMod"])')"
+    staging_version="v0.${K8S_VERSION#v1.}"
+    mapfile -t staging < <(go mod edit -json "${k8s_gomod}" | python3 -c '
+import json, sys
+for r in json.load(sys.stdin).get("Replace") or []:
+    if r["New"]["Path"].startswith("./staging/"):
+        print(r["Old"]["Path"])
+')
+    [[ ${#staging[@]} -gt 0 ]] || { echo "no staging replaces found in ${k8s_gomod}" >&2; exit 1; }
+    args=(-require "k8s.io/kubernetes@${K8S_VERSION}")
+    for m in "${staging[@]}"; do args+=(-replace "${m}=${m}@${staging_version}"); done
+    go mod edit "${args[@]}"
+    echo "  ${#staging[@]} staging modules replaced with their ${staging_version} releases"
+    pkgs=(); for c in "${k8s_cmds[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/${c}"); done
+    write_tools_go tools.go "${pkgs[@]}"
+  )
+  step_done
+
+  step "kubernetes ${K8S_VERSION}: resolving and downloading modules (go mod tidy)"
+  (cd "${mod}" && gorun mod tidy)
+  step_done
+
+  # The same version stamps kubernetes' own hack/lib/version.sh sets.
+  minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
+  ldflags="-s -w"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X ${pkg}.gitVersion=${K8S_VERSION} -X ${pkg}.gitMajor=1 -X ${pkg}.gitMinor=${minor}"
+    ldflags+=" -X ${pkg}.gitTreeState=clean -X ${pkg}.buildDate=1970-01-01T00:00:00Z"
+  done
+  for c in "${k8s_cmds[@]}"; do
+    if need "${c}"; then
+      step "kubernetes ${K8S_VERSION}: building ${c} (minutes on a small machine)"
+      (cd "${mod}" && gorun build -trimpath -ldflags "${ldflags}" -o "${K8S_BIN_DIR}/${c}.tmp" "k8s.io/kubernetes/cmd/${c}")
+      mv "${K8S_BIN_DIR}/${c}.tmp" "${K8S_BIN_DIR}/${c}"
+      step_done
+    fi
+  done
+fi
+
+# --- etcd -----------------------------------------------------------------------------------------------
+# go.etcd.io/etcd/server/v3's go.mod has replace directives, so `go install pkg@version` refuses it; a
+# build module that requires it builds the same main package.
+if need etcd; then
+  mod="${src_dir}/etcd"
+  step "etcd ${ETCD_VERSION}: writing the build module in ${mod}"
+  rm -rf "${mod}"; mkdir -p "${mod}"
+  (
+    cd "${mod}"
+    go mod init lesson-scheduler.test/etcd-build >/dev/null 2>&1
+    go mod edit -require "go.etcd.io/etcd/server/v3@${ETCD_VERSION}"
+    write_tools_go tools.go go.etcd.io/etcd/server/v3
+    gorun mod tidy
+  )
+  step_done
+  step "etcd ${ETCD_VERSION}: building etcd"
+  (cd "${mod}" && gorun build -trimpath -ldflags "-s -w" -o "${K8S_BIN_DIR}/etcd.tmp" go.etcd.io/etcd/server/v3)
+  mv "${K8S_BIN_DIR}/etcd.tmp" "${K8S_BIN_DIR}/etcd"
+  step_done
+fi
+
+# --- kwok -----------------------------------------------------------------------------------------------
+# sigs.k8s.io/kwok's go.mod has no replace directives: plain `go install pkg@version` works.
+for c in kwok kwokctl; do
+  if need "${c}"; then
+    step "kwok ${KWOK_VERSION}: building ${c}"
+    GOBIN="${K8S_BIN_DIR}" gorun install -trimpath \
+      -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/${c}@${KWOK_VERSION}"
+    step_done
+  fi
+done
+
+for b in "${K8S_BINARIES[@]}"; do [[ -x "${K8S_BIN_DIR}/${b}" ]] || die "${b} was not built"; done
+echo "${K8S_STAMP}" >"${stamp_file}"
+log "all binaries in ${K8S_BIN_DIR}, built in $((SECONDS - started))s:"
+for b in "${K8S_BINARIES[@]}"; do
+  printf '  %-24s %s\n' "${b}" "$(du -h "${K8S_BIN_DIR}/${b}" | cut -f1)"
+done

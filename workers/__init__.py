@@ -1,0 +1,1 @@
+"""The execution side: Celery app, step tasks, pipeline, backends."""

@@ -1,0 +1,165 @@
+"""Run the real CNI plugins, exactly as Multus would: config on stdin, parameters in CNI_* variables.
+
+The plugin process starts inside the "node" network namespace (where the bridges live) through
+``nsenter``; the plugin itself enters the pod's namespace (``CNI_NETNS``) for the container side.
+Shared by the local backend and the test cluster's node agent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from scheduler.errors import PermanentError, PrerequisiteMissing, TemporaryError
+
+__all__ = ["CniError", "CniResult", "add", "delete", "netns_path", "plugin"]
+
+log = structlog.get_logger(__name__)
+
+NETNS_DIR = Path("/run/netns")
+CALL_TIMEOUT = 20.0
+
+# Races that clear within moments, so they are retried in place: a bridge or veth created by a concurrent
+# ADD (EEXIST), a device still settling after a DEL (EBUSY), netlink's EAGAIN.
+_RACE_MARKERS = ("file exists", "device or resource busy", "resource temporarily unavailable")
+# CNI's own "try again later" (spec error code 11): the plugin asks to be called again later, so the error
+# goes up to the queue's retry rather than being spun on here.
+TRY_AGAIN_LATER = 11
+
+
+def netns_path(name: str) -> Path:
+    return NETNS_DIR / name
+
+
+class CniError(PermanentError):
+    def __init__(self, message: str, *, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class CniRace(TemporaryError):
+    pass
+
+
+@dataclass(frozen=True)
+class CniResult:
+    addresses: list[str]  # CIDRs on the container interface, e.g. ["10.10.12.2/24"]
+    mac: str | None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any], ifname: str) -> CniResult:
+        interfaces = raw.get("interfaces") or []
+        index = next((i for i, itf in enumerate(interfaces) if itf.get("name") == ifname and itf.get("sandbox")), None)
+        mac = interfaces[index].get("mac") if index is not None else None
+        addresses = [
+            ip["address"] for ip in raw.get("ips") or [] if index is None or ip.get("interface", index) == index
+        ]
+        return cls(addresses, mac, raw)
+
+
+def plugin(plugin_dir: Path, name: str) -> Path:
+    path = plugin_dir / name
+    if not os.access(path, os.X_OK):
+        raise PrerequisiteMissing(
+            f"the CNI plugin {name!r} is missing from {plugin_dir}: install it with "
+            "`apt-get install containernetworking-plugins` (or set LESSON_CNI_PATH)"
+        )
+    return path
+
+
+@retry(
+    retry=retry_if_exception_type(CniRace),
+    stop=stop_after_delay(10),
+    wait=wait_exponential(multiplier=0.05, max=1.0),
+    reraise=True,
+)
+def _call(
+    command: str,
+    config: dict[str, Any],
+    *,
+    container_id: str,
+    netns: Path,
+    ifname: str,
+    node_netns: str | None,
+    plugin_dir: Path,
+) -> dict[str, Any]:
+    binary = plugin(plugin_dir, str(config["type"]))
+    argv = [str(binary)]
+    if node_netns is not None:
+        argv = ["nsenter", f"--net={netns_path(node_netns)}", "--", *argv]
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": container_id,
+        "CNI_NETNS": str(netns),
+        "CNI_IFNAME": ifname,
+        "CNI_PATH": str(plugin_dir),
+    }
+    try:
+        proc = subprocess.run(
+            argv, input=json.dumps(config).encode(), env=env, capture_output=True, timeout=CALL_TIMEOUT, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise TemporaryError(f"CNI {command} of {ifname} timed out after {CALL_TIMEOUT:.0f}s") from None
+    if proc.returncode == 0:
+        out = proc.stdout.strip()
+        return json.loads(out) if out else {}
+    message, code = _error(proc.stdout, proc.stderr)
+    text = f"CNI {command} {config.get('type')} for {ifname} failed: {message}"
+    if code == TRY_AGAIN_LATER:
+        raise TemporaryError(text, delay=1.0)
+    if any(m in message.lower() for m in _RACE_MARKERS):
+        log.warning("cni race, retrying", command=command, ifname=ifname, error=message)
+        raise CniRace(text)
+    raise CniError(text, code=code)
+
+
+def _error(stdout: bytes, stderr: bytes) -> tuple[str, int | None]:
+    try:
+        doc = json.loads(stdout)
+        message = str(doc.get("msg", ""))
+        if doc.get("details"):
+            message += f": {doc['details']}"
+        return message or stderr.decode(errors="replace").strip(), doc.get("code")
+    except (ValueError, AttributeError):
+        return (stderr or stdout).decode(errors="replace").strip() or "no output", None
+
+
+def add(
+    config: dict[str, Any],
+    *,
+    container_id: str,
+    netns: Path,
+    ifname: str,
+    node_netns: str | None,
+    plugin_dir: Path = Path("/usr/lib/cni"),
+) -> CniResult:
+    raw = _call(
+        "ADD", config, container_id=container_id, netns=netns, ifname=ifname, node_netns=node_netns,
+        plugin_dir=plugin_dir,
+    )
+    return CniResult.parse(raw, ifname)
+
+
+def delete(
+    config: dict[str, Any],
+    *,
+    container_id: str,
+    netns: Path,
+    ifname: str,
+    node_netns: str | None,
+    plugin_dir: Path = Path("/usr/lib/cni"),
+) -> None:
+    """CNI DEL; the spec makes it succeed when the attachment is already gone."""
+    _call(
+        "DEL", config, container_id=container_id, netns=netns, ifname=ifname, node_netns=node_netns,
+        plugin_dir=plugin_dir,
+    )
