@@ -3,6 +3,7 @@
     SchedulerError                 base; ``transient`` says whether retrying can help
     ├── PermanentError             retrying cannot help: fail the step now
     │   ├── LessonError            a lesson file or catalog is invalid (carries every problem)
+    │   ├── InvalidRequest         a request's own fields are wrong (a session name, say)
     │   ├── NotFound               an unknown lesson or live lesson
     │   ├── LimitExceeded          a session or capacity limit; ``retry_after`` for clients
     │   └── PrerequisiteMissing    root, a capability or a CNI plugin is missing
@@ -18,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "InvalidRequest",
     "LessonError",
     "LimitExceeded",
     "NotFound",
@@ -67,6 +69,10 @@ class LessonError(PermanentError):
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
+
+
+class InvalidRequest(PermanentError):
+    pass
 
 
 class NotFound(PermanentError):

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     step_max_attempts: int = Field(
         5, ge=1, description="Attempts per step on transient errors before failing."
     )
+    visibility_timeout_seconds: int = Field(
+        600, ge=30, description="Redis redelivers an unacknowledged task after this; above every time limit."
+    )
     lease_seconds: int = Field(
         20, ge=2, description="A step with no progress for this long is re-driven by GC (its worker died)."
     )

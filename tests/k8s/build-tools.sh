@@ -17,6 +17,7 @@ source "${here}/versions.sh"
 nice_level="${K8S_BUILD_NICE:-19}"
 src_dir="${K8S_TOOLS_DIR}/src"
 stamp_file="${K8S_TOOLS_DIR}/versions"
+share_dir="${K8S_TOOLS_DIR}/share/kwok"
 
 log() { printf '[k8s-tools %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 die() { printf '[k8s-tools] error: %s\n' "$*" >&2; exit 1; }
@@ -25,6 +26,7 @@ all_built() {
   [[ -f "${stamp_file}" && "$(cat "${stamp_file}")" == "${K8S_STAMP}" ]] || return 1
   local b
   for b in "${K8S_BINARIES[@]}"; do [[ -x "${K8S_BIN_DIR}/${b}" ]] || return 1; done
+  [[ -f "${share_dir}/stages.yaml" && -f "${share_dir}/crds.yaml" ]]
 }
 
 if all_built; then
@@ -37,7 +39,7 @@ command -v python3 >/dev/null || die "python3 is not on PATH"
 
 if [[ -f "${stamp_file}" && "$(cat "${stamp_file}")" != "${K8S_STAMP}" ]]; then
   log "pins changed ($(cat "${stamp_file}") -> ${K8S_STAMP}): rebuilding"
-  rm -rf "${K8S_BIN_DIR}" "${stamp_file}"
+  rm -rf "${K8S_BIN_DIR}" "${share_dir}" "${stamp_file}"
 fi
 mkdir -p "${K8S_BIN_DIR}" "${src_dir}"
 
@@ -153,6 +155,25 @@ for c in kwok kwokctl; do
     step_done
   fi
 done
+
+# kwokctl compiles kwok's default stages into itself; `kwok` alone needs them as a config file. Its
+# Exec/ClusterExec CRDs let the node agent point `kubectl exec` at a pod's network namespace.
+if [[ ! -f "${share_dir}/stages.yaml" || ! -f "${share_dir}/crds.yaml" ]]; then
+  step "kwok ${KWOK_VERSION}: copying its default stages and Exec CRDs out of the module"
+  kwok_src="$(cd "${src_dir}" && go mod download -json "sigs.k8s.io/kwok@${KWOK_VERSION}" \
+    | python3 -c 'import json,sys; d=json.load(sys.stdin); sys.exit(d["Error"]) if "Error" in d else print(d["Dir"])')"
+  mkdir -p "${share_dir}"
+  for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+           pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+    echo '---'; cat "${kwok_src}/kustomize/stage/${f}"
+  done >"${share_dir}/stages.yaml.tmp"
+  for f in execs clusterexecs; do
+    echo '---'; cat "${kwok_src}/kustomize/crd/bases/kwok.x-k8s.io_${f}.yaml"
+  done >"${share_dir}/crds.yaml.tmp"
+  mv "${share_dir}/stages.yaml.tmp" "${share_dir}/stages.yaml"
+  mv "${share_dir}/crds.yaml.tmp" "${share_dir}/crds.yaml"
+  step_done
+fi
 
 for b in "${K8S_BINARIES[@]}"; do [[ -x "${K8S_BIN_DIR}/${b}" ]] || die "${b} was not built"; done
 echo "${K8S_STAMP}" >"${stamp_file}"

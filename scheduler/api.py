@@ -1,0 +1,158 @@
+"""The HTTP API (DESIGN.md's routes). It enqueues by task name and never imports worker code."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+import structlog
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from scheduler.catalog import Catalog, load_catalog
+from scheduler.errors import InvalidRequest, LimitExceeded, NotFound, TemporaryError
+from scheduler.records import ID_PATTERN, LiveLesson
+from scheduler.service import delete_lesson, request_lesson
+from scheduler.settings import Settings, get_settings
+from scheduler.state import Store
+
+__all__ = ["MAX_BODY_BYTES", "create_app"]
+
+log = structlog.get_logger(__name__)
+
+MAX_BODY_BYTES = 16 * 1024  # a request is two short strings; anything larger is not one
+
+
+class LessonRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    lesson: str = Field(min_length=1, max_length=63, description="The lesson's slug")
+    session: str = Field(min_length=1, max_length=63, description="The learner's session id")
+
+
+class Keepalive(BaseModel):
+    id: str
+    expires_at: str
+
+
+class LessonSummary(BaseModel):
+    slug: str
+    name: str
+    description: str
+    endpoints: list[str]
+    connections: int
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+def create_app(settings: Settings | None = None, catalog: Catalog | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    catalog = catalog or load_catalog(settings.catalog, image_registry=settings.image_registry)
+    store = Store.from_settings(settings)
+    app = FastAPI(title="lesson-scheduler", version="0.1.0", description="Schedules hands-on networking lessons.")
+    app.state.settings, app.state.catalog, app.state.store = settings, catalog, store
+
+    def authorize(request: Request) -> None:
+        if settings.api_token is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        token = token if scheme.lower() == "bearer" else request.cookies.get("lesson_token", "")
+        # constant time, so the token cannot be guessed a character at a time from response timings
+        if not secrets.compare_digest(token.encode(), settings.api_token.encode()):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    Auth = Annotated[None, Depends(authorize)]
+    errors: dict[int | str, dict[str, Any]] = {401: {"model": Problem}, 404: {"model": Problem}}
+
+    def livelesson_id(livelesson: str) -> str:
+        if not ID_PATTERN.match(livelesson):
+            raise HTTPException(404, f"live lesson {livelesson[:40]!r} does not exist")
+        return livelesson
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
+        return await call_next(request)
+
+    @app.exception_handler(TemporaryError)
+    async def unavailable(_: Request, exc: TemporaryError) -> JSONResponse:
+        log.warning("service unavailable", error=str(exc))
+        return JSONResponse({"detail": "the scheduler's store is unavailable; retry shortly"}, 503,
+                            headers={"Retry-After": "5"})  # fmt: skip
+
+    @app.post(
+        "/v1/livelessons",
+        status_code=202,
+        response_model=LiveLesson,
+        responses={**errors, 200: {"model": LiveLesson}, 422: {"model": Problem}, 429: {"model": Problem},
+                   503: {"model": Problem}},
+    )  # fmt: skip
+    def create(body: LessonRequest, response: Response, _: Auth) -> LiveLesson:
+        try:
+            created = request_lesson(settings, store, catalog, body.lesson, body.session)
+        except NotFound as exc:
+            raise HTTPException(404, str(exc)) from None
+        except InvalidRequest as exc:
+            raise HTTPException(422, str(exc)) from None
+        except LimitExceeded as exc:
+            code = 503 if "capacity" in str(exc) else 429
+            raise HTTPException(code, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
+        if not created.new:
+            response.status_code = 200
+        structlog.contextvars.bind_contextvars(
+            livelesson=created.record.id, lesson=body.lesson, session=body.session, step="request"
+        )
+        log.info("live lesson requested" if created.new else "live lesson already active")
+        structlog.contextvars.clear_contextvars()
+        return created.record
+
+    @app.get("/v1/livelessons/{livelesson}", response_model=LiveLesson, responses=errors)
+    def read(livelesson: str, _: Auth) -> LiveLesson:
+        try:
+            return store.require(livelesson_id(livelesson))
+        except NotFound as exc:
+            raise HTTPException(404, str(exc)) from None
+
+    @app.post("/v1/livelessons/{livelesson}/keepalive", response_model=Keepalive, responses=errors)
+    def keepalive(livelesson: str, _: Auth) -> Keepalive:
+        try:
+            record = store.keepalive(livelesson_id(livelesson))
+        except NotFound as exc:
+            raise HTTPException(404, str(exc)) from None
+        return Keepalive(id=record.id, expires_at=record.expires_at.isoformat())
+
+    @app.delete("/v1/livelessons/{livelesson}", status_code=202, response_model=LiveLesson, responses=errors)
+    def delete(livelesson: str, _: Auth) -> LiveLesson:
+        try:
+            return delete_lesson(settings, store, livelesson_id(livelesson))
+        except NotFound as exc:
+            raise HTTPException(404, str(exc)) from None
+
+    @app.get("/v1/lessons", response_model=list[LessonSummary], responses={401: {"model": Problem}})
+    def lessons(_: Auth) -> list[LessonSummary]:
+        return [
+            LessonSummary(
+                slug=lesson.slug,
+                name=lesson.lesson.name,
+                description=lesson.lesson.short_description or lesson.lesson.description,
+                endpoints=[e.name for e in lesson.endpoints],
+                connections=len(lesson.connections),
+            )
+            for lesson in catalog
+        ]
+
+    @app.get("/healthz")
+    def healthz() -> JSONResponse:
+        try:
+            store.ping()
+        except TemporaryError:
+            return JSONResponse({"status": "unavailable", "redis": False}, 503)
+        return JSONResponse({"status": "ok", "redis": True})
+
+    return app

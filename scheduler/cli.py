@@ -1,0 +1,327 @@
+"""``lessonctl``: exit 0 on success, 1 on a runtime failure, 2 on bad input or usage.
+
+The one composition root allowed to reach both ``scheduler`` and ``workers`` (``demo`` starts a worker,
+``gc`` runs a pass with the backend).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from scheduler.catalog import Catalog, load_catalog, load_paths
+from scheduler.errors import InvalidRequest, LessonError, LimitExceeded, NotFound, SchedulerError
+from scheduler.logging import configure
+from scheduler.plan import make_plan
+from scheduler.records import LiveLesson, new_id, now
+from scheduler.render import render as render_objects
+from scheduler.render import to_yaml
+from scheduler.settings import Settings, get_settings
+
+__all__ = ["main"]
+
+out = Console()
+err = Console(stderr=True)
+
+BAD_INPUT = (LessonError, InvalidRequest, NotFound, LimitExceeded)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Bad input exits 2, anything else our code raises exits 1; never a traceback."""
+    try:
+        yield
+    except LessonError as exc:
+        for problem in exc.problems:
+            err.print(str(problem), highlight=False, soft_wrap=True, markup=False)
+        sys.exit(2)
+    except BAD_INPUT as exc:
+        _fail(str(exc), 2)
+    except SchedulerError as exc:
+        _fail(str(exc), 1)
+
+
+def _settings() -> Settings:
+    try:
+        settings = get_settings()
+    except Exception as exc:  # pydantic's ValidationError: a bad LESSON_ variable
+        _fail(f"invalid settings in the environment: {exc}", 2)
+    configure(settings.log_format if settings.log_format == "json" else "console", settings.log_level)
+    return settings
+
+
+def _catalog(settings: Settings) -> Catalog:
+    return load_catalog(settings.catalog, image_registry=settings.image_registry)
+
+
+def _store(settings: Settings) -> Any:
+    from scheduler.state import Store
+
+    return Store.from_settings(settings)
+
+
+def print_record(record: LiveLesson, as_json: bool) -> None:
+    if as_json:
+        click.echo(record.model_dump_json(indent=2))
+        return
+    out.print(f"[bold]{record.id}[/bold]  {record.lesson}  session={record.session}  status={_status(record.status)}")
+    if record.error:
+        out.print(f"  [red]error in {record.error.step}:[/red] {record.error.message}", highlight=False)
+    if record.endpoints:
+        out.print(_endpoints_table(record))
+    if record.checks:
+        out.print(_ping_matrix(record))
+
+
+def _status(status: str) -> str:
+    colour = {"ready": "green", "failed": "red", "deleted": "dim", "deleting": "yellow"}.get(status, "cyan")
+    return f"[{colour}]{status}[/{colour}]"
+
+
+def _endpoints_table(record: LiveLesson) -> Table:
+    table = Table(title=f"endpoints (node {record.node or '-'})", title_justify="left")
+    for column in ("endpoint", "pod", "ready", "interface", "network", "address"):
+        table.add_column(column)
+    for name, ep in record.endpoints.items():
+        rows = ep.interfaces or [None]
+        for i, itf in enumerate(rows):
+            table.add_row(
+                name if i == 0 else "",
+                ep.pod if i == 0 else "",
+                ("yes" if ep.ready else "no") if i == 0 else "",
+                itf.name if itf else "-",
+                itf.network if itf else "-",
+                (itf.address or "-") if itf else "-",
+            )
+    return table
+
+
+def _ping_matrix(record: LiveLesson) -> Table:
+    names = list(record.endpoints)
+    table = Table(title="pings (rows ping columns; average RTT)", title_justify="left")
+    table.add_column("from \\ to")
+    for name in names:
+        table.add_column(name, justify="right")
+    cells = {(c.source, c.target): c for c in record.checks}
+    for source in names:
+        row = []
+        for target in names:
+            c = cells.get((source, target))
+            if c is None:
+                row.append("" if source != target else "-")
+            elif c.ok:
+                row.append(f"[green]{c.rtt_avg_ms:.3f} ms[/green]" if c.rtt_avg_ms is not None else "[green]ok[/green]")
+            else:
+                row.append(f"[red]{c.received}/{c.sent}[/red]")
+        table.add_row(source, *row)
+    return table
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lesson-scheduler")
+def main() -> None:
+    """Schedule hands-on networking lessons (Antidote / NRE Labs compatible)."""
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+def validate(paths: tuple[Path, ...]) -> None:
+    """Validate lesson files or catalog folders; problems go to stderr, one per line."""
+    with _errors():
+        catalog = load_paths(paths)
+    err.print(f"{len(catalog)} lesson(s) valid: {', '.join(sorted(catalog.lessons))}", highlight=False)
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--session", "-s", required=True, help="The session the objects are labelled with.")
+@click.option("--id", "livelesson", default=None, help="Live-lesson id (default: a new random one).")
+@click.option("--lesson", "slug", default=None, help="Which lesson, when PATH holds several.")
+def render(path: Path, session: str, livelesson: str | None, slug: str | None) -> None:
+    """Print the Kubernetes objects of one live lesson as multi-document YAML."""
+    from scheduler.records import ID_PATTERN
+    from scheduler.service import validate_session
+
+    settings = _settings()
+    with _errors():
+        validate_session(session)
+        if livelesson is not None and not ID_PATTERN.match(livelesson):
+            raise InvalidRequest(f"--id {livelesson!r} must be 10 characters of [a-z0-9]")
+        catalog = load_paths([path], image_registry=settings.image_registry)
+        lesson = _pick(catalog, slug)
+        plan = make_plan(
+            lesson, livelesson or new_id(), session, instance=settings.instance, subnet_pool=settings.subnet_pool
+        )
+        click.echo(to_yaml(render_objects(plan)), nl=False)
+
+
+def _pick(catalog: Catalog, slug: str | None) -> Any:
+    if slug is not None:
+        lesson = catalog.get(slug)
+        if lesson is None:
+            raise NotFound(f"lesson {slug!r} is not there (known: {', '.join(sorted(catalog.lessons))})")
+        return lesson
+    if len(catalog) != 1:
+        raise InvalidRequest(f"the path holds {len(catalog)} lessons; choose one with --lesson")
+    return next(iter(catalog))
+
+
+@main.command()
+@click.argument("slug")
+@click.option("--session", "-s", required=True)
+@click.option("--wait", "wait_", is_flag=True, help="Wait until ready (or failed).")
+@click.option("--timeout", default=None, type=float, help="Seconds to wait (default: the provisioning timeout).")
+@click.option("--json", "as_json", is_flag=True)
+def up(slug: str, session: str, wait_: bool, timeout: float | None, as_json: bool) -> None:
+    """Request a live lesson of SLUG for a session."""
+    from scheduler.client import Client
+    from scheduler.service import request_lesson
+
+    settings = _settings()
+    with _errors():
+        store = _store(settings)
+        created = request_lesson(settings, store, _catalog(settings), slug, session)
+        record = created.record
+        if wait_:
+            record = Client(settings).wait(record.id, timeout or settings.provision_timeout_seconds + 5)
+        print_record(record, as_json)
+        if wait_ and record.status != "ready":
+            sys.exit(1)
+
+
+@main.command()
+@click.argument("livelesson")
+@click.option("--json", "as_json", is_flag=True)
+def status(livelesson: str, as_json: bool) -> None:
+    """Show one live lesson."""
+    settings = _settings()
+    with _errors():
+        print_record(_store(settings).require(livelesson), as_json)
+
+
+@main.command(name="ls")
+@click.option("--json", "as_json", is_flag=True)
+def ls(as_json: bool) -> None:
+    """List the live lessons of this instance."""
+    settings = _settings()
+    with _errors():
+        records = _store(settings).all()
+    if as_json:
+        click.echo(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
+        return
+    table = Table()
+    for column in ("id", "lesson", "session", "status", "age", "expires in"):
+        table.add_column(column)
+    t = now()
+    for r in records:
+        table.add_row(r.id, r.lesson, r.session, _status(r.status), _ago(t, r.created_at), _ago(r.expires_at, t))
+    out.print(table)
+
+
+def _ago(later: datetime, earlier: datetime) -> str:
+    seconds = int((later - earlier).total_seconds())
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 0 else "expired"
+
+
+@main.command()
+@click.argument("livelesson")
+def keepalive(livelesson: str) -> None:
+    """Extend a live lesson's expiry by the TTL."""
+    settings = _settings()
+    with _errors():
+        record = _store(settings).keepalive(livelesson)
+    out.print(f"{record.id} expires at {record.expires_at.isoformat()}")
+
+
+@main.command()
+@click.argument("livelesson")
+@click.option("--wait", "wait_", is_flag=True, help="Wait until the teardown is done.")
+def down(livelesson: str, wait_: bool) -> None:
+    """Tear a live lesson down."""
+    from scheduler.client import Client
+    from scheduler.service import delete_lesson
+
+    settings = _settings()
+    with _errors():
+        record = delete_lesson(settings, _store(settings), livelesson)
+        if wait_:
+            record = Client(settings).wait(livelesson, 60, until=frozenset({"deleted", "failed"}))
+    out.print(f"{record.id} {_status(record.status)}")
+
+
+@main.command()
+def gc() -> None:
+    """Run one garbage-collection pass now (expired, stuck and orphaned live lessons)."""
+    from scheduler.queue import sender
+    from workers.backends import get_backend
+    from workers.pipeline import Pipeline
+
+    settings = _settings()
+    with _errors():
+        store = _store(settings)
+        pipeline = Pipeline(settings, store, get_backend(settings), _catalog(settings))
+        lock = store.lock("gc", timeout=120)
+        if not lock.acquire():
+            _fail("another GC pass is running", 1)
+        try:
+            counts = pipeline.gc(lambda task, livelesson: sender(settings).send_task(task, args=[livelesson]))
+        finally:
+            lock.release()
+    out.print(" ".join(f"{k}={v}" for k, v in counts.items()))
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+def serve(host: str, port: int) -> None:
+    """Serve the HTTP API and the status page."""
+    import uvicorn
+
+    from scheduler.api import create_app
+
+    settings = _settings()
+    with _errors():
+        app = create_app(settings)
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
+
+
+# --- demo ------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the final record as one JSON document.")
+@click.option("--keep", is_flag=True, help="Leave the lesson running (and Redis and the worker).")
+@click.option("--lesson", "slug", default=None, help="Which lesson, when PATH holds several.")
+def demo(path: Path | None, as_json: bool, keep: bool, slug: str | None) -> None:
+    """Run a lesson end to end: private Redis, a worker, request, progress, pings, teardown."""
+    from workers.demo import Demo
+
+    settings = _settings()
+    path = path or Path(__file__).resolve().parent.parent / "config" / "lessons" / "busybox-triangle.yaml"
+    with _errors():
+        lesson = _pick(load_paths([path], image_registry=settings.image_registry), slug)
+        console = err if as_json else out
+        result = Demo(settings, path, lesson.slug, console=console, keep=keep).run()
+    if as_json:
+        click.echo(result.record.model_dump_json(indent=2) if result.record else "null")
+    else:
+        if result.record is not None:
+            print_record(result.record, as_json=False)
+        for line in result.notes:
+            out.print(line, highlight=False)
+    sys.exit(0 if result.ok else 1)

@@ -1,0 +1,62 @@
+"""The queue as the request side sees it: Celery configuration shared with the workers, and sending by name.
+
+The API and the Python client enqueue by task name, so they import no worker or backend code.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from celery import Celery
+
+from scheduler.settings import Settings
+
+__all__ = ["TASK_FOR_STATUS", "celery_config", "enqueue_step", "sender"]
+
+
+# Which task carries a provisioning record forward from each status (GC's re-drive uses it).
+TASK_FOR_STATUS = {
+    "requested": "lessons.create_networks",
+    "creating_networks": "lessons.create_networks",
+    "scheduling_pods": "lessons.schedule_pods",
+    "booting": "lessons.wait_ready",
+    "verifying": "lessons.verify_connectivity",
+    "deleting": "lessons.teardown",
+}
+
+
+def time_limits(settings: Settings) -> tuple[int, int]:
+    """(soft, hard): both below the visibility timeout, so an overrunning task is stopped before Redis
+    would hand its message to a second worker."""
+    visibility = settings.visibility_timeout_seconds
+    return min(120, visibility // 2), min(150, (visibility * 3) // 4)
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    transport = {"visibility_timeout": settings.visibility_timeout_seconds, "socket_timeout": 5, "socket_connect_timeout": 2}
+    return {
+        "broker_url": settings.redis_url,
+        "result_backend": settings.redis_url,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_expires": 3600,
+        "task_default_queue": f"{settings.instance}.lessons",
+        "timezone": "UTC",
+        "enable_utc": True,
+    }
+
+
+@lru_cache(maxsize=4)
+def sender(settings: Settings) -> Celery:
+    app = Celery("lesson-scheduler-sender")
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def enqueue_step(settings: Settings, task: str, livelesson: str, *, countdown: float | None = None) -> None:
+    sender(settings).send_task(task, args=[livelesson], countdown=countdown)

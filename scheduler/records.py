@@ -1,0 +1,131 @@
+"""The live-lesson record: the JSON contract of DESIGN.md, as pydantic models. Pure data."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import string
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "ACTIVE",
+    "ID_PATTERN",
+    "PROVISIONING",
+    "SESSION_PATTERN",
+    "STEP_STATUS",
+    "STEPS",
+    "TERMINAL",
+    "Check",
+    "Endpoint",
+    "Interface",
+    "LiveLesson",
+    "Status",
+    "StepError",
+    "StepTiming",
+    "new_id",
+    "now",
+]
+
+Status = Literal[
+    "requested",
+    "creating_networks",
+    "scheduling_pods",
+    "booting",
+    "verifying",
+    "ready",
+    "failed",
+    "deleting",
+    "deleted",
+]
+
+# The provisioning steps in order, and the status a record carries while each one runs.
+STEPS = ("create_networks", "schedule_pods", "wait_ready", "verify_connectivity")
+STEP_STATUS: dict[str, Status] = {
+    "create_networks": "creating_networks",
+    "schedule_pods": "scheduling_pods",
+    "wait_ready": "booting",
+    "verify_connectivity": "verifying",
+}
+PROVISIONING: frozenset[str] = frozenset({"requested", *STEP_STATUS.values()})
+ACTIVE: frozenset[str] = PROVISIONING | {"ready"}
+TERMINAL: frozenset[str] = frozenset({"failed", "deleted"})
+
+ID_ALPHABET = string.ascii_lowercase + string.digits
+ID_PATTERN = re.compile(r"^[a-z0-9]{10}$")
+# a session becomes a Kubernetes label value: 63 characters, alphanumerics with - _ . inside
+SESSION_PATTERN = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+
+
+def new_id() -> str:
+    return "".join(secrets.choice(ID_ALPHABET) for _ in range(10))
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class StepTiming(_Model):
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempts: int = 0
+
+
+class Interface(_Model):
+    name: str
+    network: str
+    address: str | None = None
+
+
+class Endpoint(_Model):
+    pod: str
+    ready: bool = False
+    interfaces: list[Interface] = Field(default_factory=list)
+
+
+class Check(_Model):
+    source: str
+    target: str
+    network: str
+    address: str | None
+    sent: int
+    received: int
+    rtt_avg_ms: float | None
+    ok: bool
+
+
+class StepError(_Model):
+    step: str
+    message: str
+
+
+class LiveLesson(_Model):
+    id: str
+    lesson: str
+    session: str
+    instance: str
+    backend: str
+    status: Status = "requested"
+    namespace: str
+    node: str | None = None
+    created_at: datetime
+    ready_at: datetime | None = None
+    expires_at: datetime
+    updated_at: datetime
+    steps: dict[str, StepTiming] = Field(default_factory=dict)
+    endpoints: dict[str, Endpoint] = Field(default_factory=dict)
+    checks: list[Check] = Field(default_factory=list)
+    error: StepError | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+    def to_json(self) -> str:
+        return self.model_dump_json()

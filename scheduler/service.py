@@ -1,0 +1,45 @@
+"""Starting a live lesson: the one code path behind the HTTP API and the ``lessons.request`` task."""
+
+from __future__ import annotations
+
+from scheduler.catalog import Catalog
+from scheduler.errors import InvalidRequest, NotFound
+from scheduler.queue import enqueue_step
+from scheduler.records import ACTIVE, SESSION_PATTERN, LiveLesson
+from scheduler.settings import Settings
+from scheduler.state import Created, Store
+
+__all__ = ["delete_lesson", "request_lesson", "validate_session"]
+
+
+def validate_session(session: str) -> str:
+    if not SESSION_PATTERN.match(session):
+        raise InvalidRequest(
+            f"session {session[:80]!r} is not valid: 1-63 letters, digits, '-', '_' or '.', "
+            "starting and ending with a letter or digit"
+        )
+    return session
+
+
+def request_lesson(settings: Settings, store: Store, catalog: Catalog, lesson: str, session: str) -> Created:
+    """Create the live lesson of (lesson, session) and start provisioning, or return the active one."""
+    validate_session(session)
+    if catalog.get(lesson) is None:
+        known = ", ".join(sorted(catalog.lessons)) or "none"
+        raise NotFound(f"lesson {lesson[:80]!r} is not in the catalog (known: {known})")
+    created = store.create(lesson, session, backend=settings.backend)
+    if created.new:
+        # if this send is lost, the record's lease runs out and GC sends it again
+        enqueue_step(settings, "lessons.create_networks", created.record.id)
+    return created
+
+
+def delete_lesson(settings: Settings, store: Store, livelesson: str) -> LiveLesson:
+    """Mark ``deleting`` (so readers see it at once) and enqueue the teardown. Idempotent."""
+    record = store.transition(livelesson, ACTIVE, "deleting")
+    if record is None:
+        record = store.require(livelesson)
+        if record.status not in {"deleting", "failed"}:
+            return record  # already deleted
+    enqueue_step(settings, "lessons.teardown", livelesson)
+    return record

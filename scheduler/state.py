@@ -1,0 +1,305 @@
+"""The live-lesson store in Redis.
+
+Keys, all under ``lessons:<instance>:`` so two instances sharing a Redis never see each other:
+
+    ll:<id>                    the record (JSON), one key per live lesson
+    pair:<lesson>:<session>    the id of the one active live lesson of that pair
+    session:<session>          set of the session's active ids (the per-session limit)
+    active                     set of all active ids (the capacity limit)
+    expiry                     sorted set id -> expires_at: GC reads only what has expired
+    deadline                   sorted set id -> provisioning deadline, while provisioning
+    lease                      sorted set id -> last progress + lease, while provisioning or deleting: a step whose
+                               worker died stops renewing it, and GC re-drives the lesson
+
+Creation is one Lua script (so fifty identical concurrent requests give one live lesson); every later
+change is a WATCH/MULTI transition that re-reads the record, so a step that lost a race sees it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import redis
+import structlog
+
+from scheduler.errors import LimitExceeded, NotFound, TemporaryError
+from scheduler.records import ACTIVE, PROVISIONING, TERMINAL, LiveLesson, Status, new_id, now
+
+__all__ = ["LEASED", "Created", "Store", "connect"]
+
+# Statuses in which a worker is expected to be making progress; GC re-drives them when it stops.
+LEASED = PROVISIONING | {"deleting"}
+
+log = structlog.get_logger(__name__)
+
+_CREATE = """
+local existing = redis.call('GET', KEYS[1])
+if existing then
+  local record = redis.call('GET', ARGV[8] .. existing)
+  if record then return {0, existing, record} end
+end
+if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[3]) then return {-1} end
+if redis.call('SCARD', KEYS[3]) >= tonumber(ARGV[4]) then return {-2} end
+redis.call('SET', KEYS[4], ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[5], ARGV[1])
+redis.call('ZADD', KEYS[6], ARGV[6], ARGV[1])
+redis.call('ZADD', KEYS[7], ARGV[7], ARGV[1])
+return {1, ARGV[1], ARGV[2]}
+"""
+
+
+def connect(url: str) -> redis.Redis:
+    # short timeouts: a Redis outage must surface as an error (503, a retry), not a hung request
+    return redis.Redis.from_url(
+        url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=15, decode_responses=True
+    )
+
+
+@dataclass(frozen=True)
+class Created:
+    record: LiveLesson
+    new: bool
+
+
+class Store:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        instance: str,
+        ttl_seconds: int = 1800,
+        provision_timeout_seconds: int = 300,
+        lease_seconds: int = 20,
+        max_per_session: int = 3,
+        max_active: int = 200,
+    ) -> None:
+        self.r = client
+        self.instance = instance
+        self.prefix = f"lessons:{instance}:"
+        self.ttl = ttl_seconds
+        self.provision_timeout = provision_timeout_seconds
+        self.lease = lease_seconds
+        self.max_per_session = max_per_session
+        self.max_active = max_active
+        self._create = client.register_script(_CREATE)
+
+    @classmethod
+    def from_settings(cls, settings: object, client: redis.Redis | None = None) -> Store:
+        s = settings
+        return cls(
+            client or connect(s.redis_url),  # type: ignore[attr-defined]
+            instance=s.instance,  # type: ignore[attr-defined]
+            ttl_seconds=s.ttl_seconds,  # type: ignore[attr-defined]
+            provision_timeout_seconds=s.provision_timeout_seconds,  # type: ignore[attr-defined]
+            lease_seconds=s.lease_seconds,  # type: ignore[attr-defined]
+            max_per_session=s.max_per_session,  # type: ignore[attr-defined]
+            max_active=s.max_active,  # type: ignore[attr-defined]
+        )
+
+    # --- keys ---------------------------------------------------------------------------------------
+
+    def _k(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    def key(self, livelesson: str) -> str:
+        return self._k("ll", livelesson)
+
+    # --- reads --------------------------------------------------------------------------------------
+
+    def get(self, livelesson: str) -> LiveLesson | None:
+        raw = self._call(self.r.get, self.key(livelesson))
+        return LiveLesson.model_validate_json(raw) if raw else None
+
+    def require(self, livelesson: str) -> LiveLesson:
+        record = self.get(livelesson)
+        if record is None:
+            raise NotFound(f"live lesson {livelesson!r} does not exist")
+        return record
+
+    def many(self, ids: Iterable[str]) -> list[LiveLesson]:
+        ids = list(ids)
+        if not ids:
+            return []
+        raws = self._call(self.r.mget, [self.key(i) for i in ids])
+        return [LiveLesson.model_validate_json(r) for r in raws if r]
+
+    def all(self) -> list[LiveLesson]:
+        ids = [k.rsplit(":", 1)[1] for k in self.r.scan_iter(match=self._k("ll", "*"), count=500)]
+        return sorted(self.many(ids), key=lambda r: r.created_at)
+
+    def active_count(self) -> int:
+        return int(self._call(self.r.scard, self._k("active")))
+
+    def due(self, which: str, at: datetime | None = None) -> list[str]:
+        """Ids whose ``expiry``, ``deadline`` or ``lease`` score has passed."""
+        score = (at or now()).timestamp()
+        return list(self._call(self.r.zrangebyscore, self._k(which), "-inf", score))
+
+    def ping(self) -> bool:
+        return bool(self._call(self.r.ping))
+
+    # --- writes -------------------------------------------------------------------------------------
+
+    def create(self, lesson: str, session: str, *, backend: str) -> Created:
+        """Create the live lesson of (lesson, session), or return the active one. Atomic."""
+        t = now()
+        livelesson = new_id()
+        record = LiveLesson(
+            id=livelesson,
+            lesson=lesson,
+            session=session,
+            instance=self.instance,
+            backend=backend,
+            namespace=f"{self.instance}-{livelesson}",
+            created_at=t,
+            updated_at=t,
+            expires_at=t + timedelta(seconds=self.ttl),
+        )
+        keys = [
+            self._k("pair", lesson, session),
+            self._k("session", session),
+            self._k("active"),
+            self.key(livelesson),
+            self._k("expiry"),
+            self._k("deadline"),
+            self._k("lease"),
+        ]
+        args = [
+            livelesson,
+            record.to_json(),
+            self.max_per_session,
+            self.max_active,
+            record.expires_at.timestamp(),
+            (t + timedelta(seconds=self.provision_timeout)).timestamp(),
+            (t + timedelta(seconds=self.lease)).timestamp(),
+            self._k("ll", ""),
+        ]
+        result = self._call(self._create, keys=keys, args=args)
+        if result[0] == -1:
+            raise LimitExceeded(f"session {session!r} already holds {self.max_per_session} live lessons (the limit)")
+        if result[0] == -2:
+            raise LimitExceeded(f"this scheduler is at capacity ({self.max_active} live lessons)", retry_after=60)
+        return Created(LiveLesson.model_validate_json(result[2]), new=result[0] == 1)
+
+    def update(
+        self,
+        livelesson: str,
+        change: Callable[[LiveLesson], LiveLesson | None],
+    ) -> LiveLesson | None:
+        """Apply ``change`` atomically. It returns the new record, or None to leave it as it is."""
+        key = self.key(livelesson)
+        try:
+            with self.r.pipeline() as pipe:
+                while True:
+                    try:
+                        pipe.watch(key)
+                        raw = pipe.get(key)
+                        if raw is None:
+                            pipe.unwatch()
+                            return None
+                        before = LiveLesson.model_validate_json(raw)
+                        after = change(before.model_copy(deep=True))
+                        if after is None:
+                            pipe.unwatch()
+                            return before
+                        after.updated_at = now()
+                        pipe.multi()
+                        self._write(pipe, before, after)
+                        pipe.execute()
+                        return after
+                    except redis.WatchError:
+                        continue
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise TemporaryError(f"Redis is unreachable: {exc}", delay=2.0) from exc
+
+    def _write(self, pipe: redis.client.Pipeline, before: LiveLesson, after: LiveLesson) -> None:
+        key = self.key(after.id)
+        if after.status in TERMINAL:
+            # out of every index; the record itself stays for inspection until its TTL
+            pair = self._k("pair", after.lesson, after.session)
+            pipe.set(key, after.to_json(), ex=self.ttl)
+            pipe.srem(self._k("session", after.session), after.id)
+            pipe.srem(self._k("active"), after.id)
+            for index in ("expiry", "deadline", "lease"):
+                pipe.zrem(self._k(index), after.id)
+            # only if the pair still points at this id (a newer live lesson may own it already)
+            pipe.eval(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 0",
+                1,
+                pair,
+                after.id,
+            )
+            return
+        pipe.set(key, after.to_json())
+        if after.expires_at != before.expires_at and after.status in ACTIVE:
+            pipe.zadd(self._k("expiry"), {after.id: after.expires_at.timestamp()})
+        if after.status not in PROVISIONING:
+            pipe.zrem(self._k("deadline"), after.id)
+        if after.status in LEASED:
+            if after.status != before.status or after.steps != before.steps:  # progress renews the lease
+                pipe.zadd(self._k("lease"), {after.id: now().timestamp() + self.lease})
+        else:
+            pipe.zrem(self._k("lease"), after.id)
+        if after.status == "deleting":
+            pipe.zrem(self._k("expiry"), after.id)
+
+    def renew_lease(self, livelesson: str, seconds: float | None = None) -> None:
+        at = now().timestamp() + (seconds if seconds is not None else self.lease)
+        self._call(self.r.zadd, self._k("lease"), {livelesson: at}, xx=True)
+
+    def keepalive(self, livelesson: str) -> LiveLesson:
+        def extend(rec: LiveLesson) -> LiveLesson | None:
+            if rec.status not in ACTIVE:
+                return None
+            rec.expires_at = now() + timedelta(seconds=self.ttl)
+            return rec
+
+        record = self.update(livelesson, extend)
+        if record is None:
+            raise NotFound(f"live lesson {livelesson!r} does not exist")
+        return record
+
+    def transition(self, livelesson: str, allowed: Iterable[Status], to: Status) -> LiveLesson | None:
+        """Move to ``to`` if the record is in ``allowed``; None if it is not (someone got there first)."""
+        allowed = set(allowed)
+        moved: list[bool] = []
+
+        def change(rec: LiveLesson) -> LiveLesson | None:
+            if rec.status not in allowed:
+                return None
+            rec.status = to
+            moved.append(True)
+            return rec
+
+        record = self.update(livelesson, change)
+        return record if moved else None
+
+    def forget(self, livelesson: str) -> None:
+        """Drop an id from every index (a record that vanished, e.g. expired by Redis itself)."""
+        pipe = self.r.pipeline()
+        for index in ("expiry", "deadline", "lease"):
+            pipe.zrem(self._k(index), livelesson)
+        pipe.srem(self._k("active"), livelesson)
+        self._call(pipe.execute)
+
+    def lock(self, name: str, timeout: float) -> redis.lock.Lock:
+        return self.r.lock(self._k("lock", name), timeout=timeout, blocking=False)
+
+    # --- errors -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _call(fn: Callable[..., object], *args: object, **kwargs: object) -> object:
+        try:
+            return fn(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise TemporaryError(f"Redis is unreachable: {exc}", delay=2.0) from exc
+
+
+def dump(record: LiveLesson) -> dict[str, object]:
+    return json.loads(record.to_json())  # type: ignore[no-any-return]

@@ -1,0 +1,63 @@
+"""The Celery app on Redis, configured for long, idempotent orchestration.
+
+``celery -A workers.app worker``, ``celery -A workers.app beat``, ``celery -A workers.app flower``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from celery import Celery, signals
+
+from scheduler.logging import configure
+from scheduler.queue import celery_config, time_limits
+from scheduler.settings import get_settings
+
+__all__ = ["app"]
+
+settings = get_settings()
+soft, hard = time_limits(settings)
+
+app = Celery("lesson-scheduler", include=["workers.tasks"])
+app.conf.update(
+    celery_config(settings),
+    # a task is acknowledged after it ran, and a worker killed mid-task hands its message back at once
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_soft_time_limit=soft,
+    task_time_limit=hard,
+    # on a lost broker connection, give unacknowledged long tasks back rather than finishing them twice
+    worker_cancel_long_running_tasks_on_connection_loss=True,
+    broker_connection_retry=True,
+    broker_connection_max_retries=None,
+    # events for Flower
+    worker_send_task_events=True,
+    task_send_sent_event=True,
+    task_track_started=True,
+    worker_hijack_root_logger=False,
+    beat_schedule={
+        "gc": {"task": "lessons.gc", "schedule": float(settings.gc_interval_seconds), "options": {"expires": 60}},
+    },
+)
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    # Celery's own loggers go through structlog's renderer too, so a worker's log is one format
+    configure(settings.log_format, settings.log_level)
+
+
+@signals.task_prerun.connect
+def _bind(task_id: str | None = None, task: Any = None, args: Any = None, **_: Any) -> None:
+    structlog.contextvars.clear_contextvars()
+    context: dict[str, Any] = {"task_id": task_id, "task": getattr(task, "name", None)}
+    if args and isinstance(args[0], str) and task is not None and task.name != "lessons.request":
+        context["livelesson"] = args[0]
+    structlog.contextvars.bind_contextvars(**context)
+
+
+@signals.task_postrun.connect
+def _unbind(**_: Any) -> None:
+    structlog.contextvars.clear_contextvars()

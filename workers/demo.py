@@ -1,0 +1,155 @@
+"""``lessonctl demo``: the whole system in one command, on the embedded local backend by default.
+
+Starts a private Redis (unless LESSON_REDIS_URL is set) and a worker process, requests the lesson, shows
+each step as it finishes, tears the lesson down, checks that nothing is left, and stops what it started.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from scheduler.catalog import load_catalog
+from scheduler.errors import TemporaryError
+from scheduler.records import STEPS, LiveLesson, new_id
+from scheduler.redis_server import PrivateRedis
+from scheduler.service import delete_lesson, request_lesson
+from scheduler.settings import Settings
+from scheduler.state import Store
+from workers.backends import get_backend, netns
+from workers.launcher import CeleryProcess
+
+__all__ = ["Demo", "DemoResult"]
+
+
+@dataclass
+class DemoResult:
+    ok: bool
+    record: LiveLesson | None
+    notes: list[str] = field(default_factory=list)
+
+
+class Demo:
+    def __init__(self, settings: Settings, path: Path, slug: str, *, console: Console, keep: bool) -> None:
+        self.settings = settings
+        self.path = path.resolve()
+        self.slug = slug
+        self.console = console
+        self.keep = keep
+
+    def run(self) -> DemoResult:
+        workdir = Path(tempfile.mkdtemp(prefix="lessonctl-demo-"))
+        with ExitStack() as stack:
+            if not self.keep:
+                stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+            url = os.environ.get("LESSON_REDIS_URL")
+            if url is None:
+                redis_server = PrivateRedis(directory=workdir / "redis")
+                redis_server.directory.mkdir(parents=True, exist_ok=True)
+                redis_server.start()
+                if not self.keep:
+                    stack.callback(redis_server.cleanup)
+                url = redis_server.url
+                self.console.print(f"[dim]redis-server on {url} (private, pid {redis_server.proc.pid})[/dim]")  # type: ignore[union-attr]
+            settings = self.settings.model_copy(update={"redis_url": url, "catalog": self.path})
+            env = {k: v for k, v in os.environ.items() if k.startswith("LESSON_")}
+            env.update({"LESSON_REDIS_URL": url, "LESSON_CATALOG": str(self.path), "LESSON_LOG_FORMAT": "json"})
+            worker = CeleryProcess(env=env, log_file=workdir / "worker.log", name=f"demo-{new_id()}").start()
+            if not self.keep:
+                stack.callback(worker.stop)
+            self.console.print(f"[dim]worker pid {worker.pid}, log {worker.log_file}[/dim]")
+            return self._drive(settings, worker)
+        raise AssertionError("unreachable")
+
+    def _drive(self, settings: Settings, worker: CeleryProcess) -> DemoResult:
+        store = Store.from_settings(settings)
+        catalog = load_catalog(settings.catalog, image_registry=settings.image_registry)
+        session = f"demo-{new_id()}"
+        started = time.monotonic()
+        created = request_lesson(settings, store, catalog, self.slug, session)
+        livelesson = created.record.id
+        self.console.print(
+            f"requested [bold]{self.slug}[/bold] as live lesson [bold]{livelesson}[/bold] "
+            f"on the {settings.backend} backend"
+        )
+        record = self._follow(store, livelesson, settings.provision_timeout_seconds + 15, worker)
+        elapsed = (time.monotonic() - started) * 1000
+        ok = record.status == "ready" and bool(record.checks) and all(c.ok for c in record.checks)
+        notes = []
+        if ok:
+            passed = sum(c.ok for c in record.checks)
+            notes.append(f"[green]ready[/green] in {elapsed:.0f} ms: {passed}/{len(record.checks)} pings passed")
+        else:
+            message = record.error.message if record.error else f"status {record.status}"
+            notes.append(f"[red]not ready[/red] after {elapsed:.0f} ms: {message}")
+            notes.append("[dim]worker log (last lines):[/dim]\n" + worker.log_tail(15))
+        if self.keep:
+            notes.append(
+                f"kept: LESSON_REDIS_URL={settings.redis_url} lessonctl status {livelesson}; "
+                f"worker pid {worker.pid}; `lessonctl down {livelesson}` when done"
+            )
+            return DemoResult(ok, record, notes)
+        leftovers = self._teardown(settings, store, livelesson)
+        final = store.get(livelesson) or record
+        if leftovers:
+            notes.append(f"[red]left behind after teardown:[/red] {', '.join(leftovers)}")
+        else:
+            notes.append(f"torn down: status {final.status}, nothing left behind")
+        return DemoResult(ok and not leftovers, final, notes)
+
+    def _follow(self, store: Store, livelesson: str, timeout: float, worker: CeleryProcess) -> LiveLesson:
+        deadline = time.monotonic() + timeout
+        shown: set[str] = set()
+        record = store.require(livelesson)
+        with self.console.status("provisioning...") as status:
+            while True:
+                try:
+                    record = store.require(livelesson)
+                except TemporaryError:
+                    time.sleep(0.1)
+                    continue
+                for step in STEPS:
+                    timing = record.steps.get(step)
+                    if timing and timing.finished_at and step not in shown:
+                        shown.add(step)
+                        ms = (timing.finished_at - timing.started_at).total_seconds() * 1000  # type: ignore[operator]
+                        retries = f"  ({timing.attempts} attempts)" if timing.attempts > 1 else ""
+                        self.console.print(f"  [green]✓[/green] {step:<22} {ms:8.1f} ms{retries}")
+                status.update(f"{record.status}...")
+                if record.status in {"ready", "failed", "deleted"} or time.monotonic() > deadline:
+                    return record
+                if not worker.alive():
+                    raise TemporaryError(f"the worker exited: {worker.log_tail(10)}")
+                time.sleep(0.02)
+
+    def _teardown(self, settings: Settings, store: Store, livelesson: str) -> list[str]:
+        delete_lesson(settings, store, livelesson)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            record = store.get(livelesson)
+            if record is None or record.status in {"deleted", "failed"}:
+                break
+            time.sleep(0.05)
+        leftovers = []
+        backend = get_backend(settings)
+        if livelesson in backend.list():
+            leftovers.append(f"backend objects of {livelesson}")
+        if settings.backend == "local":
+            prefix = f"{settings.instance}-{livelesson}"
+            leftovers += [f"netns {n}" for n in sorted(netns.names()) if n.startswith(prefix)]
+            node = f"{settings.instance}-node"
+            if netns.exists(node):
+                mark = f"lesson-scheduler/{settings.instance}/{livelesson}/"
+                leftovers += [f"bridge {b}" for b, alias in netns.bridges(node).items() if alias.startswith(mark)]
+            prune = getattr(backend, "prune", None)
+            if prune is not None:
+                prune()
+        backend.close()
+        return leftovers

@@ -1,0 +1,97 @@
+"""Start and stop Celery worker and beat processes (the demo, the tests and the benchmarks use it)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO
+
+__all__ = ["CeleryProcess"]
+
+
+class CeleryProcess:
+    """One ``celery -A workers.app worker|beat`` process; stopped only by the PID it was started with."""
+
+    def __init__(
+        self,
+        kind: str = "worker",
+        *,
+        env: Mapping[str, str],
+        log_file: Path,
+        concurrency: int = 2,
+        name: str = "lessons",
+        extra: list[str] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.env = {**os.environ, **env}
+        self.log_file = log_file
+        argv = [sys.executable, "-m", "celery", "-A", "workers.app", kind, "--loglevel", "INFO"]
+        if kind == "worker":
+            argv += ["-c", str(concurrency), "-n", f"{name}@%h", "--without-gossip", "--without-mingle", "-E"]
+        else:
+            argv += ["--schedule", str(log_file.with_suffix(".schedule"))]
+        self.argv = argv + (extra or [])
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def start(self) -> CeleryProcess:
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_file.open("ab")
+        # its own process group, so a stop reaches the prefork children and nothing else
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def children(self) -> list[int]:
+        """PIDs of the pool processes (the ones a test SIGKILLs mid-step)."""
+        if self.proc is None:
+            return []
+        try:
+            text = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        except FileNotFoundError:
+            return []
+        return [int(p) for p in text.split()]
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the main process only, as a crash would (its pool children notice and exit)."""
+        if self.alive():
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)  # warm shutdown of the main process and its pool
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        else:
+            try:  # the main process is gone: end any pool children it left in its group
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self._log:
+            self._log.close()
+            self._log = None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""

@@ -1,0 +1,372 @@
+"""The provisioning steps, teardown and GC, free of Celery: tasks call these and map the outcome.
+
+Each step loads the record, checks that the record is at this step (a redelivered or re-driven step
+that finds the record past it does nothing), calls the backend, and moves the record on atomically.
+Every backend call is idempotent, so running a step twice is harmless.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+
+import structlog
+
+from scheduler.catalog import Catalog
+from scheduler.errors import PermanentError, SchedulerError
+from scheduler.plan import Plan, make_plan
+from scheduler.queue import TASK_FOR_STATUS
+from scheduler.records import (
+    ACTIVE,
+    PROVISIONING,
+    STEP_STATUS,
+    Check,
+    Endpoint,
+    Interface,
+    LiveLesson,
+    StepError,
+    StepTiming,
+    now,
+)
+from scheduler.settings import Settings
+from scheduler.state import Store
+from workers.backends.base import Backend, Observation
+from workers.backends.ping import run_check
+
+__all__ = ["Again", "Next", "Outcome", "Pipeline"]
+
+log = structlog.get_logger(__name__)
+
+OBSERVE_SLICE = 2.0  # a waiting step watches this long, then gives its worker slot back
+WAIT_COUNTDOWN = 0.5
+PING_BUDGET = 10.0  # per verification attempt; the first packet of a link waits for ARP
+
+
+@dataclass(frozen=True)
+class Next:
+    """Done; enqueue ``task`` (None: nothing follows)."""
+
+    task: str | None
+
+
+@dataclass(frozen=True)
+class Again:
+    """Run this step again in ``countdown`` seconds."""
+
+    countdown: float
+
+
+Outcome = Next | Again | None
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, store: Store, backend: Backend, catalog: Catalog) -> None:
+        self.settings = settings
+        self.store = store
+        self.backend = backend
+        self.catalog = catalog
+
+    # --- helpers ------------------------------------------------------------------------------------
+
+    def plan(self, record: LiveLesson) -> Plan:
+        lesson = self.catalog.get(record.lesson)
+        if lesson is None:
+            raise PermanentError(f"lesson {record.lesson!r} is no longer in the catalog")
+        return make_plan(
+            lesson, record.id, record.session, instance=record.instance, subnet_pool=self.settings.subnet_pool
+        )
+
+    def deadline_passed(self, record: LiveLesson) -> bool:
+        return now() >= record.created_at + timedelta(seconds=self.settings.provision_timeout_seconds)
+
+    def _begin(self, step: str, livelesson: str) -> LiveLesson | None:
+        """Enter ``step``: the record must be at it (or just before it). Counts the attempt."""
+        status = STEP_STATUS[step]
+        allowed = {status, "requested"} if step == "create_networks" else {status}
+
+        def change(rec: LiveLesson) -> LiveLesson | None:
+            if rec.status not in allowed:
+                return None
+            rec.status = status
+            timing = rec.steps.setdefault(step, StepTiming())
+            timing.started_at = timing.started_at or now()
+            timing.attempts += 1
+            return rec
+
+        record = self.store.update(livelesson, change)
+        if record is None or record.status != status or step not in record.steps:
+            return None
+        structlog.contextvars.bind_contextvars(
+            livelesson=livelesson, lesson=record.lesson, session=record.session, step=step
+        )
+        return record
+
+    def _finish(
+        self, step: str, livelesson: str, to: str, edit: Callable[[LiveLesson], None] | None = None
+    ) -> bool:
+        status = STEP_STATUS[step]
+
+        def change(rec: LiveLesson) -> LiveLesson | None:
+            if rec.status != status:
+                return None
+            rec.status = to  # type: ignore[assignment]
+            rec.steps[step].finished_at = now()
+            if edit is not None:
+                edit(rec)
+            return rec
+
+        record = self.store.update(livelesson, change)
+        if record is not None and record.status == to:
+            log.info("step finished", next_status=to, attempts=record.steps[step].attempts)
+            return True
+        # someone moved it first: if that was a teardown, what this step just made must go too
+        if record is None or record.status in {"deleting", "deleted", "failed"}:
+            self.backend.destroy(livelesson)
+        return False
+
+    def fail(self, livelesson: str, step: str, message: str) -> LiveLesson | None:
+        """Mark failed with the reason in words, and release the resources at once."""
+
+        def change(rec: LiveLesson) -> LiveLesson | None:
+            if rec.status not in ACTIVE:
+                return None
+            rec.status = "failed"
+            rec.error = StepError(step=step, message=message)
+            return rec
+
+        record = self.store.update(livelesson, change)
+        log.error("live lesson failed", livelesson=livelesson, failed_step=step, error=message)
+        try:
+            self.backend.destroy(livelesson)
+        except SchedulerError as exc:  # GC's orphan pass finishes it
+            log.warning("teardown after failure incomplete; GC will retry", error=str(exc))
+        return record
+
+    def run(self, step: str, livelesson: str, runner: Callable[[LiveLesson], Outcome]) -> Outcome:
+        """One attempt of a step, with the retry decision made from the error's ``transient``."""
+        record = self._begin(step, livelesson)
+        if record is None:
+            log.info("step skipped: the record is not at this step", livelesson=livelesson, step=step)
+            return None
+        try:
+            return runner(record)
+        except SchedulerError as exc:
+            attempts = record.steps[step].attempts
+            if not exc.transient:
+                self.fail(livelesson, step, str(exc))
+                return None
+            if attempts >= self.settings.step_max_attempts:
+                self.fail(livelesson, step, f"gave up after {attempts} attempts: {exc}")
+                return None
+            if self.deadline_passed(record):
+                self.fail(livelesson, step, f"provisioning deadline passed: {exc}")
+                return None
+            countdown = min(getattr(exc, "delay", 1.0) * 2 ** (attempts - 1), 10.0)
+            log.warning("step failed, will retry", error=str(exc), attempts=attempts, countdown=countdown)
+            return Again(countdown)
+        except Exception as exc:  # a bug must fail the lesson loudly, never leave it stuck
+            log.exception("step crashed")
+            self.fail(livelesson, step, f"internal error: {type(exc).__name__}: {exc}")
+            return None
+
+    # --- steps --------------------------------------------------------------------------------------
+
+    def create_networks(self, livelesson: str) -> Outcome:
+        def body(record: LiveLesson) -> Outcome:
+            self.backend.apply_networks(self.plan(record))
+            ok = self._finish("create_networks", livelesson, "scheduling_pods")
+            return Next("lessons.schedule_pods") if ok else None
+
+        return self.run("create_networks", livelesson, body)
+
+    def schedule_pods(self, livelesson: str) -> Outcome:
+        def body(record: LiveLesson) -> Outcome:
+            self.backend.apply_pods(self.plan(record))
+            ok = self._finish("schedule_pods", livelesson, "booting")
+            return Next("lessons.wait_ready") if ok else None
+
+        return self.run("schedule_pods", livelesson, body)
+
+    def wait_ready(self, livelesson: str) -> Outcome:
+        def body(record: LiveLesson) -> Outcome:
+            plan = self.plan(record)
+            observation = self.backend.observe(plan, wait=OBSERVE_SLICE)
+            endpoints = _endpoints(observation)
+            fatal = [f"{p.endpoint}: {p.reason}" for p in observation.pods.values() if p.fatal]
+            if fatal:
+                self.fail(livelesson, "wait_ready", "pods cannot start: " + "; ".join(fatal))
+                return None
+            if not observation.ready:
+                waiting = "; ".join(f"{p.endpoint}: {p.reason}" for p in observation.pods.values() if not p.ready)
+                if self.deadline_passed(record):
+                    self.fail(livelesson, "wait_ready", f"pods not ready by the deadline: {waiting}")
+                    return None
+                self.store.update(livelesson, lambda rec: _with_endpoints(rec, endpoints))
+                return Again(WAIT_COUNTDOWN)
+            nodes = sorted({p.node for p in observation.pods.values() if p.node})
+
+            def edit(rec: LiveLesson) -> None:
+                _with_endpoints(rec, endpoints)
+                rec.node = nodes[0] if len(nodes) == 1 else ",".join(nodes)
+
+            ok = self._finish("wait_ready", livelesson, "verifying", edit)
+            return Next("lessons.verify_connectivity") if ok else None
+
+        return self.run("wait_ready", livelesson, body)
+
+    def verify_connectivity(self, livelesson: str) -> Outcome:
+        def body(record: LiveLesson) -> Outcome:
+            plan = self.plan(record)
+            timing = record.steps["verify_connectivity"]
+            passed_at = timing.finished_at
+            if passed_at is None:
+                checks = self._checks(plan, record)
+                ok = all(c.ok for c in checks)
+
+                def save(rec: LiveLesson) -> LiveLesson | None:
+                    if rec.status != "verifying":
+                        return None
+                    rec.checks = checks
+                    if ok:
+                        rec.steps["verify_connectivity"].finished_at = now()
+                    return rec
+
+                self.store.update(livelesson, save)
+                if not ok:
+                    failing = ", ".join(
+                        f"{c.source}->{c.target} ({c.address} over {c.network}: {c.received}/{c.sent} replies)"
+                        for c in checks
+                        if not c.ok
+                    )
+                    if self.deadline_passed(record):
+                        self.fail(livelesson, "verify_connectivity", f"pings failed: {failing}")
+                        return None
+                    log.warning("pings failing, will retry", failing=failing)
+                    return Again(WAIT_COUNTDOWN)
+                passed_at = now()
+            remaining = plan.ready_delay - (now() - passed_at).total_seconds()
+            if remaining > 0:  # the lesson's readyDelay: configuration settling inside the images
+                return Again(min(remaining, self.settings.visibility_timeout_seconds / 2))
+
+            def ready(rec: LiveLesson) -> LiveLesson | None:
+                if rec.status != "verifying":
+                    return None
+                rec.status = "ready"
+                rec.ready_at = now()
+                return rec
+
+            record_after = self.store.update(livelesson, ready)
+            if record_after is not None and record_after.status == "ready":
+                elapsed = (record_after.ready_at - record_after.created_at).total_seconds()  # type: ignore[operator]
+                log.info("live lesson ready", request_to_ready_s=round(elapsed, 3))
+            return Next(None)
+
+        return self.run("verify_connectivity", livelesson, body)
+
+    def _checks(self, plan: Plan, record: LiveLesson) -> list[Check]:
+        deadline = time.monotonic() + PING_BUDGET
+        addresses = {
+            (name, itf.name): itf.address for name, ep in record.endpoints.items() for itf in ep.interfaces
+        }
+
+        def one(check: object) -> Check:
+            c = check  # plan.Check
+            address = addresses.get((c.target, c.interface))  # type: ignore[attr-defined]
+            if address is None:
+                return Check(
+                    source=c.source, target=c.target, network=c.network,  # type: ignore[attr-defined]
+                    address=None, sent=0, received=0, rtt_avg_ms=None, ok=False,
+                )  # fmt: skip
+            result = run_check(self.backend, plan, c, address, deadline=deadline)  # type: ignore[arg-type]
+            return Check(
+                source=c.source, target=c.target, network=c.network,  # type: ignore[attr-defined]
+                address=address.split("/")[0], sent=result.sent, received=result.received,
+                rtt_avg_ms=result.rtt_avg_ms, ok=result.ok,
+            )  # fmt: skip
+
+        with ThreadPoolExecutor(max_workers=min(16, max(1, len(plan.checks)))) as pool:
+            return list(pool.map(one, plan.checks))
+
+    # --- teardown and GC ----------------------------------------------------------------------------
+
+    def teardown(self, livelesson: str) -> None:
+        """Destroy and mark deleted. A failed record keeps its status and error for inspection."""
+        record = self.store.get(livelesson)
+        if record is not None:
+            structlog.contextvars.bind_contextvars(
+                livelesson=livelesson, lesson=record.lesson, session=record.session, step="teardown"
+            )
+        if record is not None and record.status in ACTIVE:
+            self.store.transition(livelesson, ACTIVE, "deleting")
+        self.backend.destroy(livelesson)
+        if record is not None and record.status != "failed":
+            self.store.transition(livelesson, {*ACTIVE, "deleting"}, "deleted")
+        log.info("live lesson torn down", livelesson=livelesson)
+
+    def gc(self, enqueue: Callable[[str, str], None]) -> dict[str, int]:
+        """One pass; the caller holds the GC lock. Reads only expired, overdue and stalled records."""
+        counts = {"expired": 0, "stuck": 0, "redriven": 0, "orphan": 0}
+        for livelesson in self.store.due("expiry"):
+            if self.store.transition(livelesson, ACTIVE, "deleting") is not None:
+                enqueue("lessons.teardown", livelesson)
+                counts["expired"] += 1
+            elif self.store.get(livelesson) is None:
+                self.store.forget(livelesson)
+        for livelesson in self.store.due("deadline"):
+            record = self.store.get(livelesson)
+            if record is None:
+                self.store.forget(livelesson)
+            elif record.status in PROVISIONING:
+                step = next((s for s, st in STEP_STATUS.items() if st == record.status), "create_networks")
+                self.fail(
+                    livelesson,
+                    step,
+                    f"provisioning did not finish within {self.settings.provision_timeout_seconds}s "
+                    f"(stuck in {record.status})",
+                )
+                counts["stuck"] += 1
+        for livelesson in self.store.due("lease"):
+            record = self.store.get(livelesson)
+            if record is None:
+                self.store.forget(livelesson)
+                continue
+            task = TASK_FOR_STATUS.get(record.status)
+            if task is not None:
+                # the worker that held this step died (or its message was lost): send the step again
+                self.store.renew_lease(livelesson)
+                enqueue(task, livelesson)
+                counts["redriven"] += 1
+                log.warning("re-driving a stalled step", livelesson=livelesson, status=record.status, task=task)
+        held = self.backend.list()
+        records = {r.id: r for r in self.store.many(held)}
+        for livelesson in held:
+            record = records.get(livelesson)
+            if record is None or record.status in {"deleted", "failed"}:
+                self.backend.destroy(livelesson)
+                counts["orphan"] += 1
+                log.info("orphan destroyed", livelesson=livelesson, record=record.status if record else None)
+        prune = getattr(self.backend, "prune", None)
+        if prune is not None and not held:
+            prune()
+        return counts
+
+
+def _endpoints(observation: Observation) -> dict[str, Endpoint]:
+    return {
+        name: Endpoint(
+            pod=status.pod,
+            ready=status.ready,
+            interfaces=[Interface(name=i.name, network=i.network, address=i.address) for i in status.interfaces],
+        )
+        for name, status in observation.pods.items()
+    }
+
+
+def _with_endpoints(record: LiveLesson, endpoints: dict[str, Endpoint]) -> LiveLesson | None:
+    if record.endpoints == endpoints:
+        return None
+    record.endpoints = endpoints
+    return record

@@ -1,0 +1,113 @@
+"""Thin Celery tasks: take an id, call one pipeline function, map its outcome to Celery.
+
+Task names are a contract (other services ``send_task`` them); see DESIGN.md.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import structlog
+from celery import Task
+
+from scheduler.catalog import Catalog, load_catalog
+from scheduler.errors import SchedulerError
+from scheduler.service import request_lesson
+from scheduler.settings import get_settings
+from scheduler.state import Store
+from workers.app import app
+from workers.backends import get_backend
+from workers.pipeline import Again, Next, Outcome, Pipeline
+
+__all__ = ["create_networks", "gc", "request", "schedule_pods", "teardown", "verify_connectivity", "wait_ready"]
+
+log = structlog.get_logger(__name__)
+
+
+@lru_cache(maxsize=1)
+def catalog() -> Catalog:
+    settings = get_settings()
+    return load_catalog(settings.catalog, image_registry=settings.image_registry)
+
+
+@lru_cache(maxsize=1)
+def pipeline() -> Pipeline:
+    # built lazily, after the prefork pool has forked, so no connection is shared across processes
+    settings = get_settings()
+    return Pipeline(settings, Store.from_settings(settings), get_backend(settings), catalog())
+
+
+def _send(task: str, livelesson: str) -> None:
+    app.send_task(task, args=[livelesson])
+
+
+def _step(task: Task, outcome: Outcome, livelesson: str) -> None:
+    if isinstance(outcome, Again):
+        # max_retries=None: the pipeline bounds retries by attempts and the provisioning deadline
+        raise task.retry(countdown=outcome.countdown, max_retries=None)
+    if isinstance(outcome, Next) and outcome.task is not None:
+        _send(outcome.task, livelesson)
+
+
+@app.task(name="lessons.request", bind=True)
+def request(self: Task, lesson: str, session: str) -> dict[str, Any]:
+    """Create or return the live lesson of (lesson, session) and start provisioning.
+
+    Returns ``{"ok": true, "new": bool, "record": {...}}`` or ``{"ok": false, "error": {"kind", "message"}}``,
+    so callers that only have Redis get an answer without importing anything of ours.
+    """
+    settings = get_settings()
+    try:
+        created = request_lesson(settings, pipeline().store, catalog(), lesson, session)
+    except SchedulerError as exc:
+        return {"ok": False, "error": {"kind": type(exc).__name__, "message": str(exc)}}
+    return {"ok": True, "new": created.new, "record": created.record.model_dump(mode="json")}
+
+
+@app.task(name="lessons.create_networks", bind=True)
+def create_networks(self: Task, livelesson: str) -> None:
+    _step(self, pipeline().create_networks(livelesson), livelesson)
+
+
+@app.task(name="lessons.schedule_pods", bind=True)
+def schedule_pods(self: Task, livelesson: str) -> None:
+    _step(self, pipeline().schedule_pods(livelesson), livelesson)
+
+
+@app.task(name="lessons.wait_ready", bind=True)
+def wait_ready(self: Task, livelesson: str) -> None:
+    _step(self, pipeline().wait_ready(livelesson), livelesson)
+
+
+@app.task(name="lessons.verify_connectivity", bind=True)
+def verify_connectivity(self: Task, livelesson: str) -> None:
+    _step(self, pipeline().verify_connectivity(livelesson), livelesson)
+
+
+@app.task(name="lessons.teardown", bind=True, max_retries=10)
+def teardown(self: Task, livelesson: str) -> None:
+    try:
+        pipeline().teardown(livelesson)
+    except SchedulerError as exc:
+        if not exc.transient:
+            raise
+        raise self.retry(countdown=min(2 ** self.request.retries, 30)) from exc
+
+
+@app.task(name="lessons.gc", bind=True)
+def gc(self: Task) -> dict[str, int] | None:
+    p = pipeline()
+    lock = p.store.lock("gc", timeout=max(60, get_settings().gc_interval_seconds * 2))
+    if not lock.acquire():
+        log.info("gc skipped: another pass holds the lock")
+        return None
+    try:
+        counts = p.gc(_send)
+    finally:
+        try:
+            lock.release()
+        except Exception:  # expired while we worked: the next pass proceeds anyway
+            log.warning("gc lock expired before release")
+    log.info("gc pass", **counts)
+    return counts
