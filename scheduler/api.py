@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Any
 
 import structlog
-from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -65,7 +65,7 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
         if not secrets.compare_digest(token.encode(), settings.api_token.encode()):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
-    Auth = Annotated[None, Depends(authorize)]
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
     errors: dict[int | str, dict[str, Any]] = {401: {"model": Problem}, 404: {"model": Problem}}
 
     def livelesson_id(livelesson: str) -> str:
@@ -86,14 +86,14 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
         return JSONResponse({"detail": "the scheduler's store is unavailable; retry shortly"}, 503,
                             headers={"Retry-After": "5"})  # fmt: skip
 
-    @app.post(
-        "/v1/livelessons",
+    @v1.post(
+        "/livelessons",
         status_code=202,
         response_model=LiveLesson,
         responses={**errors, 200: {"model": LiveLesson}, 422: {"model": Problem}, 429: {"model": Problem},
                    503: {"model": Problem}},
     )  # fmt: skip
-    def create(body: LessonRequest, response: Response, _: Auth) -> LiveLesson:
+    def create(body: LessonRequest, response: Response) -> LiveLesson:
         try:
             created = request_lesson(settings, store, catalog, body.lesson, body.session)
         except NotFound as exc:
@@ -112,30 +112,30 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
         structlog.contextvars.clear_contextvars()
         return created.record
 
-    @app.get("/v1/livelessons/{livelesson}", response_model=LiveLesson, responses=errors)
-    def read(livelesson: str, _: Auth) -> LiveLesson:
+    @v1.get("/livelessons/{livelesson}", response_model=LiveLesson, responses=errors)
+    def read(livelesson: str) -> LiveLesson:
         try:
             return store.require(livelesson_id(livelesson))
         except NotFound as exc:
             raise HTTPException(404, str(exc)) from None
 
-    @app.post("/v1/livelessons/{livelesson}/keepalive", response_model=Keepalive, responses=errors)
-    def keepalive(livelesson: str, _: Auth) -> Keepalive:
+    @v1.post("/livelessons/{livelesson}/keepalive", response_model=Keepalive, responses=errors)
+    def keepalive(livelesson: str) -> Keepalive:
         try:
             record = store.keepalive(livelesson_id(livelesson))
         except NotFound as exc:
             raise HTTPException(404, str(exc)) from None
         return Keepalive(id=record.id, expires_at=record.expires_at.isoformat())
 
-    @app.delete("/v1/livelessons/{livelesson}", status_code=202, response_model=LiveLesson, responses=errors)
-    def delete(livelesson: str, _: Auth) -> LiveLesson:
+    @v1.delete("/livelessons/{livelesson}", status_code=202, response_model=LiveLesson, responses=errors)
+    def delete(livelesson: str) -> LiveLesson:
         try:
             return delete_lesson(settings, store, livelesson_id(livelesson))
         except NotFound as exc:
             raise HTTPException(404, str(exc)) from None
 
-    @app.get("/v1/lessons", response_model=list[LessonSummary], responses={401: {"model": Problem}})
-    def lessons(_: Auth) -> list[LessonSummary]:
+    @v1.get("/lessons", response_model=list[LessonSummary], responses={401: {"model": Problem}})
+    def lessons() -> list[LessonSummary]:
         return [
             LessonSummary(
                 slug=lesson.slug,
@@ -146,6 +146,8 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
             )
             for lesson in catalog
         ]
+
+    app.include_router(v1)
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:

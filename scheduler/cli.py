@@ -97,7 +97,7 @@ def _endpoints_table(record: LiveLesson) -> Table:
     for column in ("endpoint", "pod", "ready", "interface", "network", "address"):
         table.add_column(column)
     for name, ep in record.endpoints.items():
-        rows = ep.interfaces or [None]
+        rows: list[Any] = list(ep.interfaces) or [None]
         for i, itf in enumerate(rows):
             table.add_row(
                 name if i == 0 else "",
@@ -319,9 +319,8 @@ def demo(path: Path | None, as_json: bool, keep: bool, slug: str | None) -> None
         result = Demo(settings, path, lesson.slug, console=console, keep=keep).run()
     if as_json:
         click.echo(result.record.model_dump_json(indent=2) if result.record else "null")
-    else:
-        if result.record is not None:
-            print_record(result.record, as_json=False)
-        for line in result.notes:
-            out.print(line, highlight=False)
+    elif result.record is not None:
+        print_record(result.record, as_json=False)
+    for line in result.notes:
+        (err if as_json else out).print(line, highlight=False)
     sys.exit(0 if result.ok else 1)

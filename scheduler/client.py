@@ -1,8 +1,8 @@
 """The Python client for other services. It needs Redis only: no worker, backend or catalog code.
 
-    from scheduler import client
-    record = client.request_lesson("busybox-triangle", "session-42")
-    record = client.wait(record.id, timeout=60)
+from scheduler import client
+record = client.request_lesson("busybox-triangle", "session-42")
+record = client.wait(record.id, timeout=60)
 """
 
 from __future__ import annotations

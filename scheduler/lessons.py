@@ -11,10 +11,11 @@ import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -73,7 +74,8 @@ def _port(value: int) -> int:
 class _Model(BaseModel):
     # scalars are strict (Str/Int/Bool below): a port written "22" or a name written 12 is a mistake
     # worth reporting, not coercing
-    model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True)
+    # only the documented (camelCase) keys: "ready_delay" would be a second spelling that passes silently
+    model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel)
 
 
 class Presentation(_Model):
@@ -89,18 +91,13 @@ class Endpoint(_Model):
     name: StrictStr
     image: str = Field(min_length=1)
     configuration_type: StrictStr | None = None
-    additional_ports: tuple[StrictInt, ...] = ()
+    additional_ports: tuple[Annotated[StrictInt, AfterValidator(_port)], ...] = ()  # path names the item
     presentations: tuple[Presentation, ...] = ()
     # additions to Antidote's format: what the pod runs, when the image's default is not wanted
     command: tuple[StrictStr, ...] | None = None
     args: tuple[StrictStr, ...] | None = None
 
     _name = field_validator("name")(_label)
-
-    @field_validator("additional_ports")
-    @classmethod
-    def _ports(cls, value: tuple[int, ...]) -> tuple[int, ...]:
-        return tuple(_port(p) for p in value)
 
     @property
     def ports(self) -> tuple[int, ...]:
@@ -308,7 +305,9 @@ def _problems(exc: ValidationError, model: type[BaseModel], source: str, data: o
         elif kind == "literal_error":
             expected = err.get("ctx", {}).get("expected", "")
             message = f"{value!r} is not one of {expected}"
-        elif kind == "too_short" and loc and loc[-1] == "endpoints":
+        elif kind == "too_short" and tuple(loc) == ("endpoints",):
+            if value:  # endpoints were given but failed validation; their own problems say why
+                continue
             message = "a lesson needs at least one endpoint"
         elif kind == "value_error":
             message = str(err.get("ctx", {}).get("error", err["msg"]))

@@ -177,11 +177,16 @@ def make_plan(
         LABEL_SESSION: session,
     }
     networks = []
-    used: dict[str, int] = {}
+    used: set[str] = set()
     for i, (conn, subnet) in enumerate(zip(lesson.connections, _subnets(lesson, subnet_pool), strict=True)):
         base = f"{conn.a}-{conn.b}"
-        used[base] = used.get(base, 0) + 1
-        nad = base if used[base] == 1 else f"{base}-{used[base]}"  # parallel links
+        # parallel links get -2, -3, ...; so does a name another pair already produced
+        # ("a-b" + "c" and "a" + "b-c" both give "a-b-c")
+        nad, k = base, 1
+        while nad in used:
+            k += 1
+            nad = f"{base}-{k}"
+        used.add(nad)
         networks.append(
             Network(
                 i,

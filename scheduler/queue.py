@@ -34,7 +34,11 @@ def time_limits(settings: Settings) -> tuple[int, int]:
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    transport = {"visibility_timeout": settings.visibility_timeout_seconds, "socket_timeout": 5, "socket_connect_timeout": 2}
+    transport = {
+        "visibility_timeout": settings.visibility_timeout_seconds,
+        "socket_timeout": 5,
+        "socket_connect_timeout": 2,
+    }
     return {
         "broker_url": settings.redis_url,
         "result_backend": settings.redis_url,

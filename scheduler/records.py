@@ -15,8 +15,8 @@ __all__ = [
     "ID_PATTERN",
     "PROVISIONING",
     "SESSION_PATTERN",
-    "STEP_STATUS",
     "STEPS",
+    "STEP_STATUS",
     "TERMINAL",
     "Check",
     "Endpoint",
@@ -49,9 +49,9 @@ STEP_STATUS: dict[str, Status] = {
     "wait_ready": "booting",
     "verify_connectivity": "verifying",
 }
-PROVISIONING: frozenset[str] = frozenset({"requested", *STEP_STATUS.values()})
-ACTIVE: frozenset[str] = PROVISIONING | {"ready"}
-TERMINAL: frozenset[str] = frozenset({"failed", "deleted"})
+PROVISIONING: frozenset[Status] = frozenset({"requested", *STEP_STATUS.values()})
+ACTIVE: frozenset[Status] = PROVISIONING | {"ready"}
+TERMINAL: frozenset[Status] = frozenset({"failed", "deleted"})
 
 ID_ALPHABET = string.ascii_lowercase + string.digits
 ID_PATTERN = re.compile(r"^[a-z0-9]{10}$")

@@ -117,7 +117,7 @@ def pods(plan: Plan) -> list[Obj]:
 
 def network_policy(plan: Plan) -> Obj:
     """Traffic stays inside the namespace; DNS is the one way out."""
-    same_namespace = [{"podSelector": {}}]
+    same_namespace: list[Obj] = [{"podSelector": {}}]
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",

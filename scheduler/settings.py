@@ -27,9 +27,7 @@ class Settings(BaseSettings):
     instance: str = Field(
         "lessons", description="Scopes everything this deployment owns; GC never touches another instance."
     )
-    ttl_seconds: int = Field(
-        1800, ge=10, description="A live lesson expires this long after its last keepalive."
-    )
+    ttl_seconds: int = Field(1800, ge=10, description="A live lesson expires this long after its last keepalive.")
     provision_timeout_seconds: int = Field(
         300, ge=5, description="Deadline from request to ready; past it the lesson fails and is torn down."
     )
@@ -42,25 +40,17 @@ class Settings(BaseSettings):
         200, ge=1, description="Active live lessons this instance holds at most; past it requests get 503."
     )
     api_token: str | None = Field(None, description="Bearer token the HTTP API requires when set.")
-    log_format: Literal["json", "console"] = Field(
-        "json", description="structlog renderer for every process."
-    )
+    log_format: Literal["json", "console"] = Field("json", description="structlog renderer for every process.")
     log_level: str = Field("INFO", description="Log level for every process.")
-    kubeconfig: Path | None = Field(
-        None, description="Kubeconfig for the kubernetes backend; else in-cluster."
-    )
+    kubeconfig: Path | None = Field(None, description="Kubeconfig for the kubernetes backend; else in-cluster.")
     state_dir: Path = Field(
         Path("/var/lib/lesson-scheduler"), description="Local backend: IPAM, CNI results, pod pid files."
     )
-    cni_path: Path = Field(
-        Path("/usr/lib/cni"), description="Where the CNI plugins (bridge, host-local) live."
-    )
+    cni_path: Path = Field(Path("/usr/lib/cni"), description="Where the CNI plugins (bridge, host-local) live.")
     image_registry: str = Field("antidotelabs", description="Prefix for catalog image slugs on Kubernetes.")
-    step_max_attempts: int = Field(
-        5, ge=1, description="Attempts per step on transient errors before failing."
-    )
+    step_max_attempts: int = Field(5, ge=1, description="Attempts per step on transient errors before failing.")
     visibility_timeout_seconds: int = Field(
-        600, ge=30, description="Redis redelivers an unacknowledged task after this; above every time limit."
+        600, ge=5, description="Redis redelivers an unacknowledged task after this; above every time limit."
     )
     lease_seconds: int = Field(
         20, ge=2, description="A step with no progress for this long is re-driven by GC (its worker died)."

@@ -21,12 +21,14 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import redis
 import structlog
 
 from scheduler.errors import LimitExceeded, NotFound, TemporaryError
 from scheduler.records import ACTIVE, PROVISIONING, TERMINAL, LiveLesson, Status, new_id, now
+from scheduler.settings import Settings
 
 __all__ = ["LEASED", "Created", "Store", "connect"]
 
@@ -54,7 +56,7 @@ return {1, ARGV[1], ARGV[2]}
 """
 
 
-def connect(url: str) -> redis.Redis:
+def connect(url: str) -> redis.Redis[str]:
     # short timeouts: a Redis outage must surface as an error (503, a retry), not a hung request
     return redis.Redis.from_url(
         url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=15, decode_responses=True
@@ -70,7 +72,7 @@ class Created:
 class Store:
     def __init__(
         self,
-        client: redis.Redis,
+        client: redis.Redis[str],
         *,
         instance: str,
         ttl_seconds: int = 1800,
@@ -90,16 +92,16 @@ class Store:
         self._create = client.register_script(_CREATE)
 
     @classmethod
-    def from_settings(cls, settings: object, client: redis.Redis | None = None) -> Store:
+    def from_settings(cls, settings: Settings, client: redis.Redis[str] | None = None) -> Store:
         s = settings
         return cls(
-            client or connect(s.redis_url),  # type: ignore[attr-defined]
-            instance=s.instance,  # type: ignore[attr-defined]
-            ttl_seconds=s.ttl_seconds,  # type: ignore[attr-defined]
-            provision_timeout_seconds=s.provision_timeout_seconds,  # type: ignore[attr-defined]
-            lease_seconds=s.lease_seconds,  # type: ignore[attr-defined]
-            max_per_session=s.max_per_session,  # type: ignore[attr-defined]
-            max_active=s.max_active,  # type: ignore[attr-defined]
+            client or connect(s.redis_url),
+            instance=s.instance,
+            ttl_seconds=s.ttl_seconds,
+            provision_timeout_seconds=s.provision_timeout_seconds,
+            lease_seconds=s.lease_seconds,
+            max_per_session=s.max_per_session,
+            max_active=s.max_active,
         )
 
     # --- keys ---------------------------------------------------------------------------------------
@@ -199,7 +201,7 @@ class Store:
                 while True:
                     try:
                         pipe.watch(key)
-                        raw = pipe.get(key)
+                        raw: str | None = pipe.get(key)  # type: ignore[assignment]
                         if raw is None:
                             pipe.unwatch()
                             return None
@@ -218,7 +220,7 @@ class Store:
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise TemporaryError(f"Redis is unreachable: {exc}", delay=2.0) from exc
 
-    def _write(self, pipe: redis.client.Pipeline, before: LiveLesson, after: LiveLesson) -> None:
+    def _write(self, pipe: redis.client.Pipeline[str], before: LiveLesson, after: LiveLesson) -> None:
         key = self.key(after.id)
         if after.status in TERMINAL:
             # out of every index; the record itself stays for inspection until its TTL
@@ -294,7 +296,7 @@ class Store:
     # --- errors -------------------------------------------------------------------------------------
 
     @staticmethod
-    def _call(fn: Callable[..., object], *args: object, **kwargs: object) -> object:
+    def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except (redis.ConnectionError, redis.TimeoutError) as exc:

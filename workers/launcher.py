@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -82,10 +83,9 @@ class CeleryProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         else:
-            try:  # the main process is gone: end any pool children it left in its group
+            # the main process is gone: end any pool children it left in its group
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         if self._log:
             self._log.close()
             self._log = None

@@ -104,9 +104,7 @@ class Pipeline:
         )
         return record
 
-    def _finish(
-        self, step: str, livelesson: str, to: str, edit: Callable[[LiveLesson], None] | None = None
-    ) -> bool:
+    def _finish(self, step: str, livelesson: str, to: str, edit: Callable[[LiveLesson], None] | None = None) -> bool:
         status = STEP_STATUS[step]
 
         def change(rec: LiveLesson) -> LiveLesson | None:
@@ -268,9 +266,7 @@ class Pipeline:
 
     def _checks(self, plan: Plan, record: LiveLesson) -> list[Check]:
         deadline = time.monotonic() + PING_BUDGET
-        addresses = {
-            (name, itf.name): itf.address for name, ep in record.endpoints.items() for itf in ep.interfaces
-        }
+        addresses = {(name, itf.name): itf.address for name, ep in record.endpoints.items() for itf in ep.interfaces}
 
         def one(check: object) -> Check:
             c = check  # plan.Check

@@ -92,7 +92,7 @@ def teardown(self: Task, livelesson: str) -> None:
     except SchedulerError as exc:
         if not exc.transient:
             raise
-        raise self.retry(countdown=min(2 ** self.request.retries, 30)) from exc
+        raise self.retry(countdown=min(2**self.request.retries, 30)) from exc
 
 
 @app.task(name="lessons.gc", bind=True)

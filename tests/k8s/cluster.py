@@ -62,8 +62,7 @@ class ClusterError(RuntimeError):
 def versions() -> dict[str, str]:
     """The pins of versions.sh, read by bash itself so there is one source of truth."""
     script = (
-        f'source "{HERE / "versions.sh"}"; '
-        'printf "%s\\n" "$K8S_VERSION" "$K8S_TOOLS_DIR" "$K8S_BIN_DIR" "$K8S_STAMP"'
+        f'source "{HERE / "versions.sh"}"; printf "%s\\n" "$K8S_VERSION" "$K8S_TOOLS_DIR" "$K8S_BIN_DIR" "$K8S_STAMP"'
     )
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout.splitlines()
     return dict(zip(("version", "tools_dir", "bin_dir", "stamp"), out, strict=True))
@@ -95,7 +94,10 @@ def _start_time(pid: int) -> str | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]  # field 22, starttime
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):  # exited, not yet reaped
+        return None
+    return fields[19]  # field 22, starttime
 
 
 def _pidfile(name: str) -> Path:
@@ -117,8 +119,13 @@ def spawn(name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     with (logs / f"{name}.log").open("ab") as out:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=STATE,
-            env=env if env is not None else os.environ.copy(), start_new_session=True,
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=STATE,
+            env=env if env is not None else os.environ.copy(),
+            start_new_session=True,
         )
     start = None
     for _ in range(50):
@@ -197,10 +204,23 @@ def make_pki() -> None:
     pki = STATE / "pki"
     pki.mkdir(parents=True, exist_ok=True)
     openssl(
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "3650",
-        "-subj", "/CN=lesson-scheduler-test-ca",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "3650",
+        "-subj",
+        "/CN=lesson-scheduler-test-ca",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
     )
     # One key and certificate for every component, as kwokctl does: the API server's serving cert (every
     # name and address it is reached by), the admin's client cert (system:masters), the kwok server's cert.
@@ -211,10 +231,35 @@ def make_pki() -> None:
         "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
         "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n"
     )
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "admin.key", "-out", "admin.csr",
-            "-subj", "/O=system:masters/CN=kube-admin")
-    openssl("x509", "-req", "-in", "admin.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", "admin.crt", "-days", "3650", "-extfile", "admin.ext")
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "admin.key",
+        "-out",
+        "admin.csr",
+        "-subj",
+        "/O=system:masters/CN=kube-admin",
+    )
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "admin.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "admin.crt",
+        "-days",
+        "3650",
+        "-extfile",
+        "admin.ext",
+    )
 
 
 def write_kubeconfig(api_port: int) -> Path:
@@ -226,10 +271,18 @@ def write_kubeconfig(api_port: int) -> Path:
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "lesson-test", "cluster": {
-            "server": f"https://127.0.0.1:{api_port}", "certificate-authority-data": b64("ca.crt")}}],
-        "users": [{"name": "admin", "user": {
-            "client-certificate-data": b64("admin.crt"), "client-key-data": b64("admin.key")}}],
+        "clusters": [
+            {
+                "name": "lesson-test",
+                "cluster": {"server": f"https://127.0.0.1:{api_port}", "certificate-authority-data": b64("ca.crt")},
+            }
+        ],
+        "users": [
+            {
+                "name": "admin",
+                "user": {"client-certificate-data": b64("admin.crt"), "client-key-data": b64("admin.key")},
+            }
+        ],
         "contexts": [{"name": "lesson-test", "context": {"cluster": "lesson-test", "user": "admin"}}],
         "current-context": "lesson-test",
     }
@@ -247,17 +300,18 @@ def write_wrappers() -> Path:
 # `kubectl exec POD -- CMD` on a kwok node: the kwok controller runs CMD from this directory, with the
 # env of the pod's Exec resource (written by tests/k8s/node_agent.py). Run CMD in the pod's network
 # namespace, never in the root one.
-name=$(basename "$0")
+PATH={REAL_PATH}
+export PATH
+name=${{0##*/}}
 if [ -z "${{{NETNS_ENV}:-}}" ]; then
-  echo "$name: this pod has no network namespace (the node agent wires pods with a k8s.v1.cni.cncf.io/networks annotation)" >&2
+  echo "$name: this pod has no network namespace (the node agent wires pods that have" \
+       "a k8s.v1.cni.cncf.io/networks annotation)" >&2
   exit 126
 fi
 if [ ! -e "/run/netns/${{{NETNS_ENV}}}" ]; then
   echo "$name: network namespace ${{{NETNS_ENV}}} is gone" >&2
   exit 126
 fi
-PATH={REAL_PATH}
-export PATH
 exec nsenter --net="/run/netns/${{{NETNS_ENV}}}" -- "$name" "$@"
 """)
     script.chmod(0o755)
@@ -272,8 +326,12 @@ def kwok_config(tools_dir: Path) -> Path:
     share = tools_dir / "share/kwok"
     path = STATE / "kwok.yaml"
     path.write_text(
-        "apiVersion: config.kwok.x-k8s.io/v1alpha1\nkind: KwokConfiguration\noptions: {}\n---\n"
-        + (share / "stages.yaml").read_text()
+        # kwok's own defaults, spelled out: a KwokConfiguration without them gets zeros.
+        "apiVersion: config.kwok.x-k8s.io/v1alpha1\nkind: KwokConfiguration\noptions:\n"
+        "  enableDebuggingHandlers: true\n  enableContentionProfiling: false\n  enableProfilingHandler: false\n"
+        "  podPlayStageParallelism: 4\n  nodePlayStageParallelism: 4\n  nodeLeaseParallelism: 4\n"
+        "  podsOnNodeSyncParallelism: 1\n  enablePodsOnNodeSyncListPager: true\n"
+        "  enablePodsOnNodeSyncStreamWatch: false\n---\n" + (share / "stages.yaml").read_text()
     )
     return path
 
@@ -340,6 +398,11 @@ def up() -> int:
     if is_up():
         log(f"already up: KUBECONFIG={STATE / 'kubeconfig'}")
         return 0
+    if MARKER.exists() and all(recorded(c) for c in COMPONENTS if c != "node-agent") and api_ready():
+        log("the control plane runs but the node agent does not: restarting the agent")
+        start_agent()
+        log(f"up in {time.monotonic() - started:.1f}s: export KUBECONFIG={STATE / 'kubeconfig'}")
+        return 0
     if STATE.exists():
         log(f"{STATE} holds a stopped or partial cluster: cleaning it first")
         down(quiet=True)
@@ -375,13 +438,23 @@ def _up(bins: Path, tools: Path) -> None:
     log(f"etcd on 127.0.0.1:{ports['etcd']}")
     etcd_url = f"http://127.0.0.1:{ports['etcd']}"
     peer_url = f"http://127.0.0.1:{ports['etcd_peer']}"
-    spawn("etcd", [
-        str(bins / "etcd"), "--name=node0", f"--data-dir={STATE / 'etcd'}",
-        f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
-        f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
-        f"--initial-cluster=node0={peer_url}", "--unsafe-no-fsync=true", "--log-level=warn",
-        "--auto-compaction-retention=1", "--quota-backend-bytes=2147483648",
-    ])
+    spawn(
+        "etcd",
+        [
+            str(bins / "etcd"),
+            "--name=node0",
+            f"--data-dir={STATE / 'etcd'}",
+            f"--listen-client-urls={etcd_url}",
+            f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls={peer_url}",
+            f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=node0={peer_url}",
+            "--unsafe-no-fsync=true",
+            "--log-level=warn",
+            "--auto-compaction-retention=1",
+            "--quota-backend-bytes=2147483648",
+        ],
+    )
 
     def etcd_ok() -> bool:
         with urllib.request.urlopen(f"{etcd_url}/health", timeout=1) as r:
@@ -390,41 +463,76 @@ def _up(bins: Path, tools: Path) -> None:
     wait_for("etcd", etcd_ok, 30, "etcd")
 
     log(f"kube-apiserver on 127.0.0.1:{ports['apiserver']}")
-    spawn("kube-apiserver", [
-        str(bins / "kube-apiserver"),
-        f"--etcd-servers={etcd_url}", "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-        f"--secure-port={ports['apiserver']}", f"--cert-dir={pki}",
-        f"--tls-cert-file={pki / 'admin.crt'}", f"--tls-private-key-file={pki / 'admin.key'}",
-        f"--client-ca-file={pki / 'ca.crt'}",
-        f"--service-account-key-file={pki / 'admin.key'}",
-        f"--service-account-signing-key-file={pki / 'admin.key'}",
-        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-        f"--service-cluster-ip-range={SERVICE_CIDR}",
-        # The API server dials nodes (exec, logs) at their InternalIP, 127.0.0.1, on kwok's port; never by
-        # a node's name, which would be a DNS lookup.
-        "--kubelet-preferred-address-types=InternalIP",
-        f"--kubelet-client-certificate={pki / 'admin.crt'}", f"--kubelet-client-key={pki / 'admin.key'}",
-        f"--kubelet-certificate-authority={pki / 'ca.crt'}",
-        "--authorization-mode=Node,RBAC", "--allow-privileged=true",
-        "--endpoint-reconciler-type=none",
-        "--profiling=false", "--v=1",
-    ])
+    spawn(
+        "kube-apiserver",
+        [
+            str(bins / "kube-apiserver"),
+            f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={ports['apiserver']}",
+            f"--cert-dir={pki}",
+            f"--tls-cert-file={pki / 'admin.crt'}",
+            f"--tls-private-key-file={pki / 'admin.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            f"--service-account-key-file={pki / 'admin.key'}",
+            f"--service-account-signing-key-file={pki / 'admin.key'}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            # The API server dials nodes (exec, logs) at their InternalIP, 127.0.0.1, on kwok's port; never by
+            # a node's name, which would be a DNS lookup.
+            "--kubelet-preferred-address-types=InternalIP",
+            f"--kubelet-client-certificate={pki / 'admin.crt'}",
+            f"--kubelet-client-key={pki / 'admin.key'}",
+            f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+            "--authorization-mode=Node,RBAC",
+            "--allow-privileged=true",
+            "--endpoint-reconciler-type=none",
+            # Front-proxy settings, so the controller-manager and scheduler find a complete
+            # extension-apiserver-authentication ConfigMap.
+            f"--requestheader-client-ca-file={pki / 'ca.crt'}",
+            "--requestheader-allowed-names=",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={pki / 'admin.crt'}",
+            f"--proxy-client-key-file={pki / 'admin.key'}",
+            "--profiling=false",
+            "--v=1",
+        ],
+    )
     wait_for("kube-apiserver /readyz", api_ready, 90, "kube-apiserver")
 
     common = [
-        f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
-        f"--authorization-kubeconfig={kubeconfig}", "--bind-address=127.0.0.1", "--leader-elect=false",
-        f"--tls-cert-file={pki / 'admin.crt'}", f"--tls-private-key-file={pki / 'admin.key'}",
-        "--kube-api-qps=200", "--kube-api-burst=400", "--profiling=false", "--v=1",
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        "--bind-address=127.0.0.1",
+        "--leader-elect=false",
+        f"--tls-cert-file={pki / 'admin.crt'}",
+        f"--tls-private-key-file={pki / 'admin.key'}",
+        "--kube-api-qps=200",
+        "--kube-api-burst=400",
+        "--profiling=false",
+        "--v=1",
     ]
     log(f"kube-controller-manager on 127.0.0.1:{ports['controller_manager']}")
-    spawn("kube-controller-manager", [
-        str(bins / "kube-controller-manager"), *common, f"--secure-port={ports['controller_manager']}",
-        f"--root-ca-file={pki / 'ca.crt'}", f"--service-account-private-key-file={pki / 'admin.key'}",
-        "--use-service-account-credentials=false", f"--service-cluster-ip-range={SERVICE_CIDR}",
-        f"--cluster-signing-cert-file={pki / 'ca.crt'}", f"--cluster-signing-key-file={pki / 'ca.key'}",
-        "--concurrent-namespace-syncs=5", "--concurrent-gc-syncs=20",
-    ])
+    spawn(
+        "kube-controller-manager",
+        [
+            str(bins / "kube-controller-manager"),
+            *common,
+            f"--secure-port={ports['controller_manager']}",
+            f"--root-ca-file={pki / 'ca.crt'}",
+            f"--service-account-private-key-file={pki / 'admin.key'}",
+            "--use-service-account-credentials=false",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+            f"--cluster-signing-key-file={pki / 'ca.key'}",
+            "--concurrent-namespace-syncs=5",
+            "--concurrent-gc-syncs=20",
+        ],
+    )
     log(f"kube-scheduler on 127.0.0.1:{ports['scheduler']}")
     spawn("kube-scheduler", [str(bins / "kube-scheduler"), *common, f"--secure-port={ports['scheduler']}"])
 
@@ -437,45 +545,74 @@ def _up(bins: Path, tools: Path) -> None:
     log(f"kwok controller on 127.0.0.1:{ports['kwok']} (exec wrappers in {wrappers})")
     env = {k: val for k, val in os.environ.items() if k not in ("PATH", NETNS_ENV)}
     env["PATH"] = str(wrappers)
-    spawn("kwok", [
-        str(bins / "kwok"), f"--kubeconfig={kubeconfig}", f"--config={kwok_config(tools)}",
-        "--manage-all-nodes=false", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-        f"--tls-cert-file={pki / 'admin.crt'}", f"--tls-private-key-file={pki / 'admin.key'}",
-        "--node-ip=127.0.0.1", f"--node-port={ports['kwok']}",
-        f"--server-address=127.0.0.1:{ports['kwok']}",
-        "--node-lease-duration-seconds=40", "--enable-crds=Exec,ClusterExec", "--cidr=10.244.0.1/16",
-    ], env=env)
+    spawn(
+        "kwok",
+        [
+            str(bins / "kwok"),
+            f"--kubeconfig={kubeconfig}",
+            f"--config={kwok_config(tools)}",
+            "--manage-all-nodes=false",
+            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+            f"--tls-cert-file={pki / 'admin.crt'}",
+            f"--tls-private-key-file={pki / 'admin.key'}",
+            "--node-ip=127.0.0.1",
+            f"--node-port={ports['kwok']}",
+            f"--server-address=127.0.0.1:{ports['kwok']}",
+            "--node-lease-duration-seconds=40",
+            "--enable-crds=Exec,ClusterExec",
+            "--cidr=10.244.0.1/16",
+        ],
+        env=env,
+    )
 
     log(f"creating {NODES} kwok nodes")
-    kubectl("apply", "-f", "-", stdin=json.dumps(
-        {"apiVersion": "v1", "kind": "List", "items": [node_manifest(i) for i in range(NODES)]}))
+    kubectl(
+        "apply",
+        "-f",
+        "-",
+        stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": [node_manifest(i) for i in range(NODES)]}),
+    )
 
     def nodes_ready() -> bool:
         out = kubectl("get", "nodes", "-o", "json").stdout
         ready = [
-            n for n in json.loads(out)["items"]
+            n
+            for n in json.loads(out)["items"]
             if any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))
         ]
         return len(ready) >= NODES
 
     wait_for(f"{NODES} Ready nodes", nodes_ready, 60, "kwok")
 
-    log("node agent")
-    agent_state = STATE / "agent"
-    agent_state.mkdir(exist_ok=True)
-    agent_env = os.environ.copy()
-    agent_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), agent_env.get("PYTHONPATH")]))
-    agent_env["PYTHONUNBUFFERED"] = "1"
-    spawn("node-agent", [
-        agent_python(), str(HERE / "node_agent.py"), "run", f"--kubeconfig={kubeconfig}",
-        f"--state-dir={agent_state}", f"--netns-prefix={NETNS_PREFIX}",
-    ], env=agent_env)
-    wait_for("the node agent's first sync", (agent_state / "ready").exists, 30, "node-agent")
-
+    start_agent()
     for c in COMPONENTS:
         if recorded(c) is None:
             raise ClusterError(f"{c} exited; its log ends:\n{tail(c)}")
     wait_for("kube-apiserver /readyz", api_ready, 30, "kube-apiserver")
+
+
+def start_agent() -> None:
+    log("node agent")
+    kubeconfig = STATE / "kubeconfig"
+    agent_state = STATE / "agent"
+    agent_state.mkdir(exist_ok=True)
+    (agent_state / "ready").unlink(missing_ok=True)
+    agent_env = os.environ.copy()
+    agent_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), agent_env.get("PYTHONPATH")]))
+    agent_env["PYTHONUNBUFFERED"] = "1"
+    spawn(
+        "node-agent",
+        [
+            agent_python(),
+            str(HERE / "node_agent.py"),
+            "run",
+            f"--kubeconfig={kubeconfig}",
+            f"--state-dir={agent_state}",
+            f"--netns-prefix={NETNS_PREFIX}",
+        ],
+        env=agent_env,
+    )
+    wait_for("the node agent's first sync", (agent_state / "ready").exists, 30, "node-agent")
 
 
 def install_manifests() -> None:
@@ -514,9 +651,18 @@ def down(quiet: bool = False) -> int:
         env = os.environ.copy()
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         proc = subprocess.run(
-            [agent_python(), str(HERE / "node_agent.py"), "cleanup", f"--state-dir={agent_state}",
-             f"--netns-prefix={NETNS_PREFIX}"],
-            env=env, capture_output=True, text=True, timeout=120, check=False,
+            [
+                agent_python(),
+                str(HERE / "node_agent.py"),
+                "cleanup",
+                f"--state-dir={agent_state}",
+                f"--netns-prefix={NETNS_PREFIX}",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
         if proc.returncode != 0:
             log(f"node agent cleanup failed:\n{proc.stdout}{proc.stderr}")

@@ -58,7 +58,7 @@ class Network:
 
 
 def parse_networks(value: str, pod_namespace: str) -> list[Network]:
-    """Multus's two annotation forms: a JSON list of selection elements, or "ns/name@ifname,...". """
+    """Multus's two annotation forms: a JSON list of selection elements, or "ns/name@ifname,..."."""
     value = value.strip()
     items: list[dict[str, Any]] = []
     if value.startswith("["):
@@ -76,11 +76,13 @@ def parse_networks(value: str, pod_namespace: str) -> list[Network]:
     for index, item in enumerate(items, start=1):
         if not isinstance(item, dict) or not item.get("name"):
             raise ValueError(f"network element {index} has no name: {item!r}")
-        networks.append(Network(
-            namespace=item.get("namespace") or pod_namespace,
-            name=str(item["name"]),
-            interface=item.get("interface") or f"net{index}",
-        ))
+        networks.append(
+            Network(
+                namespace=item.get("namespace") or pod_namespace,
+                name=str(item["name"]),
+                interface=item.get("interface") or f"net{index}",
+            )
+        )
     ifnames = [n.interface for n in networks]
     if len(set(ifnames)) != len(ifnames):
         raise ValueError(f"duplicate interface names in {ifnames}")
@@ -136,9 +138,9 @@ def prepare_config(raw: str, nad: str, ipam_dir: Path) -> dict[str, Any]:
     if not isinstance(conf, dict):
         raise ValueError(f"{nad}: spec.config is not a JSON object")
     if "plugins" in conf:
-        raise ValueError(f"{nad}: CNI configuration lists (\"plugins\") are not supported by the test agent")
+        raise ValueError(f'{nad}: CNI configuration lists ("plugins") are not supported by the test agent')
     if not conf.get("type"):
-        raise ValueError(f"{nad}: spec.config has no plugin \"type\"")
+        raise ValueError(f'{nad}: spec.config has no plugin "type"')
     conf = copy.deepcopy(conf)
     conf.setdefault("name", nad.split("/", 1)[1])
     conf.setdefault("cniVersion", DEFAULT_CNI_VERSION)
@@ -162,11 +164,18 @@ def teardown(record: dict[str, Any], plugin_dir: Path) -> None:
     pod_ns = record["pod_netns"]
     for att in reversed(record.get("attachments", [])):
         try:
-            cni.delete(att["config"], container_id=record["uid"], netns=cni.netns_path(pod_ns),
-                       ifname=att["ifname"], node_netns=record["node_netns"], plugin_dir=plugin_dir)
+            cni.delete(
+                att["config"],
+                container_id=record["uid"],
+                netns=cni.netns_path(pod_ns),
+                ifname=att["ifname"],
+                node_netns=record["node_netns"],
+                plugin_dir=plugin_dir,
+            )
         except Exception as exc:  # best effort: the namespace goes anyway
-            log.warning("CNI DEL %s %s of %s/%s: %s", att["network"], att["ifname"], record["namespace"],
-                        record["name"], exc)
+            log.warning(
+                "CNI DEL %s %s of %s/%s: %s", att["network"], att["ifname"], record["namespace"], record["name"], exc
+            )
     netns.delete(pod_ns)
     remove_empty_bridges(record["node_netns"])
 
@@ -183,6 +192,7 @@ class Agent:
         self.plugin_dir = plugin_dir
         self.kwok_nodes: set[str] = set()
         self.retry: dict[str, float] = {}  # "ns/name" -> when to try again
+        self.failures: dict[str, int] = {}  # "ns/name" -> failed attempts in a row
 
     # --- API helpers ---------------------------------------------------------------------------------
 
@@ -204,9 +214,18 @@ class Agent:
         body = client.CoreV1Event(
             metadata=client.V1ObjectMeta(generate_name=f"{pod.metadata.name}.", namespace=pod.metadata.namespace),
             involved_object=client.V1ObjectReference(
-                api_version="v1", kind="Pod", name=pod.metadata.name, namespace=pod.metadata.namespace,
-                uid=pod.metadata.uid),
-            reason=reason, message=message[:1000], type=kind, first_timestamp=now, last_timestamp=now, count=1,
+                api_version="v1",
+                kind="Pod",
+                name=pod.metadata.name,
+                namespace=pod.metadata.namespace,
+                uid=pod.metadata.uid,
+            ),
+            reason=reason,
+            message=message[:1000],
+            type=kind,
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
             source=client.V1EventSource(component="multus", host=pod.spec.node_name),
         )
         with contextlib.suppress(Exception):
@@ -263,9 +282,13 @@ class Agent:
         try:
             self.wire(pod)
             self.retry.pop(key, None)
+            self.failures.pop(key, None)
         except Exception as exc:
-            log.warning("wiring %s failed (retrying in %.0fs): %s", key, RETRY_AFTER, exc)
-            self.event(pod, "FailedCreatePodSandBox", f"node agent: {exc}")
+            count = self.failures[key] = self.failures.get(key, 0) + 1
+            why = _describe(exc)
+            log.warning("wiring %s failed (attempt %d, retrying in %.0fs): %s", key, count, RETRY_AFTER, why)
+            if count == 1 or count % 30 == 0:  # as a kubelet would report it, without flooding
+                self.event(pod, "FailedCreatePodSandBox", f"node agent (attempt {count}): {why}")
             record = self.state.load(pod.metadata.uid)
             if record is not None:
                 self.forget(record)
@@ -277,8 +300,14 @@ class Agent:
         networks = parse_networks(meta.annotations[NETWORKS_ANNOTATION], meta.namespace)
         node_ns, own_ns = node_netns(self.prefix, node), pod_netns(self.prefix, meta.uid)
         record: dict[str, Any] = {
-            "uid": meta.uid, "namespace": meta.namespace, "name": meta.name, "node": node,
-            "node_netns": node_ns, "pod_netns": own_ns, "attachments": [], "wired": False,
+            "uid": meta.uid,
+            "namespace": meta.namespace,
+            "name": meta.name,
+            "node": node,
+            "node_netns": node_ns,
+            "pod_netns": own_ns,
+            "attachments": [],
+            "wired": False,
         }
         self.state.save(record)
         netns.add(node_ns)
@@ -290,21 +319,23 @@ class Agent:
             conf = prepare_config(nad.get("spec", {}).get("config") or "{}", nad_ref, self.state.ipam_dir(node))
             record["attachments"].append({"network": nad_ref, "ifname": net.interface, "config": conf})
             self.state.save(record)
-            result = cni.add(conf, container_id=meta.uid, netns=cni.netns_path(own_ns), ifname=net.interface,
-                             node_netns=node_ns, plugin_dir=self.plugin_dir)
-            statuses.append({
-                "name": nad_ref,
-                "interface": net.interface,
-                "ips": [a.split("/", 1)[0] for a in result.addresses],
-                "mac": result.mac or "",
-                "dns": {},
-            })
-        # Multus lists the cluster network (eth0) first, marked default; kwok invents its address.
-        status = [{"name": "kwok", "interface": "eth0", "ips": list(_pod_ips(pod)), "mac": "", "default": True,
-                   "dns": {}}, *statuses]
+            result = cni.add(
+                conf,
+                container_id=meta.uid,
+                netns=cni.netns_path(own_ns),
+                ifname=net.interface,
+                node_netns=node_ns,
+                plugin_dir=self.plugin_dir,
+            )
+            statuses.append(
+                _status_entry(nad_ref, net.interface, [a.split("/", 1)[0] for a in result.addresses], result.mac)
+            )
+        # Multus lists the cluster network (eth0) first, marked default; its address is the one kwok invents.
+        status = [_status_entry("kwok", "eth0", _pod_ips(pod), None, default=True), *statuses]
         self.put_exec(pod, own_ns)
-        self.core.patch_namespaced_pod(meta.name, meta.namespace, {
-            "metadata": {"annotations": {STATUS_ANNOTATION: json.dumps(status, indent=4)}}})
+        self.core.patch_namespaced_pod(
+            meta.name, meta.namespace, {"metadata": {"annotations": {STATUS_ANNOTATION: json.dumps(status, indent=4)}}}
+        )
         record["wired"] = True
         self.state.save(record)
         summary = ", ".join(f"{s['interface']}={','.join(s['ips'])}" for s in statuses)
@@ -341,6 +372,7 @@ class Agent:
             except ApiException as exc:
                 if exc.status == 404:
                     self.retry.pop(key, None)
+                    self.failures.pop(key, None)
                     continue
                 raise
             self.reconcile(pod)
@@ -356,8 +388,12 @@ class Agent:
         while True:
             try:
                 w = watch.Watch()
-                for ev in w.stream(self.core.list_pod_for_all_namespaces, field_selector="spec.nodeName!=",
-                                   resource_version=rv, timeout_seconds=2):
+                for ev in w.stream(
+                    self.core.list_pod_for_all_namespaces,
+                    field_selector="spec.nodeName!=",
+                    resource_version=rv,
+                    timeout_seconds=2,
+                ):
                     obj = ev["object"]
                     if ev["type"] == "ERROR":
                         raw = ev.get("raw_object") or {}
@@ -368,6 +404,7 @@ class Agent:
                         if record is not None:
                             self.forget(record)
                         self.retry.pop(f"{obj.metadata.namespace}/{obj.metadata.name}", None)
+                        self.failures.pop(f"{obj.metadata.namespace}/{obj.metadata.name}", None)
                     else:
                         self.reconcile(obj)
                 self.retry_due()
@@ -390,9 +427,31 @@ class Agent:
                     last_resync = time.monotonic()
 
 
+def _describe(exc: Exception) -> str:
+    """An API error's own message rather than the client's dump of headers and body."""
+    body = getattr(exc, "body", None)
+    if body:
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            return f"{json.loads(body)['message']} ({exc.status})"  # type: ignore[attr-defined]
+    return str(exc)
+
+
+def _status_entry(name: str, ifname: str, ips: list[str], mac: str | None, default: bool = False) -> dict[str, Any]:
+    """One element of Multus's network-status (its NetworkStatus type: empty fields omitted, dns always)."""
+    entry: dict[str, Any] = {"name": name, "interface": ifname}
+    if ips:
+        entry["ips"] = ips
+    if mac:
+        entry["mac"] = mac
+    if default:
+        entry["default"] = True
+    entry["dns"] = {}
+    return entry
+
+
 def _pod_ips(pod: Any) -> list[str]:
     status = pod.status
-    ips = [p.ip for p in (status.pod_i_ps or []) if p.ip] if status else []
+    ips = [p.ip for p in (status.pod_ips or []) if p.ip] if status else []
     if not ips and status is not None and status.pod_ip:
         ips = [status.pod_ip]
     return ips
@@ -433,8 +492,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--netns-prefix", default="k8sagent")
     parser.add_argument("--cni-plugin-dir", type=Path, default=Path("/usr/lib/cni"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("urllib3", "kubernetes"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if shutil.which("nsenter") is None or shutil.which("ip") is None:

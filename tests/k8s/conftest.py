@@ -1,0 +1,127 @@
+"""Fixtures for tests that need the real test cluster (tests/k8s/cluster.py).
+
+``k8s_kubeconfig`` (session) starts the cluster if it is not up and stops it again at the end of the
+session if it started it (set LESSON_K8S_KEEP=1 to leave it running). Without the binaries from
+`make k8s-tools`, root, or the CNI plugins, tests that use it skip with the reason, except under CI=true,
+where they fail: CI must run them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+
+
+def _load_cluster_module() -> Any:
+    spec = importlib.util.spec_from_file_location("lesson_test_k8s_cluster", HERE / "cluster.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cluster = _load_cluster_module()
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"the test cluster is required under CI=true: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def _prerequisites() -> None:
+    missing = cluster.missing_binaries()
+    if missing:
+        _unavailable(f"test cluster binaries missing ({', '.join(missing)}): run `make k8s-tools`")
+    if os.geteuid() != 0:
+        _unavailable("the test cluster's node agent needs root (network namespaces)")
+    for tool in ("ip", "nsenter", "openssl"):
+        if shutil.which(tool) is None:
+            _unavailable(f"`{tool}` is not on PATH")
+    if not os.access("/usr/lib/cni/bridge", os.X_OK):
+        _unavailable("the CNI plugins are missing: apt-get install containernetworking-plugins")
+
+
+@pytest.fixture(scope="session")
+def k8s_kubeconfig() -> Iterator[Path]:
+    """Path to the test cluster's kubeconfig; the cluster is up for the whole session."""
+    _prerequisites()
+    started = False
+    if not cluster.is_up():
+        proc = subprocess.run(
+            [sys.executable, str(HERE / "cluster.py"), "up"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if proc.returncode != 0:
+            pytest.fail(f"`cluster.py up` failed:\n{proc.stdout}{proc.stderr}", pytrace=False)
+        started = True
+    yield cluster.STATE / "kubeconfig"
+    if started and os.environ.get("LESSON_K8S_KEEP") != "1":
+        subprocess.run(
+            [sys.executable, str(HERE / "cluster.py"), "down"], capture_output=True, timeout=300, check=False
+        )
+
+
+Kubectl = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture(scope="session")
+def k8s_kubectl(k8s_kubeconfig: Path) -> Kubectl:
+    """kubectl(*args, check=True, stdin=None, namespace=None) with the test cluster's kubeconfig."""
+    binary = str(cluster.bin_dir() / "kubectl")
+
+    def run(
+        *args: str, check: bool = True, stdin: str | None = None, namespace: str | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        argv = [binary, f"--kubeconfig={k8s_kubeconfig}", *(["-n", namespace] if namespace else []), *args]
+        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"`kubectl {' '.join(args)}` exited {proc.returncode}:\n{proc.stderr}")
+        return proc
+
+    return run
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout: float = 60.0, interval: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture
+def k8s_namespace(k8s_kubectl: Kubectl) -> Iterator[str]:
+    """A fresh, uniquely named namespace (with its default ServiceAccount), deleted afterwards."""
+    name = f"lstest-{uuid.uuid4().hex[:10]}"
+    k8s_kubectl("create", "namespace", name)
+    wait_until(
+        f"the default ServiceAccount in {name}",
+        lambda: k8s_kubectl("get", "serviceaccount", "default", namespace=name, check=False).returncode == 0,
+    )
+    yield name
+    k8s_kubectl("delete", "namespace", name, "--wait=true", "--timeout=120s", check=False, timeout=150)
+
+
+@pytest.fixture(scope="session")
+def k8s_cluster(k8s_kubeconfig: Path) -> Any:
+    """tests/k8s/cluster.py as a module (STATE, COMPONENTS, recorded(), NETNS_PREFIX, ...)."""
+    return cluster

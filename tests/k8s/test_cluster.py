@@ -1,0 +1,180 @@
+"""The test cluster behaves like a real one where the project depends on it: real API server and
+scheduler, kwok nodes that are Ready, the NAD CRD, and a node agent that wires pods with the real CNI
+plugins so that `kubectl exec` runs inside the pod's network namespace."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+MANIFESTS = Path(__file__).resolve().parent / "manifests"
+STATUS = "k8s.v1.cni.cncf.io/network-status"
+SUBNETS = {
+    "12-net": ipaddress.ip_network("10.10.12.0/24"),
+    "23-net": ipaddress.ip_network("10.10.23.0/24"),
+    "31-net": ipaddress.ip_network("10.10.31.0/24"),
+}
+# The seed's annotation order: net1 is the first network listed, net2 the second.
+EXPECTED = {"bb1": ("31-net", "12-net"), "bb2": ("12-net", "23-net"), "bb3": ("23-net", "31-net")}
+
+
+Kubectl = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout: float = 60.0, interval: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def pods_json(kubectl: Kubectl, namespace: str) -> list[dict[str, Any]]:
+    return list(json.loads(kubectl("get", "pods", "-o", "json", namespace=namespace).stdout)["items"])
+
+
+def k8s_bridges(node_ns: str) -> set[str]:
+    if not Path(f"/run/netns/{node_ns}").exists():
+        return set()
+    out = subprocess.run(
+        ["ip", "-n", node_ns, "-j", "link", "show", "type", "bridge"], capture_output=True, text=True, check=True
+    ).stdout
+    return {link["ifname"] for link in json.loads(out or "[]")}
+
+
+def _ready(node: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"].get("conditions", []))
+
+
+def test_three_ready_kwok_nodes_dialed_on_loopback(k8s_kubectl: Kubectl, k8s_cluster: Any) -> None:
+    nodes = json.loads(k8s_kubectl("get", "nodes", "-o", "json").stdout)["items"]
+    ready = [n for n in nodes if _ready(n)]
+    assert len(ready) >= 3, [n["metadata"]["name"] for n in nodes]
+    hostnames = {n["metadata"]["labels"]["kubernetes.io/hostname"] for n in ready}
+    assert len(hostnames) == len(ready)
+    kwok_port = json.loads((k8s_cluster.STATE / "ports.json").read_text())["kwok"]
+    for node in ready:
+        # What the API server dials for exec and logs: InternalIP (the only type it prefers) and the
+        # kubelet port, which is kwok's server on loopback.
+        internal = [a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP"]
+        assert internal == ["127.0.0.1"], node["status"]["addresses"]
+        assert node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"] == kwok_port
+
+
+def test_control_plane_listens_on_loopback_only(k8s_cluster: Any) -> None:
+    for component in k8s_cluster.COMPONENTS:
+        pid = k8s_cluster.recorded(component)
+        assert pid is not None, f"{component} is not running"
+    inodes = {}
+    for component in k8s_cluster.COMPONENTS:
+        pid = k8s_cluster.recorded(component)
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = fd.readlink()
+            except OSError:
+                continue
+            if str(target).startswith("socket:["):
+                inodes[str(target)[8:-1]] = component
+    listening = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6", "/proc/net/udp", "/proc/net/udp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if inode in inodes and (state == "0A" or table.startswith("/proc/net/udp")):
+                listening.append((inodes[inode], table, local))
+    assert listening, "found no listening sockets of the cluster's processes"
+    loopback = ("0100007F:", "00000000000000000000000001000000:")  # 127.0.0.1, ::1
+    others = [entry for entry in listening if not entry[2].startswith(loopback)]
+    assert not others, f"listening beyond loopback: {others}"
+
+
+def test_nad_crd_is_served(k8s_kubectl: Kubectl) -> None:
+    resources = k8s_kubectl("api-resources", "--api-group=k8s.cni.cncf.io", "-o", "name").stdout.split()
+    assert "network-attachment-definitions.k8s.cni.cncf.io" in resources
+    k8s_kubectl("get", "network-attachment-definitions", "--all-namespaces")
+
+
+def _network_status(pod: dict[str, Any]) -> list[dict[str, Any]] | None:
+    raw = (pod["metadata"].get("annotations") or {}).get(STATUS)
+    return json.loads(raw) if raw else None
+
+
+def test_seed_busybox_example(k8s_kubectl: Kubectl, k8s_namespace: str, k8s_cluster: Any) -> None:
+    ns = k8s_namespace
+    k8s_kubectl("apply", "-f", str(MANIFESTS / "busybox.yaml"), namespace=ns)
+
+    def wired() -> list[dict[str, Any]] | None:
+        pods = pods_json(k8s_kubectl, ns)
+        done = [p for p in pods if p["spec"].get("nodeName") and _network_status(p)]
+        return pods if len(done) == 3 else None
+
+    pods = {p["metadata"]["name"]: p for p in wait_until("bb1..bb3 scheduled and wired", wired, timeout=90)}
+
+    # The real scheduler honoured the required pod affinity: one node for all three.
+    nodes = {p["spec"]["nodeName"] for p in pods.values()}
+    assert len(nodes) == 1, {name: p["spec"]["nodeName"] for name, p in pods.items()}
+
+    addresses: dict[tuple[str, str], str] = {}
+    for name, (first, second) in EXPECTED.items():
+        status = _network_status(pods[name])
+        assert status is not None
+        extra = {s["interface"]: s for s in status if not s.get("default")}
+        assert set(extra) == {"net1", "net2"}, status
+        for ifname, nad in (("net1", first), ("net2", second)):
+            entry = extra[ifname]
+            assert entry["name"] == f"{ns}/{nad}"
+            assert len(entry["ips"]) == 1, entry
+            assert ipaddress.ip_address(entry["ips"][0]) in SUBNETS[nad], entry
+            assert entry["mac"]
+            addresses[(name, nad)] = entry["ips"][0]
+        # The addresses are really there, inside the pod's network namespace.
+        shown = json.loads(k8s_kubectl("exec", name, "--", "ip", "-j", "-4", "addr", "show", namespace=ns).stdout)
+        configured = {i["ifname"]: [a["local"] for a in i.get("addr_info", [])] for i in shown}
+        assert configured.get("net1") == [extra["net1"]["ips"][0]], configured
+        assert configured.get("net2") == [extra["net2"]["ips"][0]], configured
+
+    target = addresses[("bb2", "12-net")]
+    ping = k8s_kubectl("exec", "bb1", "--", "ping", "-c2", "-W2", target, namespace=ns, check=False)
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    assert "2 received" in ping.stdout, ping.stdout
+
+    # bb1 and bb3 share 31-net; bb1 has no leg on 23-net, so bb3's 23-net address is unreachable from it.
+    ping31 = k8s_kubectl(
+        "exec", "bb1", "--", "ping", "-c1", "-W2", addresses[("bb3", "31-net")], namespace=ns, check=False
+    )
+    assert ping31.returncode == 0, ping31.stdout + ping31.stderr
+    ping23 = k8s_kubectl(
+        "exec", "bb1", "--", "ping", "-c1", "-W1", addresses[("bb3", "23-net")], namespace=ns, check=False
+    )
+    assert ping23.returncode != 0, ping23.stdout
+
+    # Commands without a wrapper are refused rather than run in the root network namespace.
+    refused = k8s_kubectl("exec", "bb1", "--", "wget", "-q", "-O-", f"http://{target}/", namespace=ns, check=False)
+    assert refused.returncode != 0
+
+    # Pods gone: CNI DEL, namespaces removed, bridges without ports deleted.
+    uids = [p["metadata"]["uid"] for p in pods.values()]
+    node = nodes.pop()
+    k8s_kubectl("delete", "pods", "--all", "--wait=true", "--timeout=60s", namespace=ns)
+    node_ns = f"{k8s_cluster.NETNS_PREFIX}-{node}"
+
+    def torn_down() -> bool:
+        left = {p.name for p in Path("/run/netns").iterdir()}
+        if any(f"{k8s_cluster.NETNS_PREFIX}-pod-{uid}" in left for uid in uids):
+            return False
+        bridges = k8s_bridges(node_ns)
+        return not ({"12-bridge", "23-bridge", "31-bridge"} & bridges)
+
+    wait_until("the agent's teardown", torn_down, timeout=30)
