@@ -6,13 +6,16 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import redis
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from scheduler.catalog import Catalog, load_catalog
 from scheduler.errors import InvalidRequest, LimitExceeded, NotFound, TemporaryError
+from scheduler.metrics import RedisCollector
 from scheduler.records import ID_PATTERN, LiveLesson
 from scheduler.service import delete_lesson, request_lesson
 from scheduler.settings import Settings, get_settings
@@ -148,6 +151,17 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
         ]
 
     app.include_router(v1)
+
+    registry = CollectorRegistry()
+    registry.register(RedisCollector(store.r, settings.instance, store.status_counts))
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        try:
+            body = generate_latest(registry)
+        except redis.RedisError:
+            return JSONResponse({"detail": "the scheduler's store is unavailable"}, 503, headers={"Retry-After": "5"})
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:

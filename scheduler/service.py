@@ -29,6 +29,7 @@ def request_lesson(settings: Settings, store: Store, catalog: Catalog, lesson: s
         raise NotFound(f"lesson {lesson[:80]!r} is not in the catalog (known: {known})")
     created = store.create(lesson, session, backend=settings.backend)
     if created.new:
+        store.metrics.inc("lessons_requested_total")
         # if this send is lost, the record's lease runs out and GC sends it again
         enqueue_step(settings, "lessons.create_networks", created.record.id)
     return created

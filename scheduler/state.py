@@ -27,6 +27,7 @@ import redis
 import structlog
 
 from scheduler.errors import LimitExceeded, NotFound, TemporaryError
+from scheduler.metrics import Metrics
 from scheduler.records import ACTIVE, PROVISIONING, TERMINAL, LiveLesson, Status, new_id, now
 from scheduler.settings import Settings
 
@@ -90,6 +91,7 @@ class Store:
         self.max_per_session = max_per_session
         self.max_active = max_active
         self._create = client.register_script(_CREATE)
+        self.metrics = Metrics(client, instance)
 
     @classmethod
     def from_settings(cls, settings: Settings, client: redis.Redis[str] | None = None) -> Store:
@@ -137,6 +139,13 @@ class Store:
 
     def active_count(self) -> int:
         return int(self._call(self.r.scard, self._k("active")))
+
+    def status_counts(self) -> dict[str, int]:
+        """Active live lessons (provisioning, ready, deleting) by status."""
+        counts: dict[str, int] = {}
+        for record in self.many(self._call(self.r.smembers, self._k("active"))):
+            counts[record.status] = counts.get(record.status, 0) + 1
+        return counts
 
     def due(self, which: str, at: datetime | None = None) -> list[str]:
         """Ids whose ``expiry``, ``deadline`` or ``lease`` score has passed."""

@@ -118,7 +118,10 @@ class Pipeline:
 
         record = self.store.update(livelesson, change)
         if record is not None and record.status == to:
-            log.info("step finished", next_status=to, attempts=record.steps[step].attempts)
+            timing = record.steps[step]
+            seconds = (timing.finished_at - timing.started_at).total_seconds()  # type: ignore[operator]
+            self.store.metrics.observe("lesson_step_seconds", seconds, step=step)
+            log.info("step finished", next_status=to, attempts=timing.attempts, seconds=round(seconds, 4))
             return True
         # someone moved it first: if that was a teardown, what this step just made must go too
         if record is None or record.status in {"deleting", "deleted", "failed"}:
@@ -136,6 +139,8 @@ class Pipeline:
             return rec
 
         record = self.store.update(livelesson, change)
+        if record is not None and record.status == "failed" and record.error and record.error.message == message:
+            self.store.metrics.inc("lessons_failed_total", step=step)
         log.error("live lesson failed", livelesson=livelesson, failed_step=step, error=message)
         try:
             self.backend.destroy(livelesson)
@@ -258,7 +263,12 @@ class Pipeline:
 
             record_after = self.store.update(livelesson, ready)
             if record_after is not None and record_after.status == "ready":
+                timing = record_after.steps["verify_connectivity"]
+                verify_s = (timing.finished_at - timing.started_at).total_seconds()  # type: ignore[operator]
                 elapsed = (record_after.ready_at - record_after.created_at).total_seconds()  # type: ignore[operator]
+                self.store.metrics.observe("lesson_step_seconds", verify_s, step="verify_connectivity")
+                self.store.metrics.observe("lesson_request_to_ready_seconds", elapsed)
+                self.store.metrics.inc("lessons_ready_total")
                 log.info("live lesson ready", request_to_ready_s=round(elapsed, 3))
             return Next(None)
 
@@ -347,6 +357,9 @@ class Pipeline:
         prune = getattr(self.backend, "prune", None)
         if prune is not None and not held:
             prune()
+        for reason, count in counts.items():
+            if count:
+                self.store.metrics.inc("gc_collected_total", count, reason=reason)
         return counts
 
 

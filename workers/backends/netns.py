@@ -1,4 +1,13 @@
-"""Network namespaces and links, through iproute2 (argv only, never a shell).
+"""Network namespaces and links: in-process syscalls and rtnetlink where that is cheap, iproute2 otherwise.
+
+Creating, entering and deleting a namespace, bringing ``lo`` up and reading links and addresses are done
+in-process (``unshare``/``setns``/``mount`` through libc, one rtnetlink dump), because each would
+otherwise cost a process start; ``ip`` (argv only, never a shell) is kept for batches of link changes and
+for callers that want its JSON.
+
+A thread that enters a namespace (``setns``/``unshare`` move only the calling thread) is always a fresh
+thread that ends right after, so no pooled thread is ever left in a foreign namespace. Processes started
+from such a thread are born in that namespace, which is how :func:`run` replaces ``nsenter``.
 
 Kept apart from the local backend so the test cluster's node agent can share it.
 """
@@ -6,13 +15,17 @@ Kept apart from the local backend so the test cluster's node agent can share it.
 from __future__ import annotations
 
 import ctypes
+import errno
+import fcntl
 import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,12 +44,17 @@ __all__ = [
     "exists",
     "in_netns",
     "ip",
+    "link_names",
+    "links",
     "names",
+    "run",
     "tcp_open",
 ]
 
 NETNS_DIR = Path("/run/netns")
 CLONE_NEWNET = 0x40000000
+MS_BIND = 0x1000
+MNT_DETACH = 0x2
 T = TypeVar("T")
 
 
@@ -64,6 +82,18 @@ def ip(*args: str, netns: str | None = None, check: bool = True, stdin: str | No
     return proc.stdout
 
 
+# --- namespaces ------------------------------------------------------------------------------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+
+def _oserror(what: str) -> OSError:
+    err = ctypes.get_errno()
+    return OSError(err, f"{what}: {os.strerror(err)}")
+
+
 def names() -> set[str]:
     try:
         return {p.name for p in NETNS_DIR.iterdir()}
@@ -75,25 +105,238 @@ def exists(name: str) -> bool:
     return (NETNS_DIR / name).exists()
 
 
+_nsfs_dev: int | None = None
+
+
+def _is_netns(path: Path) -> bool:
+    """True when ``path`` is a bound namespace, not just the empty file a creator starts with."""
+    global _nsfs_dev
+    if _nsfs_dev is None:
+        _nsfs_dev = os.stat("/proc/self/ns/net").st_dev  # every nsfs inode shares this device
+    try:
+        return os.stat(path).st_dev == _nsfs_dev
+    except FileNotFoundError:
+        return False
+
+
+def _in_fresh_thread(fn: Callable[[], T], timeout: float, what: str) -> T:
+    box: dict[str, Any] = {}
+
+    def body() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=body, name=what, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TemporaryError(f"timed out after {timeout}s: {what}")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
+def _lo_up() -> None:
+    """``ip link set lo up`` for the calling thread's namespace, by ioctl."""
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        res = fcntl.ioctl(sock, siocgifflags, struct.pack("16sH14x", b"lo", 0))
+        flags = struct.unpack_from("16sH", res)[1]
+        if not flags & iff_up:
+            fcntl.ioctl(sock, siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
+
+
+def _create(path: Path, loopback: bool) -> None:
+    """What ``ip netns add`` does: an empty file, a fresh namespace, the one bind-mounted on the other."""
+
+    def body() -> None:
+        if _libc.unshare(CLONE_NEWNET) != 0:  # moves only this (fresh) thread
+            raise _oserror("unshare(CLONE_NEWNET)")
+        source = f"/proc/self/task/{threading.get_native_id()}/ns/net".encode()
+        if _libc.mount(source, str(path).encode(), b"none", MS_BIND, None) != 0:
+            raise _oserror(f"bind-mount {path}")
+        if loopback:
+            _lo_up()
+
+    for attempt in range(2):
+        try:
+            os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+        except FileExistsError:
+            # a concurrent creator between its open and its mount, or the leftover of one that crashed there
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                if _is_netns(path):
+                    return
+                time.sleep(0.01)
+            if attempt:
+                raise PermanentError(f"{path} exists but never became a network namespace") from None
+            path.unlink(missing_ok=True)
+            continue
+        try:
+            _in_fresh_thread(body, 10.0, f"create netns {path.name}")
+        except BaseException as exc:
+            path.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise PermanentError(f"cannot create network namespace {path.name!r}: {exc}") from None
+            raise
+        return
+
+
+_dir_mounted = False
+
+
+def _netns_dir_mounted() -> bool:
+    """/run/netns is a mount point (iproute2 bind-mounts it onto itself; ``os.path.ismount`` misses that)."""
+    global _dir_mounted
+    if not _dir_mounted:
+        target = str(NETNS_DIR).encode()
+        with open("/proc/self/mountinfo", "rb") as handle:
+            _dir_mounted = any(line.split(b" ")[4] == target for line in handle)
+    return _dir_mounted
+
+
 def add(name: str, *, loopback: bool = True) -> None:
     """Create the namespace if missing, with ``lo`` up. Idempotent and safe against a concurrent creator."""
-    if not exists(name):
+    path = NETNS_DIR / name
+    if _is_netns(path):
+        if loopback:
+            in_netns(name, _lo_up)
+        return
+    if not _netns_dir_mounted():
+        # the host's first named namespace: let iproute2 make /run/netns the shared mount it always uses
         proc = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, timeout=20, check=False)
-        if proc.returncode != 0 and not exists(name):
+        if proc.returncode != 0 and not _is_netns(path):
             raise PermanentError(f"cannot create network namespace {name!r}: {proc.stderr.strip()}")
-    if loopback:
-        ip("link", "set", "lo", "up", netns=name)
+        if loopback:
+            in_netns(name, _lo_up)
+        return
+    _create(path, loopback)
 
 
 def delete(name: str) -> None:
-    if not exists(name):
+    """What ``ip netns del`` does: lazy unmount, then unlink. Missing counts as deleted."""
+    path = NETNS_DIR / name
+    if not os.path.lexists(path):
         return
-    proc = subprocess.run(["ip", "netns", "del", name], capture_output=True, text=True, timeout=20, check=False)
-    if proc.returncode != 0 and exists(name):
-        raise TemporaryError(f"cannot delete network namespace {name!r}: {proc.stderr.strip()}")
+    if _libc.umount2(str(path).encode(), MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOENT):  # EINVAL: not a mount point (a crashed creator's file)
+            raise TemporaryError(f"cannot unmount network namespace {name!r}: {os.strerror(err)}")
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise TemporaryError(f"cannot delete network namespace {name!r}: {exc.strerror}") from None
+
+
+def in_netns(name: str, fn: Callable[[], T], timeout: float = 10.0) -> T:
+    """Run ``fn`` in a fresh thread that has entered namespace ``name`` (setns moves only that thread)."""
+
+    def body() -> T:
+        try:
+            fd = os.open(NETNS_DIR / name, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise PermanentError(f"network namespace {name!r} does not exist") from None
+        try:
+            if _libc.setns(fd, CLONE_NEWNET) != 0:
+                raise PermanentError(f"setns({name}): {os.strerror(ctypes.get_errno())}")
+        finally:
+            os.close(fd)
+        return fn()
+
+    return _in_fresh_thread(body, timeout, f"netns-{name}")
+
+
+def run(
+    argv: Sequence[str], *, netns: str, timeout: float, input: bytes | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """``nsenter --net`` without the extra process: the child is born in the namespace of the thread."""
+    return in_netns(
+        netns,
+        lambda: subprocess.run(list(argv), input=input, env=env, capture_output=True, timeout=timeout, check=False),
+        timeout=timeout + 5.0,
+    )
+
+
+# --- links and addresses (rtnetlink dumps) -----------------------------------------------------------------
+
+_NLMSG_ERROR, _NLMSG_DONE = 2, 3
+_NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
+_RTM_NEWLINK, _RTM_GETLINK, _RTM_NEWADDR, _RTM_GETADDR = 16, 18, 20, 22
+_IFLA_IFNAME, _IFLA_LINKINFO, _IFLA_IFALIAS, _IFLA_INFO_KIND = 3, 18, 20, 1
+_IFA_ADDRESS, _IFA_LOCAL = 1, 2
+
+
+def _attrs(buf: bytes, offset: int) -> dict[int, bytes]:
+    out = {}
+    while offset + 4 <= len(buf):
+        length, kind = struct.unpack_from("=HH", buf, offset)
+        if length < 4:
+            break
+        out[kind & 0x3FFF] = buf[offset + 4 : offset + length]  # 0x3fff: without NLA_F_NESTED/NET_BYTEORDER
+        offset += (length + 3) & ~3
+    return out
+
+
+def _dump(request: int, reply: int, body: bytes, fixed: int) -> Iterator[tuple[bytes, dict[int, bytes]]]:
+    """One rtnetlink dump in the calling thread's namespace: (fixed header, attributes) per object."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
+        sock.bind((0, 0))
+        sock.send(struct.pack("=LHHLL", 16 + len(body), request, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0) + body)
+        while True:
+            data = sock.recv(1 << 16)
+            offset = 0
+            while offset + 16 <= len(data):
+                length, kind = struct.unpack_from("=LH", data, offset)
+                if kind == _NLMSG_DONE:
+                    return
+                if kind == _NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", data, offset + 16)[0]
+                    if code:
+                        raise OSError(code, f"rtnetlink dump: {os.strerror(code)}")
+                elif kind == reply:
+                    payload = data[offset + 16 : offset + length]
+                    yield payload[:fixed], _attrs(payload, fixed)
+                offset += (length + 3) & ~3
+
+
+def _text(value: bytes | None) -> str:
+    return value.split(b"\0", 1)[0].decode(errors="replace") if value else ""
+
+
+def _links() -> dict[int, tuple[str, str, str]]:
+    """index -> (name, kind, alias) in the calling thread's namespace."""
+    out = {}
+    for head, attrs in _dump(_RTM_GETLINK, _RTM_NEWLINK, struct.pack("=BxHiII", socket.AF_UNSPEC, 0, 0, 0, 0), 16):
+        index = struct.unpack_from("=BxHi", head)[2]
+        kind = _text(_attrs(attrs[_IFLA_LINKINFO], 0).get(_IFLA_INFO_KIND)) if _IFLA_LINKINFO in attrs else ""
+        out[index] = (_text(attrs.get(_IFLA_IFNAME)), kind, _text(attrs.get(_IFLA_IFALIAS)))
+    return out
+
+
+def _addresses() -> dict[str, list[str]]:
+    links = _links()
+    out: dict[str, list[str]] = {name: [] for name, _kind, _alias in links.values()}
+    for head, attrs in _dump(_RTM_GETADDR, _RTM_NEWADDR, struct.pack("=BBBBI", socket.AF_INET, 0, 0, 0, 0), 8):
+        family, prefixlen, _flags, _scope, index = struct.unpack("=BBBBI", head)
+        raw = attrs.get(_IFA_LOCAL) or attrs.get(_IFA_ADDRESS)
+        if family == socket.AF_INET and raw and index in links:
+            out[links[index][0]].append(f"{socket.inet_ntoa(raw)}/{prefixlen}")
+    return out
+
+
+def link_names(netns: str) -> dict[str, str]:
+    """Every link in the namespace: name -> kind ("bridge", "veth", "" for lo...). Empty if it is gone."""
+    if not exists(netns):
+        return {}
+    return {name: kind for name, kind, _alias in in_netns(netns, _links).values()}
 
 
 def links(netns: str, *extra: str) -> list[dict[str, Any]]:
+    """``ip -j -d link show [extra]``, for callers that want iproute2's full JSON."""
     if not exists(netns):
         return []
     out = ip("-j", "-d", "link", "show", *extra, netns=netns)
@@ -101,44 +344,15 @@ def links(netns: str, *extra: str) -> list[dict[str, Any]]:
 
 
 def bridges(netns: str) -> dict[str, str]:
-    """Bridge name -> its alias (our ownership mark, or "")."""
-    return {link["ifname"]: link.get("ifalias", "") for link in links(netns, "type", "bridge")}
+    """Bridge name -> its alias (our ownership mark, or ""). Empty if the namespace is gone."""
+    if not exists(netns):
+        return {}
+    return {name: alias for name, kind, alias in in_netns(netns, _links).values() if kind == "bridge"}
 
 
 def addresses(netns: str) -> dict[str, list[str]]:
-    """Interface name -> IPv4 CIDRs actually configured in the namespace."""
-    out = ip("-j", "-4", "addr", "show", netns=netns)
-    return {
-        itf["ifname"]: [f"{a['local']}/{a['prefixlen']}" for a in itf.get("addr_info", [])]
-        for itf in json.loads(out or "[]")
-    }
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def in_netns(name: str, fn: Callable[[], T], timeout: float = 10.0) -> T:
-    """Run ``fn`` in a fresh thread that has entered namespace ``name`` (setns moves only that thread)."""
-    box: dict[str, Any] = {}
-
-    def body() -> None:
-        try:
-            with (NETNS_DIR / name).open("rb") as handle:
-                if _libc.setns(handle.fileno(), CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise PermanentError(f"setns({name}): {os.strerror(err)}")
-            box["value"] = fn()
-        except BaseException as exc:  # handed to the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=body, name=f"netns-{name}", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise TemporaryError(f"timed out after {timeout}s inside network namespace {name!r}")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
+    """Every interface in the namespace -> its IPv4 CIDRs (an empty list when it has none)."""
+    return in_netns(netns, _addresses)
 
 
 def tcp_open(ports: Sequence[int], host: str = "127.0.0.1", timeout: float = 0.5) -> list[int]:
@@ -151,6 +365,9 @@ def tcp_open(ports: Sequence[int], host: str = "127.0.0.1", timeout: float = 0.5
         except OSError:
             pass
     return open_ports
+
+
+# --- prerequisites ---------------------------------------------------------------------------------------
 
 
 def _capabilities() -> int:
@@ -169,6 +386,6 @@ def check_privileges() -> None:
             f"the local backend needs {' and '.join(missing)} (run as root, e.g. `sudo lessonctl ...`, "
             "or use LESSON_BACKEND=kubernetes)"
         )
-    for tool, package in (("ip", "iproute2"), ("nsenter", "util-linux"), ("ping", "iputils-ping")):
+    for tool, package in (("ip", "iproute2"), ("ping", "iputils-ping")):
         if shutil.which(tool) is None:
             raise PrerequisiteMissing(f"`{tool}` is not on PATH: install it with `apt-get install {package}`")

@@ -1,0 +1,398 @@
+"""The kubernetes backend: the real deployment, on the official client.
+
+Objects come from ``scheduler.render`` (the same YAML ``lessonctl render`` prints). Every create is
+create-or-get: 409 AlreadyExists counts as done once the object's labels show it is ours. Readiness is a
+bounded watch that resumes from the last resourceVersion and re-lists on 410 Gone. Transient API errors
+(429 with Retry-After, 500/502/503/504, connection resets and timeouts) are retried with tenacity; other
+4xx errors are permanent and never retried.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import structlog
+import urllib3
+from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
+from kubernetes.stream import stream
+from tenacity import RetryCallState, retry, retry_if_exception, stop_after_delay
+
+from scheduler.errors import PermanentError, PrerequisiteMissing, SchedulerError, TemporaryError
+from scheduler.plan import LABEL_INSTANCE, LABEL_LIVELESSON, LABEL_MANAGED_BY, MANAGED_BY, Plan
+from scheduler.render import NETWORK_STATUS_ANNOTATION, namespace, network_attachment_definitions, network_policy, pods
+from scheduler.settings import Settings
+from workers.backends.base import Backend, ExecResult, InterfaceStatus, Observation, PodStatus
+
+__all__ = ["KubernetesBackend", "is_transient"]
+
+log = structlog.get_logger(__name__)
+
+NAD_GROUP, NAD_VERSION, NAD_PLURAL = "k8s.cni.cncf.io", "v1", "network-attachment-definitions"
+TRANSIENT_STATUS = {429, 500, 502, 503, 504}
+# reasons waiting cannot fix: report them at once instead of at the provisioning deadline
+FATAL_WAITING = {
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "CrashLoopBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+}
+API_RETRY_SECONDS = 30.0
+DELETE_WAIT_SECONDS = 60
+
+
+def is_transient(exc: BaseException) -> bool:
+    """429 and 5xx gateway errors, resets and timeouts: the API server or a proxy was briefly unable."""
+    if isinstance(exc, ApiException):
+        return exc.status in TRANSIENT_STATUS or exc.status == 0
+    return isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError)
+
+
+def _wait(state: RetryCallState) -> float:
+    exc = state.outcome.exception() if state.outcome else None
+    if isinstance(exc, ApiException) and exc.status == 429 and exc.headers:
+        retry_after = exc.headers.get("Retry-After")
+        if retry_after and retry_after.isdigit():
+            return min(float(retry_after), 10.0)  # the server says when; honour it, bounded
+    return float(min(0.1 * 2 ** (state.attempt_number - 1), 2.0))
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    status = exc.status if isinstance(exc, ApiException) else type(exc).__name__
+    log.warning("kubernetes API transient error, retrying", status=status, attempt=state.attempt_number)
+
+
+_api_retry = retry(
+    retry=retry_if_exception(is_transient),
+    stop=stop_after_delay(API_RETRY_SECONDS),
+    wait=_wait,
+    before_sleep=_log_retry,
+    reraise=True,
+)
+
+
+def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """One API call, retried on transient errors, translated into our error tree at the boundary."""
+    try:
+        return _api_retry(fn)(*args, **kwargs)
+    except ApiException as exc:
+        reason = _reason(exc)
+        if is_transient(exc):
+            raise TemporaryError(f"kubernetes API {exc.status}: {reason}", delay=2.0) from exc
+        raise ApiError(exc.status, reason) from exc
+    except (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as exc:
+        raise TemporaryError(f"kubernetes API unreachable: {exc}", delay=2.0) from exc
+
+
+def _reason(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "").get("message", exc.reason))
+    except (TypeError, ValueError, AttributeError):
+        return str(exc.reason)
+
+
+class ApiError(PermanentError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"kubernetes API {status}: {message}")
+        self.status = status
+
+
+class KubernetesBackend(Backend):
+    name = "kubernetes"
+
+    def __init__(self, api: client.ApiClient, *, instance: str) -> None:
+        self.api = api
+        self.instance = instance
+        # Any: the client's own stubs say V1Namespace where it accepts the plain dicts render() makes
+        self.core: Any = client.CoreV1Api(api)
+        self.custom: Any = client.CustomObjectsApi(api)
+        self.net: Any = client.NetworkingV1Api(api)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> KubernetesBackend:
+        try:
+            if settings.kubeconfig is not None:
+                api = config.new_client_from_config(config_file=str(settings.kubeconfig))
+            else:
+                configuration = client.Configuration()
+                config.load_incluster_config(client_configuration=configuration)
+                api = client.ApiClient(configuration)
+        except (config.ConfigException, OSError) as exc:
+            raise PrerequisiteMissing(
+                f"no Kubernetes configuration: {exc} (set LESSON_KUBECONFIG, or run in a cluster)"
+            ) from exc
+        return cls(api, instance=settings.instance)
+
+    def close(self) -> None:
+        self.api.close()
+
+    # --- ownership ----------------------------------------------------------------------------------
+
+    def _ours(self, labels: dict[str, str] | None, livelesson: str) -> bool:
+        labels = labels or {}
+        return (
+            labels.get(LABEL_MANAGED_BY) == MANAGED_BY
+            and labels.get(LABEL_INSTANCE) == self.instance
+            and labels.get(LABEL_LIVELESSON) == livelesson
+        )
+
+    def _ensure(self, kind: str, name: str, create: Callable[[], Any], read: Callable[[], Any], plan: Plan) -> None:
+        try:
+            _call(create)
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+            existing = _call(read)
+            metadata = existing["metadata"] if isinstance(existing, dict) else existing.metadata
+            labels = metadata.get("labels") if isinstance(metadata, dict) else metadata.labels
+            if not self._ours(labels, plan.livelesson):
+                raise PermanentError(f"{kind} {name} exists but is not this live lesson's; refusing to use it") from exc
+            deleting = metadata.get("deletionTimestamp") if isinstance(metadata, dict) else metadata.deletion_timestamp
+            if deleting:
+                raise TemporaryError(f"{kind} {name} is still being deleted", delay=2.0) from exc
+
+    # --- apply --------------------------------------------------------------------------------------
+
+    def apply_networks(self, plan: Plan) -> None:
+        ns = namespace(plan)
+        self._ensure(
+            "namespace", plan.namespace,
+            lambda: self.core.create_namespace(ns),
+            lambda: self.core.read_namespace(plan.namespace), plan,
+        )  # fmt: skip
+        policy = network_policy(plan)
+        self._ensure(
+            "networkpolicy", policy["metadata"]["name"],
+            lambda: self.net.create_namespaced_network_policy(plan.namespace, policy),
+            lambda: self.net.read_namespaced_network_policy(policy["metadata"]["name"], plan.namespace), plan,
+        )  # fmt: skip
+        for nad in network_attachment_definitions(plan):
+            name = nad["metadata"]["name"]
+            where = (NAD_GROUP, NAD_VERSION, plan.namespace, NAD_PLURAL)
+            self._ensure(
+                "network-attachment-definition", name,
+                partial(self.custom.create_namespaced_custom_object, *where, nad),
+                partial(self.custom.get_namespaced_custom_object, *where, name),
+                plan,
+            )  # fmt: skip
+
+    def apply_pods(self, plan: Plan) -> None:
+        for pod in pods(plan):
+            name = pod["metadata"]["name"]
+            self._ensure(
+                "pod", name,
+                partial(self.core.create_namespaced_pod, plan.namespace, pod),
+                partial(self.core.read_namespaced_pod, name, plan.namespace), plan,
+            )  # fmt: skip
+
+    # --- observe ------------------------------------------------------------------------------------
+
+    def _status(self, plan: Plan, pod: Any) -> PodStatus:
+        endpoint = pod.metadata.labels.get("lessons.io/endpoint", pod.metadata.name)
+        planned = plan.pod(endpoint)
+        annotations = pod.metadata.annotations or {}
+        interfaces = _interfaces(plan, planned.interfaces, annotations.get(NETWORK_STATUS_ANNOTATION))
+        node = pod.spec.node_name
+        reason, fatal = _not_ready(pod)
+        if reason is None and any(i.address is None for i in interfaces):
+            reason = "network-status does not list every attachment with an address yet"
+        return PodStatus(endpoint, pod.metadata.name, reason is None, tuple(interfaces), node, reason, fatal)
+
+    def _observation(self, plan: Plan, items: dict[str, Any]) -> Observation:
+        statuses = {}
+        for planned in plan.pods:
+            pod = items.get(planned.name)
+            statuses[planned.endpoint] = (
+                self._status(plan, pod)
+                if pod is not None
+                else PodStatus(planned.endpoint, planned.name, False, reason="pod does not exist")
+            )
+        return Observation(statuses)
+
+    def observe(self, plan: Plan, *, wait: float = 0.0) -> Observation:
+        selector = f"{LABEL_LIVELESSON}={plan.livelesson}"
+        listing = _call(self.core.list_namespaced_pod, plan.namespace, label_selector=selector)
+        items = {p.metadata.name: p for p in listing.items}
+        observation = self._observation(plan, items)
+        deadline = time.monotonic() + wait
+        version = listing.metadata.resource_version
+        while not observation.ready and not any(p.fatal for p in observation.pods.values()):
+            remaining = deadline - time.monotonic()
+            if remaining < 1:
+                break
+            watcher = watch.Watch()
+            try:
+                for event in watcher.stream(
+                    self.core.list_namespaced_pod, plan.namespace, label_selector=selector,
+                    resource_version=version, timeout_seconds=max(1, int(remaining)),
+                    _request_timeout=remaining + 5,
+                ):  # fmt: skip
+                    pod = event["object"]
+                    version = pod.metadata.resource_version
+                    if event["type"] == "DELETED":
+                        items.pop(pod.metadata.name, None)
+                    else:
+                        items[pod.metadata.name] = pod
+                    observation = self._observation(plan, items)
+                    if observation.ready or time.monotonic() >= deadline:
+                        break
+            except ApiException as exc:
+                if exc.status != 410:
+                    raise _translate(exc) from exc
+                # our resourceVersion is too old: list again and carry on from the fresh one
+                listing = _call(self.core.list_namespaced_pod, plan.namespace, label_selector=selector)
+                items = {p.metadata.name: p for p in listing.items}
+                version = listing.metadata.resource_version
+                observation = self._observation(plan, items)
+            except (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as exc:
+                log.warning("pod watch interrupted", error=str(exc))
+                break
+            finally:
+                watcher.stop()
+        return observation
+
+    # --- exec ---------------------------------------------------------------------------------------
+
+    def exec(self, plan: Plan, endpoint: str, argv: Sequence[str], *, timeout: float) -> ExecResult:
+        pod = plan.pod(endpoint)
+        try:
+            resp = stream(
+                self.core.connect_get_namespaced_pod_exec, pod.name, plan.namespace,
+                command=list(argv), stdout=True, stderr=True, stdin=False, tty=False,
+                _preload_content=False, _request_timeout=timeout,
+            )  # fmt: skip
+        except ApiException as exc:
+            raise _translate(exc) from exc
+        except (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError, OSError) as exc:
+            raise TemporaryError(f"exec in {endpoint} failed to connect: {exc}") from exc
+        stdout, stderr = [], []
+        deadline = time.monotonic() + timeout
+        try:
+            while resp.is_open() and time.monotonic() < deadline:
+                resp.update(timeout=min(1.0, max(0.05, deadline - time.monotonic())))
+                if resp.peek_stdout():
+                    stdout.append(resp.read_stdout())
+                if resp.peek_stderr():
+                    stderr.append(resp.read_stderr())
+            if resp.is_open():
+                raise TemporaryError(f"`{' '.join(argv)}` in {endpoint} timed out after {timeout}s")
+            code = resp.returncode
+        finally:
+            resp.close()
+        return ExecResult(code if code is not None else 1, "".join(stdout), "".join(stderr))
+
+    # --- destroy and list ---------------------------------------------------------------------------
+
+    def list(self) -> list[str]:
+        selector = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_INSTANCE}={self.instance}"
+        listing = _call(self.core.list_namespace, label_selector=selector)
+        return sorted(
+            ns.metadata.labels[LABEL_LIVELESSON]
+            for ns in listing.items
+            if LABEL_LIVELESSON in (ns.metadata.labels or {})
+        )
+
+    def destroy(self, livelesson: str) -> None:
+        name = f"{self.instance}-{livelesson}"
+        try:
+            ns = _call(self.core.read_namespace, name)
+        except ApiError as exc:
+            if exc.status == 404:
+                return
+            raise
+        if not self._ours(ns.metadata.labels, livelesson):
+            raise PermanentError(f"namespace {name} does not carry this instance's mark; refusing to delete it")
+        if ns.metadata.deletion_timestamp is None:
+            try:
+                _call(
+                    self.core.delete_namespace, name,
+                    body=client.V1DeleteOptions(propagation_policy="Foreground"),
+                )  # fmt: skip
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                return
+        self._wait_gone(name)
+
+    def _wait_gone(self, name: str) -> None:
+        """Watch the namespace until it is deleted: bounded, never a poll loop."""
+        listing = _call(self.core.list_namespace, field_selector=f"metadata.name={name}")
+        if not listing.items:
+            return
+        watcher = watch.Watch()
+        try:
+            for event in watcher.stream(
+                self.core.list_namespace, field_selector=f"metadata.name={name}",
+                resource_version=listing.metadata.resource_version, timeout_seconds=DELETE_WAIT_SECONDS,
+            ):  # fmt: skip
+                if event["type"] == "DELETED":
+                    return
+        except ApiException as exc:
+            if exc.status != 410:
+                raise _translate(exc) from exc
+        finally:
+            watcher.stop()
+        if _call(self.core.list_namespace, field_selector=f"metadata.name={name}").items:
+            raise TemporaryError(f"namespace {name} still terminating after {DELETE_WAIT_SECONDS}s", delay=5.0)
+
+
+def _translate(exc: ApiException) -> SchedulerError:
+    if is_transient(exc):
+        return TemporaryError(f"kubernetes API {exc.status}: {_reason(exc)}", delay=2.0)
+    return ApiError(exc.status, _reason(exc))
+
+
+def _not_ready(pod: Any) -> tuple[str | None, bool]:
+    """Why the pod is not ready (None if it is), and whether waiting can fix that."""
+    status = pod.status
+    for cond in status.conditions or []:
+        if cond.type == "PodScheduled" and cond.status == "False" and cond.reason == "Unschedulable":
+            return f"unschedulable: {cond.message}", True
+    for cs in status.container_statuses or []:
+        waiting = cs.state.waiting if cs.state else None
+        if waiting is not None and waiting.reason in FATAL_WAITING:
+            return f"{waiting.reason}: {waiting.message or cs.image}", True
+    if status.phase != "Running":
+        return f"phase {status.phase}", False
+    ready = next((c for c in status.conditions or [] if c.type == "Ready"), None)
+    if ready is None or ready.status != "True":
+        return "containers not ready", False
+    return None, False
+
+
+def _interfaces(plan: Plan, planned: Sequence[Any], raw: str | None) -> list[InterfaceStatus]:
+    """Addresses from Multus's network-status, matched by network (``ns/name`` or bare ``name``)."""
+    try:
+        entries = json.loads(raw) if raw else []
+    except ValueError:
+        entries = []
+    by_key: dict[tuple[str, str], list[str]] = {}
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        network = str(entry.get("name", "")).split("/")[-1]
+        by_key[(network, str(entry.get("interface", "")))] = [str(ip) for ip in entry.get("ips") or []]
+    out = []
+    for itf in planned:
+        ips = by_key.get((itf.network, itf.name)) or []
+        subnet = plan.network(itf.network).subnet
+        address = next(
+            (f"{ip}/{subnet.prefixlen}" for ip in ips if _in(ip, subnet)),
+            None,
+        )
+        out.append(InterfaceStatus(itf.name, itf.network, address))
+    return out
+
+
+def _in(ip: str, subnet: ipaddress.IPv4Network) -> bool:
+    try:
+        return ipaddress.ip_address(ip) in subnet
+    except ValueError:
+        return False
