@@ -54,10 +54,13 @@ typecheck: venv
 pytest: deps
 	$(PY) -m pytest
 
-test: lint typecheck pytest
+# the test cluster's binaries are built once (minutes) and cached outside the repo
+test: lint typecheck k8s-tools pytest
 
 bench: deps
 	$(PY) bench/local_backend.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+include k8s.mk

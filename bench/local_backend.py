@@ -189,8 +189,10 @@ def main() -> int:
     finally:
         cleanup(instance, state_dir)
 
-    print(f"# local backend, {args.runs} runs each, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
-          f"{os.cpu_count()} cores, {platform.release()}")
+    print(
+        f"# local backend, {args.runs} runs each, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
+        f"{os.cpu_count()} cores, {platform.release()}"
+    )
     header = f"| {'topology':<28} | " + " | ".join(f"{p:>17}" for p in PHASES) + " |"
     print(header)
     print("|" + "-" * 30 + "|" + "|".join("-" * 19 for _ in PHASES) + "|")
@@ -201,8 +203,10 @@ def main() -> int:
     if floors:
         floor50 = pct(floors, 0.5)
         tri50 = pct(results["triangle"]["total"], 0.5)
-        print(f"\nfloor-triangle.sh total: p50 {floor50:.0f} ms, p95 {pct(floors, 0.95):.0f} ms "
-              f"(same run, {len(floors)} runs)")
+        print(
+            f"\nfloor-triangle.sh total: p50 {floor50:.0f} ms, p95 {pct(floors, 0.95):.0f} ms "
+            f"(same run, {len(floors)} runs)"
+        )
         print(f"triangle total / floor (p50): {tri50 / floor50:.2f}")
     if "triangle" in results:
         tri50 = pct(results["triangle"]["total"], 0.5)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scheduler.catalog import Catalog, load_catalog
 from scheduler.errors import InvalidRequest, LimitExceeded, NotFound, TemporaryError
 from scheduler.metrics import RedisCollector
+from scheduler.pages import add_pages
 from scheduler.records import ID_PATTERN, LiveLesson
 from scheduler.service import delete_lesson, request_lesson
 from scheduler.settings import Settings, get_settings
@@ -171,4 +172,5 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
             return JSONResponse({"status": "unavailable", "redis": False}, 503)
         return JSONResponse({"status": "ok", "redis": True})
 
+    add_pages(app, store, catalog, settings)
     return app

@@ -299,6 +299,36 @@ def serve(host: str, port: int) -> None:
     uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
 
 
+@main.command()
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+@click.option(
+    "--format", "fmt", type=click.Choice(["mermaid", "dot", "svg"]), default="mermaid", show_default=True
+)
+@click.option("--livelesson", default=None, metavar="ID", help="Draw a live lesson: addresses, links by ping result.")
+@click.option("--lesson", "slug", default=None, help="Which lesson, when PATH holds several.")
+def graph(path: Path | None, fmt: str, livelesson: str | None, slug: str | None) -> None:
+    """Draw a lesson's topology (endpoints, links, subnets), or a live lesson's with addresses and pings."""
+    from scheduler import graph as draw
+    from scheduler.records import ID_PATTERN
+
+    if path is None and livelesson is None:
+        _fail("give a lesson PATH or --livelesson ID", 2)
+    if path is not None and livelesson is not None:
+        _fail("give a lesson PATH or --livelesson ID, not both", 2)
+    settings = _settings()
+    with _errors():
+        if path is not None:
+            lesson = _pick(load_paths([path], image_registry=settings.image_registry), slug)
+            topology = draw.lesson_topology(lesson, subnet_pool=settings.subnet_pool)
+        elif livelesson is not None:
+            if not ID_PATTERN.match(livelesson):
+                raise InvalidRequest(f"--livelesson {livelesson!r} must be 10 lower-case letters or digits")
+            record = _store(settings).require(livelesson)
+            lesson = _catalog(settings).get(record.lesson)
+            topology = draw.livelesson_topology(record, lesson, subnet_pool=settings.subnet_pool)
+        click.echo(draw.render(topology, fmt), nl=False)
+
+
 # --- demo ------------------------------------------------------------------------------------------
 
 

@@ -227,10 +227,15 @@ def _load_yaml(text: str | bytes, source: str) -> Mapping[str, Any]:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise LessonError([Problem(source, "", f"malformed YAML: {where}{problem}")]) from None
-    except (UnicodeDecodeError, ValueError) as exc:  # undecodable bytes, NUL characters
+    except UnicodeDecodeError as exc:  # undecodable bytes
         raise LessonError([Problem(source, "", f"not a text file: {exc}")]) from None
     except RecursionError:
         raise LessonError([Problem(source, "", "malformed YAML: nested too deeply")]) from None
+    except (ValueError, IndexError, KeyError, AttributeError, TypeError) as exc:
+        # PyYAML's own scalar constructors fail like this on odd values: `!!int ''`, `!!bool ''`,
+        # `!!timestamp x`, `!!float +`, an integer of 5000 digits
+        detail = (str(exc).splitlines() or [""])[0] or type(exc).__name__
+        raise LessonError([Problem(source, "", f"malformed YAML: a value cannot be read ({detail})")]) from None
     if data is None:
         raise LessonError([Problem(source, "", "the file is empty")])
     if not isinstance(data, dict):
@@ -250,7 +255,7 @@ def _kind(value: object) -> str:
     }.get(type(value).__name__, type(value).__name__)
 
 
-_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _path(loc: Sequence[int | str]) -> str:
@@ -258,7 +263,7 @@ def _path(loc: Sequence[int | str]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif not _PLAIN_KEY.match(str(part)):  # a key with spaces or a newline: quoted, so it stays one line
+        elif not _PLAIN_KEY.fullmatch(str(part)):  # a key with spaces or a newline: quoted, so it stays one line
             out += f"[{str(part)!r}]"
         else:
             out += f".{part}" if out else str(part)

@@ -49,6 +49,7 @@ def configure(fmt: str = "json", level: str = "INFO", *, stream: Any = None) -> 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.captureWarnings(True)  # Python warnings (Celery's as-root one) in the same format
 
 
 def get_logger(name: str) -> Any:

@@ -64,6 +64,12 @@ class Settings(BaseSettings):
             raise ValueError("must be a DNS-1123 label of at most 40 characters")
         return value
 
+    @field_validator("api_token")
+    @classmethod
+    def _token(cls, value: str | None) -> str | None:
+        # an empty LESSON_API_TOKEN= must not mean "a token that equals the empty header"
+        return value or None
+
     @field_validator("subnet_pool")
     @classmethod
     def _pool(cls, value: str) -> str:

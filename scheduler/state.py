@@ -33,6 +33,16 @@ from scheduler.settings import Settings
 
 __all__ = ["LEASED", "Created", "Store", "connect"]
 
+# Redis cannot serve us right now, but may in a moment: down, slow, full (noeviction), a read-only replica
+# after a failover, or still loading its AOF after a restart.
+UNAVAILABLE = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.OutOfMemoryError,  # type: ignore[attr-defined]
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.BusyLoadingError,
+)
+
 # Statuses in which a worker is expected to be making progress; GC re-drives them when it stops.
 LEASED = PROVISIONING | {"deleting"}
 
@@ -226,7 +236,7 @@ class Store:
                         return after
                     except redis.WatchError:
                         continue
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except UNAVAILABLE as exc:
             raise TemporaryError(f"Redis is unreachable: {exc}", delay=2.0) from exc
 
     def _write(self, pipe: redis.client.Pipeline[str], before: LiveLesson, after: LiveLesson) -> None:
@@ -308,7 +318,7 @@ class Store:
     def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except UNAVAILABLE as exc:
             raise TemporaryError(f"Redis is unreachable: {exc}", delay=2.0) from exc
 
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import structlog
@@ -47,6 +48,9 @@ app.conf.update(
 def _setup_logging(**_: Any) -> None:
     # Celery's own loggers go through structlog's renderer too, so a worker's log is one format
     configure(settings.log_format, settings.log_level)
+    # "Task ... received" is logged by the consumer before any task context exists; the task's own lines
+    # (bound in task_prerun) say the same with the live lesson, lesson, session and step
+    logging.getLogger("celery.worker.strategy").setLevel(logging.WARNING)
 
 
 @signals.task_prerun.connect

@@ -30,7 +30,7 @@ class CeleryProcess:
         self.kind = kind
         self.env = {**os.environ, **env}
         self.log_file = log_file
-        argv = [sys.executable, "-m", "celery", "-A", "workers.app", kind, "--loglevel", "INFO"]
+        argv = [sys.executable, "-m", "celery", "-A", "workers.app", "--quiet", kind, "--loglevel", "INFO"]
         if kind == "worker":
             argv += ["-c", str(concurrency), "-n", f"{name}@%h", "--without-gossip", "--without-mingle", "-E"]
         else:

@@ -43,6 +43,7 @@ log = structlog.get_logger(__name__)
 OBSERVE_SLICE = 2.0  # a waiting step watches this long, then gives its worker slot back
 WAIT_COUNTDOWN = 0.5
 PING_BUDGET = 10.0  # per verification attempt; the first packet of a link waits for ARP
+WAITING_STEPS = frozenset({"wait_ready", "verify_connectivity"})
 
 
 @dataclass(frozen=True)
@@ -97,11 +98,9 @@ class Pipeline:
             return rec
 
         record = self.store.update(livelesson, change)
+        _bind(livelesson, record, step)
         if record is None or record.status != status or step not in record.steps:
             return None
-        structlog.contextvars.bind_contextvars(
-            livelesson=livelesson, lesson=record.lesson, session=record.session, step=step
-        )
         return record
 
     def _finish(self, step: str, livelesson: str, to: str, edit: Callable[[LiveLesson], None] | None = None) -> bool:
@@ -161,7 +160,8 @@ class Pipeline:
             if not exc.transient:
                 self.fail(livelesson, step, str(exc))
                 return None
-            if attempts >= self.settings.step_max_attempts:
+            # waiting steps run many times by design; the deadline, not a count, bounds them
+            if step not in WAITING_STEPS and attempts >= self.settings.step_max_attempts:
                 self.fail(livelesson, step, f"gave up after {attempts} attempts: {exc}")
                 return None
             if self.deadline_passed(record):
@@ -301,10 +301,7 @@ class Pipeline:
     def teardown(self, livelesson: str) -> None:
         """Destroy and mark deleted. A failed record keeps its status and error for inspection."""
         record = self.store.get(livelesson)
-        if record is not None:
-            structlog.contextvars.bind_contextvars(
-                livelesson=livelesson, lesson=record.lesson, session=record.session, step="teardown"
-            )
+        _bind(livelesson, record, "teardown")
         if record is not None and record.status in ACTIVE:
             self.store.transition(livelesson, ACTIVE, "deleting")
         self.backend.destroy(livelesson)
@@ -316,13 +313,16 @@ class Pipeline:
         """One pass; the caller holds the GC lock. Reads only expired, overdue and stalled records."""
         counts = {"expired": 0, "stuck": 0, "redriven": 0, "orphan": 0}
         for livelesson in self.store.due("expiry"):
+            _bind(livelesson, self.store.get(livelesson), "gc")
             if self.store.transition(livelesson, ACTIVE, "deleting") is not None:
+                log.info("expired: tearing down")
                 enqueue("lessons.teardown", livelesson)
                 counts["expired"] += 1
             elif self.store.get(livelesson) is None:
                 self.store.forget(livelesson)
         for livelesson in self.store.due("deadline"):
             record = self.store.get(livelesson)
+            _bind(livelesson, record, "gc")
             if record is None:
                 self.store.forget(livelesson)
             elif record.status in PROVISIONING:
@@ -336,6 +336,7 @@ class Pipeline:
                 counts["stuck"] += 1
         for livelesson in self.store.due("lease"):
             record = self.store.get(livelesson)
+            _bind(livelesson, record, "gc")
             if record is None:
                 self.store.forget(livelesson)
                 continue
@@ -350,6 +351,7 @@ class Pipeline:
         records = {r.id: r for r in self.store.many(held)}
         for livelesson in held:
             record = records.get(livelesson)
+            _bind(livelesson, record, "gc")
             if record is None or record.status in {"deleted", "failed"}:
                 self.backend.destroy(livelesson)
                 counts["orphan"] += 1
@@ -357,6 +359,7 @@ class Pipeline:
         prune = getattr(self.backend, "prune", None)
         if prune is not None and not held:
             prune()
+        structlog.contextvars.unbind_contextvars("livelesson", "lesson", "session", "step")
         for reason, count in counts.items():
             if count:
                 self.store.metrics.inc("gc_collected_total", count, reason=reason)
@@ -379,3 +382,13 @@ def _with_endpoints(record: LiveLesson, endpoints: dict[str, Endpoint]) -> LiveL
         return None
     record.endpoints = endpoints
     return record
+
+
+def _bind(livelesson: str, record: LiveLesson | None, step: str) -> None:
+    """Every log line about a live lesson carries its id, lesson, session and step."""
+    structlog.contextvars.bind_contextvars(
+        livelesson=livelesson,
+        lesson=record.lesson if record else None,
+        session=record.session if record else None,
+        step=step,
+    )

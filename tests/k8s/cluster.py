@@ -666,6 +666,12 @@ def down(quiet: bool = False) -> int:
         )
         if proc.returncode != 0:
             log(f"node agent cleanup failed:\n{proc.stdout}{proc.stderr}")
+    # Whatever the agent's cleanup could not undo: its namespaces, by their prefix (bridges and veths in
+    # them go too).
+    netns_dir = Path("/run/netns")
+    for ns in sorted(netns_dir.glob(f"{NETNS_PREFIX}-*")) if netns_dir.is_dir() else []:
+        log(f"removing leftover network namespace {ns.name}")
+        subprocess.run(["ip", "netns", "del", ns.name], capture_output=True, timeout=30, check=False)
     for c in reversed(COMPONENTS[:-1]):
         stop(c)
     shutil.rmtree(STATE)

@@ -9,6 +9,7 @@ where they fail: CI must run them.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -125,3 +126,68 @@ def k8s_namespace(k8s_kubectl: Kubectl) -> Iterator[str]:
 def k8s_cluster(k8s_kubeconfig: Path) -> Any:
     """tests/k8s/cluster.py as a module (STATE, COMPONENTS, recorded(), NETNS_PREFIX, ...)."""
     return cluster
+
+
+# --- the kubernetes backend's tests (issue 6): the worker's ServiceAccount, the fault proxy, cleanup ------
+
+REPO = HERE.parent.parent
+RBAC = REPO / "config" / "k8s" / "rbac.yaml"
+WORKER_SA = ("lesson-scheduler", "lesson-scheduler-worker")
+
+
+@pytest.fixture(scope="session")
+def k8s_worker_token(k8s_kubectl: Kubectl) -> str:
+    """A token of the worker's ServiceAccount (TokenRequest API), after applying config/k8s/rbac.yaml as a
+    deployment would: the backend's tests run as that account, never as cluster-admin."""
+    k8s_kubectl("apply", "-f", str(RBAC))
+    namespace, account = WORKER_SA
+    return k8s_kubectl("create", "token", account, "-n", namespace, "--duration=2h").stdout.strip()
+
+
+@pytest.fixture
+def k8s_proxy(k8s_kubeconfig: Path) -> Iterator[Any]:
+    """A fault-injecting, request-counting proxy in front of the API server (tests/k8s/api_proxy.py)."""
+    from tests.k8s.api_proxy import ApiProxy
+
+    with ApiProxy.for_cluster(cluster.STATE) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def worker_kubeconfig(k8s_proxy: Any, k8s_worker_token: str, tmp_path: Path) -> Path:
+    """A kubeconfig for the worker's ServiceAccount that goes through ``k8s_proxy``."""
+    return k8s_proxy.kubeconfig(tmp_path / "worker-kubeconfig", token=k8s_worker_token, ca=cluster.STATE / "pki/ca.crt")
+
+
+@pytest.fixture
+def direct_worker_kubeconfig(k8s_kubeconfig: Path, k8s_worker_token: str, tmp_path: Path) -> Path:
+    """The same ServiceAccount, straight to the API server."""
+    from tests.k8s.api_proxy import write_token_kubeconfig
+
+    port = json.loads((cluster.STATE / "ports.json").read_text())["apiserver"]
+    return write_token_kubeconfig(
+        tmp_path / "worker-kubeconfig-direct",
+        f"https://127.0.0.1:{port}",
+        token=k8s_worker_token,
+        ca=cluster.STATE / "pki/ca.crt",
+    )
+
+
+def namespaces_of(kubectl: Kubectl, instance: str) -> list[dict[str, Any]]:
+    out = kubectl("get", "namespaces", "-l", f"lessons.io/instance={instance}", "-o", "json").stdout
+    return list(json.loads(out)["items"])
+
+
+@pytest.fixture
+def k8s_cleanup(k8s_kubectl: Kubectl, instance: str) -> Iterator[list[str]]:
+    """After the test, as admin: delete every namespace of this test's instance (and of the instances or
+    namespaces the test appends to the yielded list), and wait until they are gone, pass or fail."""
+    extra: list[str] = []
+    yield extra
+    names: set[str] = set()
+    for inst in [instance, *(e for e in extra if not e.startswith("ns:"))]:
+        names |= {n["metadata"]["name"] for n in namespaces_of(k8s_kubectl, inst)}
+    names |= {e[3:] for e in extra if e.startswith("ns:")}
+    if names:
+        k8s_kubectl("delete", "namespace", *sorted(names), "--ignore-not-found", "--wait=true", "--timeout=120s",
+                    check=False, timeout=150)  # fmt: skip

@@ -364,7 +364,9 @@ def test_edges_that_are_accepted() -> None:
     text = (
         HEAD.replace("name: r2", "name: " + "r" * 63)
         + "connections:\n"
-        + "- {a: r1, b: " + "r" * 63 + ", subnet: 10.0.0.0/29}\n"
+        + "- {a: r1, b: "
+        + "r" * 63
+        + ", subnet: 10.0.0.0/29}\n"
         + "- {a: r3, b: r1, subnet: 10.0.0.8/29}\n"
         + "- {a: r3, b: r1}\n"  # a parallel link without a subnet
     )
@@ -616,3 +618,23 @@ def test_config_lessons() -> None:
     hub = catalog.lessons["busybox-hub"]
     assert all(c.a == "hub" for c in hub.connections)
     assert len(hub.connections) == len(hub.endpoints) - 1
+
+
+def test_odd_keys_stay_on_one_line(tmp_path: Path) -> None:
+    file, problems = refused(tmp_path, HEAD + '"two\\nlines": 1\n')
+    problem = assert_problem(problems, file, "['two\\nlines']", "unknown key 'two\\nlines'")
+    assert "\n" not in problem.path
+    file, problems = refused(tmp_path, with_endpoint_extra('"image tag": latest\n'), "space.yaml")
+    assert_problem(problems, file, "endpoints[0]['image tag']", "unknown key 'image tag'")
+    file, problems = refused(tmp_path, HEAD + '"ends\\n": 1\n', "trailing.yaml")
+    assert_problem(problems, file, "['ends\\n']", "unknown key 'ends\\n'")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a: !!int ''", "a: !!float +", "a: !!bool ''", "a: !!timestamp x", "!!int", "a: !!int 0x", "a: " + "1" * 5000],
+)
+def test_values_yaml_cannot_construct_are_malformed_yaml(tmp_path: Path, text: str) -> None:
+    """PyYAML's own constructors raise IndexError, KeyError, AttributeError or ValueError on these."""
+    file, problems = refused(tmp_path, text)
+    assert_problem(problems, file, "", "malformed YAML: a value cannot be read")

@@ -49,6 +49,7 @@ def _label_from(alphabet: str, min_size: int, max_size: int) -> st.SearchStrateg
 
 # a small alphabet with '-' makes "a-b" + "c" vs "a" + "b-c" likely; long names push every limit
 names = st.one_of(
+    _label_from("ab-", 1, 3),
     _label_from("ab1-", 1, 5),
     _label_from(string.ascii_lowercase + string.digits + "-", 1, 63),
     _label_from("z", 63, 63),
@@ -159,8 +160,31 @@ def test_every_name_is_unique_within_a_plan(lesson: ResolvedLesson, livelesson: 
     assert [p.endpoint for p in plan.pods] == [e.name for e in lesson.endpoints]
 
 
+# names whose "<a>-<b>" joins meet each other and the parallel-link suffix "-2"
+HYPHENATED = ["a", "b", "c", "a-b", "b-c", "c-2"]
+
+
+@st.composite
+def hyphenated_documents(draw: st.DrawFn) -> dict[str, Any]:
+    pairs = st.tuples(st.sampled_from(HYPHENATED), st.sampled_from(HYPHENATED)).filter(lambda p: p[0] != p[1])
+    return {
+        "slug": "hyphens",
+        "name": "Hyphens",
+        "endpoints": [{"name": n, "image": "busybox"} for n in HYPHENATED],
+        "connections": [{"a": a, "b": b} for a, b in draw(st.lists(pairs, min_size=2, max_size=20))],
+    }
+
+
+@PROPERTY
+@given(doc=hyphenated_documents())
+def test_nad_names_are_unique_when_names_contain_hyphens(doc: dict[str, Any]) -> None:
+    plan = make_plan(to_lesson(doc), "abcdefghij", "s1", instance="lessons")
+    nads = [n.nad for n in plan.networks]
+    assert len(nads) == len(set(nads)), nads
+
+
 def test_nad_names_stay_unique_when_endpoint_names_contain_hyphens() -> None:
-    """"a-b" + "c" and "a" + "b-c" both read "a-b-c"; and a parallel link's "-2" can meet a real name."""
+    """ "a-b" + "c" and "a" + "b-c" both read "a-b-c"; and a parallel link's "-2" can meet a real name."""
     doc = {
         "slug": "hyphens",
         "name": "Hyphens",
@@ -371,8 +395,25 @@ def test_fuzz_text(text: str) -> None:
 
 yaml_keys = st.one_of(
     st.sampled_from(
-        ["slug", "name", "endpoints", "connections", "image", "a", "b", "subnet", "presentations", "port",
-         "type", "additionalPorts", "readyDelay", "stages", "authors", "tier", "command"]
+        [
+            "slug",
+            "name",
+            "endpoints",
+            "connections",
+            "image",
+            "a",
+            "b",
+            "subnet",
+            "presentations",
+            "port",
+            "type",
+            "additionalPorts",
+            "readyDelay",
+            "stages",
+            "authors",
+            "tier",
+            "command",
+        ]
     ),
     st.text(max_size=10),
     st.integers(),

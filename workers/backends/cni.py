@@ -1,7 +1,8 @@
 """Run the real CNI plugins, exactly as Multus would: config on stdin, parameters in CNI_* variables.
 
-The plugin process starts inside the "node" network namespace (where the bridges live) through
-``nsenter``; the plugin itself enters the pod's namespace (``CNI_NETNS``) for the container side.
+The plugin process is born inside the "node" network namespace (where the bridges live): it is started
+from a thread that entered that namespace (:func:`netns.run`, ``nsenter`` without the extra process);
+the plugin itself enters the pod's namespace (``CNI_NETNS``) for the container side.
 Shared by the local backend and the test cluster's node agent.
 """
 
@@ -18,6 +19,7 @@ import structlog
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from scheduler.errors import PermanentError, PrerequisiteMissing, TemporaryError
+from workers.backends import netns as _netns
 
 __all__ = ["CniError", "CniResult", "add", "delete", "netns_path", "plugin"]
 
@@ -93,8 +95,6 @@ def _call(
 ) -> dict[str, Any]:
     binary = plugin(plugin_dir, str(config["type"]))
     argv = [str(binary)]
-    if node_netns is not None:
-        argv = ["nsenter", f"--net={netns_path(node_netns)}", "--", *argv]
     env = {
         "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
         "CNI_COMMAND": command,
@@ -103,10 +103,12 @@ def _call(
         "CNI_IFNAME": ifname,
         "CNI_PATH": str(plugin_dir),
     }
+    stdin = json.dumps(config).encode()
     try:
-        proc = subprocess.run(
-            argv, input=json.dumps(config).encode(), env=env, capture_output=True, timeout=CALL_TIMEOUT, check=False
-        )
+        if node_netns is not None:
+            proc = _netns.run(argv, netns=node_netns, input=stdin, env=env, timeout=CALL_TIMEOUT)
+        else:
+            proc = subprocess.run(argv, input=stdin, env=env, capture_output=True, timeout=CALL_TIMEOUT, check=False)
     except subprocess.TimeoutExpired:
         raise TemporaryError(f"CNI {command} of {ifname} timed out after {CALL_TIMEOUT:.0f}s") from None
     if proc.returncode == 0:
@@ -143,7 +145,12 @@ def add(
     plugin_dir: Path = Path("/usr/lib/cni"),
 ) -> CniResult:
     raw = _call(
-        "ADD", config, container_id=container_id, netns=netns, ifname=ifname, node_netns=node_netns,
+        "ADD",
+        config,
+        container_id=container_id,
+        netns=netns,
+        ifname=ifname,
+        node_netns=node_netns,
         plugin_dir=plugin_dir,
     )
     return CniResult.parse(raw, ifname)
@@ -160,6 +167,11 @@ def delete(
 ) -> None:
     """CNI DEL; the spec makes it succeed when the attachment is already gone."""
     _call(
-        "DEL", config, container_id=container_id, netns=netns, ifname=ifname, node_netns=node_netns,
+        "DEL",
+        config,
+        container_id=container_id,
+        netns=netns,
+        ifname=ifname,
+        node_netns=node_netns,
         plugin_dir=plugin_dir,
     )

@@ -12,12 +12,15 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import structlog
 import urllib3
+import yaml
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.stream import stream
@@ -44,6 +47,9 @@ FATAL_WAITING = {
     "CreateContainerConfigError",
 }
 API_RETRY_SECONDS = 30.0
+# every plain API call is bounded: (connect, read) seconds. Watches and exec carry their own bounds.
+REQUEST_TIMEOUT = (5.0, 30.0)
+RETRY_AFTER_CAP = 10.0
 DELETE_WAIT_SECONDS = 60
 
 
@@ -54,19 +60,44 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError)
 
 
+def retry_after(exc: BaseException) -> float | None:
+    """The seconds a 429's Retry-After asks for (delta-seconds form), capped; None without one."""
+    if not (isinstance(exc, ApiException) and exc.status == 429 and exc.headers):
+        return None
+    value = str(exc.headers.get("Retry-After") or "").strip()
+    return min(float(value), RETRY_AFTER_CAP) if value.isdigit() else None
+
+
 def _wait(state: RetryCallState) -> float:
     exc = state.outcome.exception() if state.outcome else None
-    if isinstance(exc, ApiException) and exc.status == 429 and exc.headers:
-        retry_after = exc.headers.get("Retry-After")
-        if retry_after and retry_after.isdigit():
-            return min(float(retry_after), 10.0)  # the server says when; honour it, bounded
+    asked = retry_after(exc) if exc is not None else None
+    if asked is not None:
+        return asked  # the server says when; honour it, bounded
     return float(min(0.1 * 2 ** (state.attempt_number - 1), 2.0))
+
+
+def _describe(exc: BaseException | None) -> str:
+    """429, 503, ... or the connection error's type and words, for the retry log."""
+    if isinstance(exc, ApiException) and exc.status:
+        return str(exc.status)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _name(fn: Callable[..., Any]) -> str:
+    inner = getattr(fn, "func", fn)  # functools.partial
+    return str(getattr(inner, "__name__", "call"))
 
 
 def _log_retry(state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome else None
-    status = exc.status if isinstance(exc, ApiException) else type(exc).__name__
-    log.warning("kubernetes API transient error, retrying", status=status, attempt=state.attempt_number)
+    fn = _name(state.fn) if state.fn is not None else "call"
+    log.warning(
+        "kubernetes API transient error, retrying",
+        call=fn,
+        status=_describe(exc),
+        attempt=state.attempt_number,
+        sleep_s=round(state.upcoming_sleep, 3),
+    )
 
 
 _api_retry = retry(
@@ -79,7 +110,8 @@ _api_retry = retry(
 
 
 def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """One API call, retried on transient errors, translated into our error tree at the boundary."""
+    """One API call, bounded in time, retried on transient errors, translated into our error tree."""
+    kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)
     try:
         return _api_retry(fn)(*args, **kwargs)
     except ApiException as exc:
@@ -117,18 +149,25 @@ class KubernetesBackend(Backend):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KubernetesBackend:
+        return cls.from_kubeconfig(settings.kubeconfig, instance=settings.instance)
+
+    @classmethod
+    def from_kubeconfig(cls, kubeconfig: str | Path | None, *, instance: str) -> KubernetesBackend:
+        """A backend on that kubeconfig, or on the in-cluster ServiceAccount when it is None."""
+        configuration = client.Configuration()
         try:
-            if settings.kubeconfig is not None:
-                api = config.new_client_from_config(config_file=str(settings.kubeconfig))
+            if kubeconfig is not None:
+                config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
             else:
-                configuration = client.Configuration()
                 config.load_incluster_config(client_configuration=configuration)
-                api = client.ApiClient(configuration)
         except (config.ConfigException, OSError) as exc:
             raise PrerequisiteMissing(
                 f"no Kubernetes configuration: {exc} (set LESSON_KUBECONFIG, or run in a cluster)"
             ) from exc
-        return cls(api, instance=settings.instance)
+        # urllib3 would otherwise retry resets of GETs silently, three times, unbounded in time: every retry
+        # is tenacity's, bounded and logged
+        configuration.retries = False
+        return cls(client.ApiClient(configuration), instance=instance)
 
     def close(self) -> None:
         self.api.close()
@@ -161,17 +200,16 @@ class KubernetesBackend(Backend):
     # --- apply --------------------------------------------------------------------------------------
 
     def apply_networks(self, plan: Plan) -> None:
-        ns = namespace(plan)
         self._ensure(
             "namespace", plan.namespace,
-            lambda: self.core.create_namespace(ns),
-            lambda: self.core.read_namespace(plan.namespace), plan,
+            partial(self.core.create_namespace, namespace(plan)),
+            partial(self.core.read_namespace, plan.namespace), plan,
         )  # fmt: skip
         policy = network_policy(plan)
         self._ensure(
             "networkpolicy", policy["metadata"]["name"],
-            lambda: self.net.create_namespaced_network_policy(plan.namespace, policy),
-            lambda: self.net.read_namespaced_network_policy(policy["metadata"]["name"], plan.namespace), plan,
+            partial(self.net.create_namespaced_network_policy, plan.namespace, policy),
+            partial(self.net.read_namespaced_network_policy, policy["metadata"]["name"], plan.namespace), plan,
         )  # fmt: skip
         for nad in network_attachment_definitions(plan):
             name = nad["metadata"]["name"]
@@ -216,14 +254,18 @@ class KubernetesBackend(Backend):
             )
         return Observation(statuses)
 
-    def observe(self, plan: Plan, *, wait: float = 0.0) -> Observation:
-        selector = f"{LABEL_LIVELESSON}={plan.livelesson}"
+    def _list_pods(self, plan: Plan, selector: str) -> tuple[dict[str, Any], str]:
         listing = _call(self.core.list_namespaced_pod, plan.namespace, label_selector=selector)
-        items = {p.metadata.name: p for p in listing.items}
-        observation = self._observation(plan, items)
+        return {p.metadata.name: p for p in listing.items}, listing.metadata.resource_version
+
+    def observe(self, plan: Plan, *, wait: float = 0.0) -> Observation:
+        """One list, then one watch from its resourceVersion until every pod is ready, one cannot start,
+        or ``wait`` runs out. Never a poll: a quiet cluster costs two requests per call."""
+        selector = f"{LABEL_LIVELESSON}={plan.livelesson}"
         deadline = time.monotonic() + wait
-        version = listing.metadata.resource_version
-        while not observation.ready and not any(p.fatal for p in observation.pods.values()):
+        items, version = self._list_pods(plan, selector)
+        observation = self._observation(plan, items)
+        while not _settled(observation):
             remaining = deadline - time.monotonic()
             if remaining < 1:
                 break
@@ -232,7 +274,7 @@ class KubernetesBackend(Backend):
                 for event in watcher.stream(
                     self.core.list_namespaced_pod, plan.namespace, label_selector=selector,
                     resource_version=version, timeout_seconds=max(1, int(remaining)),
-                    _request_timeout=remaining + 5,
+                    _request_timeout=(REQUEST_TIMEOUT[0], remaining + 5),
                 ):  # fmt: skip
                     pod = event["object"]
                     version = pod.metadata.resource_version
@@ -241,18 +283,20 @@ class KubernetesBackend(Backend):
                     else:
                         items[pod.metadata.name] = pod
                     observation = self._observation(plan, items)
-                    if observation.ready or time.monotonic() >= deadline:
+                    if _settled(observation) or time.monotonic() >= deadline:
                         break
             except ApiException as exc:
-                if exc.status != 410:
+                if exc.status == 410:
+                    # our resourceVersion is too old: list again and carry on from the fresh one
+                    items, version = self._list_pods(plan, selector)
+                    observation = self._observation(plan, items)
+                    continue
+                if not is_transient(exc):
                     raise _translate(exc) from exc
-                # our resourceVersion is too old: list again and carry on from the fresh one
-                listing = _call(self.core.list_namespaced_pod, plan.namespace, label_selector=selector)
-                items = {p.metadata.name: p for p in listing.items}
-                version = listing.metadata.resource_version
-                observation = self._observation(plan, items)
+                log.warning("pod watch failed, the step will look again", status=_describe(exc))
+                break
             except (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as exc:
-                log.warning("pod watch interrupted", error=str(exc))
+                log.warning("pod watch interrupted, the step will look again", error=_describe(exc))
                 break
             finally:
                 watcher.stop()
@@ -260,33 +304,48 @@ class KubernetesBackend(Backend):
 
     # --- exec ---------------------------------------------------------------------------------------
 
+    @contextmanager
+    def _exec_api(self) -> Iterator[Any]:
+        """A client of its own per exec: ``kubernetes.stream`` swaps the ApiClient's ``call_api`` while it
+        connects, so sharing one between the ping threads (or with a watch) would cross their wires."""
+        api = client.ApiClient(self.api.configuration)
+        try:
+            yield client.CoreV1Api(api)
+        finally:
+            api.close()
+
     def exec(self, plan: Plan, endpoint: str, argv: Sequence[str], *, timeout: float) -> ExecResult:
         pod = plan.pod(endpoint)
-        try:
-            resp = stream(
-                self.core.connect_get_namespaced_pod_exec, pod.name, plan.namespace,
-                command=list(argv), stdout=True, stderr=True, stdin=False, tty=False,
-                _preload_content=False, _request_timeout=timeout,
-            )  # fmt: skip
-        except ApiException as exc:
-            raise _translate(exc) from exc
-        except (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError, OSError) as exc:
-            raise TemporaryError(f"exec in {endpoint} failed to connect: {exc}") from exc
-        stdout, stderr = [], []
-        deadline = time.monotonic() + timeout
-        try:
-            while resp.is_open() and time.monotonic() < deadline:
-                resp.update(timeout=min(1.0, max(0.05, deadline - time.monotonic())))
-                if resp.peek_stdout():
-                    stdout.append(resp.read_stdout())
-                if resp.peek_stderr():
-                    stderr.append(resp.read_stderr())
-            if resp.is_open():
-                raise TemporaryError(f"`{' '.join(argv)}` in {endpoint} timed out after {timeout}s")
-            code = resp.returncode
-        finally:
-            resp.close()
-        return ExecResult(code if code is not None else 1, "".join(stdout), "".join(stderr))
+        with self._exec_api() as core:
+            try:
+                resp = stream(
+                    core.connect_get_namespaced_pod_exec, pod.name, plan.namespace,
+                    command=list(argv), stdout=True, stderr=True, stdin=False, tty=False,
+                    _preload_content=False, _request_timeout=timeout,
+                )  # fmt: skip
+            except ApiException as exc:
+                error = _translate(exc)
+                log.warning("exec failed to start", endpoint=endpoint, error=str(error), transient=error.transient)
+                raise error from exc
+            except (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError, OSError) as exc:
+                log.warning("exec failed to connect", endpoint=endpoint, error=_describe(exc))
+                raise TemporaryError(f"exec in {endpoint} failed to connect: {exc}") from exc
+            stdout: list[str] = []
+            stderr: list[str] = []
+            deadline = time.monotonic() + timeout
+            try:
+                while resp.is_open() and time.monotonic() < deadline:
+                    resp.update(timeout=min(1.0, max(0.05, deadline - time.monotonic())))
+                    _drain(resp, stdout, stderr)
+                if resp.is_open():
+                    raise TemporaryError(f"`{' '.join(argv)}` in {endpoint} timed out after {timeout}s")
+                _drain(resp, stdout, stderr)
+                code = _returncode(resp)
+            except (OSError, ConnectionError) as exc:  # the websocket broke mid-command
+                raise TemporaryError(f"exec in {endpoint} broke off: {exc}") from exc
+            finally:
+                resp.close()
+        return ExecResult(code, "".join(stdout), "".join(stderr))
 
     # --- destroy and list ---------------------------------------------------------------------------
 
@@ -323,24 +382,57 @@ class KubernetesBackend(Backend):
 
     def _wait_gone(self, name: str) -> None:
         """Watch the namespace until it is deleted: bounded, never a poll loop."""
-        listing = _call(self.core.list_namespace, field_selector=f"metadata.name={name}")
-        if not listing.items:
-            return
-        watcher = watch.Watch()
-        try:
-            for event in watcher.stream(
-                self.core.list_namespace, field_selector=f"metadata.name={name}",
-                resource_version=listing.metadata.resource_version, timeout_seconds=DELETE_WAIT_SECONDS,
-            ):  # fmt: skip
-                if event["type"] == "DELETED":
-                    return
-        except ApiException as exc:
-            if exc.status != 410:
-                raise _translate(exc) from exc
-        finally:
-            watcher.stop()
-        if _call(self.core.list_namespace, field_selector=f"metadata.name={name}").items:
-            raise TemporaryError(f"namespace {name} still terminating after {DELETE_WAIT_SECONDS}s", delay=5.0)
+        selector = f"metadata.name={name}"
+        deadline = time.monotonic() + DELETE_WAIT_SECONDS
+        while True:
+            listing = _call(self.core.list_namespace, field_selector=selector)
+            if not listing.items:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining < 1:
+                raise TemporaryError(f"namespace {name} still terminating after {DELETE_WAIT_SECONDS}s", delay=5.0)
+            watcher = watch.Watch()
+            try:
+                for event in watcher.stream(
+                    self.core.list_namespace, field_selector=selector,
+                    resource_version=listing.metadata.resource_version, timeout_seconds=max(1, int(remaining)),
+                    _request_timeout=(REQUEST_TIMEOUT[0], remaining + 5),
+                ):  # fmt: skip
+                    if event["type"] == "DELETED":
+                        return
+            except ApiException as exc:
+                if exc.status != 410 and not is_transient(exc):
+                    raise _translate(exc) from exc
+                if exc.status != 410:
+                    log.warning("namespace watch failed, listing again", namespace=name, status=_describe(exc))
+                    time.sleep(0.2)
+            except (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as exc:
+                log.warning("namespace watch interrupted, listing again", namespace=name, error=_describe(exc))
+                time.sleep(0.2)
+            finally:
+                watcher.stop()
+
+
+def _settled(observation: Observation) -> bool:
+    """Nothing more to wait for: every pod is ready, or one of them never will be."""
+    return observation.ready or any(p.fatal for p in observation.pods.values())
+
+
+def _drain(resp: Any, stdout: list[str], stderr: list[str]) -> None:
+    if resp.peek_stdout():
+        stdout.append(resp.read_stdout())
+    if resp.peek_stderr():
+        stderr.append(resp.read_stderr())
+
+
+def _returncode(resp: Any) -> int:
+    """The exit status from the error channel. Some runtimes (kwok) send a bare error message there instead
+    of a Status with the code: any failure without a readable code counts as 1."""
+    try:
+        code = resp.returncode
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, yaml.YAMLError):
+        return 1
+    return int(code) if code is not None else 1
 
 
 def _translate(exc: ApiException) -> SchedulerError:

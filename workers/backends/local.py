@@ -18,6 +18,11 @@ State directory layout::
         lessons/<id>/owner.json   what this live lesson owns
         lessons/<id>/results/     CNI ADD results, so addresses survive a worker restart
         lessons/<id>/pods/        pid files, written by each pod process once it listens
+
+Speed: creating and deleting namespaces, ``lo``, link and address reads happen in-process (see
+:mod:`netns`); CNI plugins are started straight inside the node namespace (no ``nsenter``); every CNI
+call of an apply runs concurrently with the others and with one launcher that forks all missing pod
+processes (one Python start per apply, not per pod).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -38,8 +44,8 @@ from typing import Any, TypeVar
 
 import structlog
 
-from scheduler.errors import PermanentError, TemporaryError
-from scheduler.plan import Plan, Pod
+from scheduler.errors import PermanentError, SchedulerError, TemporaryError
+from scheduler.plan import Interface, Plan, Pod
 from workers.backends import cni, netns
 from workers.backends.base import Backend, ExecResult, InterfaceStatus, Observation, PodStatus
 
@@ -76,6 +82,25 @@ def _parallel(fn: Callable[..., T], items: Sequence[Any]) -> list[T]:
     return [f.result() for f in futures]
 
 
+def _stop(pid: int, still_ours: Callable[[], bool]) -> None:
+    """SIGTERM, wait for the exit (a pidfd, no polling), SIGKILL after 2 s; only while ``still_ours()``."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        if not still_ours():  # checked after the pidfd pinned the process: a reused pid is not signalled
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            signal.pidfd_send_signal(pidfd, sig)
+            if select.select([pidfd], [], [], 2.0)[0]:
+                return
+    except ProcessLookupError:
+        return
+    finally:
+        os.close(pidfd)
+
+
 class LocalBackend(Backend):
     name = "local"
 
@@ -107,6 +132,34 @@ class LocalBackend(Backend):
         with (self.root / "node.lock").open("a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             yield
+
+    @contextmanager
+    def _lesson_lock(self, livelesson: str, *, remove: bool = False) -> Iterator[None]:
+        """Serialises applies and destroy of one live lesson (a redelivered task next to the original).
+
+        ``remove`` unlinks the lock file before releasing it (destroy leaves nothing); a waiter that then
+        wakes up on the unlinked file sees that and takes a fresh one.
+        """
+        path = self.root / "locks" / f"{livelesson}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    current = os.fstat(fd).st_ino == path.stat().st_ino
+                except FileNotFoundError:
+                    current = False
+                if not current:
+                    continue
+                try:
+                    yield
+                finally:
+                    if remove:
+                        path.unlink(missing_ok=True)
+                return
+            finally:
+                os.close(fd)
 
     def _prerequisites(self) -> None:
         if not self._checked:
@@ -141,53 +194,103 @@ class LocalBackend(Backend):
 
     def apply_networks(self, plan: Plan) -> None:
         self._prerequisites()
-        self._record_owner(plan)
+        with self._lesson_lock(plan.livelesson):
+            self._record_owner(plan)
+            with self._node_lock(exclusive=False):
+                netns.add(self.node_netns, loopback=False)
+                self._ensure_bridges(plan)
+
+    def _ensure_bridges(self, plan: Plan) -> None:
+        """Every bridge of the plan exists, carries our mark and is up. One ``ip -batch`` for what is missing."""
         mark = self.mark(plan.livelesson)
-        with self._node_lock(exclusive=False):
-            netns.add(self.node_netns, loopback=False)
+        for attempt in range(3):
             existing = netns.bridges(self.node_netns)
             commands = []
             for n in plan.networks:
                 alias = existing.get(n.bridge)
                 if alias is None:
-                    commands += [
-                        f"link add name {n.bridge} type bridge",
-                        f"link set dev {n.bridge} alias {mark}/{n.index}",
-                        f"link set dev {n.bridge} up",
-                    ]
-                elif alias.rsplit("/", 1)[0] != mark:
-                    raise PermanentError(f"bridge {n.bridge} exists but is not ours (mark {alias!r}); refusing to use it")
-            if commands:
+                    commands.append(f"link add name {n.bridge} type bridge")
+                elif alias and alias.rsplit("/", 1)[0] != mark:
+                    raise PermanentError(
+                        f"bridge {n.bridge} exists but is not ours (mark {alias!r}); refusing to use it"
+                    )
+                if alias != f"{mark}/{n.index}":
+                    # also claims a bridge the plugin made by itself (after a crash between the two applies):
+                    # its name is a hash of this instance, live lesson and link, so nobody else can own it
+                    commands += [f"link set dev {n.bridge} alias {mark}/{n.index}", f"link set dev {n.bridge} up"]
+            if not commands:
+                return
+            try:
                 # every token is a plan-decided name ([a-z0-9-/]), and ip reads it as argv, not a shell
                 netns.ip("-batch", "-", netns=self.node_netns, stdin="\n".join(commands) + "\n")
+                return
+            except PermanentError:  # a concurrent apply of the same plan made a bridge first: look again
+                if attempt == 2:
+                    raise
 
     def apply_pods(self, plan: Plan) -> None:
         self._prerequisites()
+        with self._lesson_lock(plan.livelesson):
+            self._apply_pods(plan)
+
+    def _apply_pods(self, plan: Plan) -> None:
         self._record_owner(plan)
         if not netns.exists(self.node_netns):
             raise TemporaryError("the node namespace is missing; networks must be applied first")
+        with self._node_lock(exclusive=False):
+            self._ensure_bridges(plan)  # cheap when present; without it the plugin would make unmarked ones
+            node_links = netns.link_table(self.node_netns)
         _parallel(lambda p: netns.add(p.netns), plan.pods)
-        work: list[tuple[Callable[[], None]]] = [(lambda p=p: self._ensure_process(plan, p),) for p in plan.pods]
-        for pod in plan.pods:
-            present = netns.addresses(pod.netns)
-            for itf in pod.interfaces:
-                work.append((lambda p=pod, i=itf.name, n=itf.network, a=present: self._ensure_attached(plan, p, i, n, a),))
+        found = _parallel(lambda p: netns.addresses(p.netns), plan.pods)
+        present = {p.endpoint: a for p, a in zip(plan.pods, found, strict=True)}
+        missing = [p for p in plan.pods if not self._process_ok(plan.livelesson, p)]
+
+        def attach(pod: Pod, itf: Interface) -> Callable[[], None]:
+            return lambda: self._ensure_attached(plan, pod, itf, present[pod.endpoint], node_links)
+
+        # the launcher and every CNI ADD at once: they touch different objects
+        work = [attach(pod, itf) for pod in plan.pods for itf in pod.interfaces]
+        if missing:
+            work.insert(0, lambda: self._launch(plan, missing))
         _parallel(lambda f: f(), work)
 
-    def _ensure_attached(self, plan: Plan, pod: Pod, ifname: str, nad: str, present: dict[str, list[str]]) -> None:
+    def _leased(self, cni_name: str, container_id: str) -> bool:
+        """host-local still holds an address for this container on that network (one file per address)."""
+        try:
+            files = list((self.ipam_dir / cni_name).iterdir())
+        except FileNotFoundError:
+            return False
+        for file in files:
+            try:
+                if file.read_text().split()[0:1] == [container_id]:
+                    return True
+            except (OSError, UnicodeDecodeError):
+                continue
+        return False
+
+    def _ensure_attached(
+        self, plan: Plan, pod: Pod, itf: Interface, present: dict[str, list[str]], node_links: dict[str, netns.Link]
+    ) -> None:
+        ifname, network = itf.name, plan.network(itf.network)
         path = self._result_file(plan.livelesson, pod.endpoint, ifname)
         saved = _read_json(path)
         have = present.get(ifname)
         if saved is not None and have and set(saved["addresses"]) <= set(have):
-            return
-        config = plan.network(nad).cni_config(str(self.ipam_dir))
+            # the pod side is right; so must the node side be: the host veth, still a port of our bridge
+            hosts = [i.get("name") for i in saved["raw"].get("interfaces", []) if not i.get("sandbox")]
+            if any(h in node_links and node_links[h].master == network.bridge for h in hosts):
+                return
+        config = network.cni_config(str(self.ipam_dir))
         args = {"container_id": pod.netns, "netns": netns.NETNS_DIR / pod.netns, "ifname": ifname}
-        if have is not None:  # attached by a run that crashed before saving the result: start over
+        if saved is not None or have is not None or self._leased(config["name"], pod.netns):
+            # half made by a run that crashed (interface without result, result without interface, a lease
+            # left behind): start this attachment over, as host-local refuses a second lease for one id
+            path.unlink(missing_ok=True)
             cni.delete(config, node_netns=self.node_netns, plugin_dir=self.cni_path, **args)  # type: ignore[arg-type]
         result = cni.add(config, node_netns=self.node_netns, plugin_dir=self.cni_path, **args)  # type: ignore[arg-type]
         _write_json(path, {"addresses": result.addresses, "mac": result.mac, "raw": result.raw})
 
-    def _process_alive(self, livelesson: str, endpoint: str) -> int | None:
+    def _process(self, livelesson: str, endpoint: str) -> int | None:
         """The pod process's pid, if it is running and carries our mark."""
         try:
             pid = int(self._pidfile(livelesson, endpoint).read_text())
@@ -198,21 +301,36 @@ class LocalBackend(Backend):
         mark = f"{self.mark(livelesson)}/{endpoint}".encode()
         return pid if mark in cmdline and state != "Z" else None
 
-    def _ensure_process(self, plan: Plan, pod: Pod) -> None:
-        if self._process_alive(plan.livelesson, pod.endpoint):
-            return
-        pidfile = self._pidfile(plan.livelesson, pod.endpoint)
-        pidfile.parent.mkdir(parents=True, exist_ok=True)
-        argv = [
-            sys.executable, "-I", "-S", str(PODPROC),
-            "--netns", pod.netns,
-            "--pidfile", str(pidfile),
-            "--ports", ",".join(str(p) for p in pod.ports),
-            "--mark", f"{self.mark(plan.livelesson)}/{pod.endpoint}",
-        ]  # fmt: skip
+    def _process_ok(self, livelesson: str, pod: Pod) -> bool:
+        """Running, ours, and inside the pod's current namespace (not one deleted and made again)."""
+        pid = self._process(livelesson, pod.endpoint)
+        if pid is None:
+            return False
+        try:
+            if Path(f"/proc/{pid}/ns/net").stat().st_ino == (netns.NETNS_DIR / pod.netns).stat().st_ino:
+                return True
+        except FileNotFoundError:
+            return False
+        self._stop_process(livelesson, pod.endpoint)  # stranded in a namespace that is gone
+        return False
+
+    def _launch(self, plan: Plan, pods: Sequence[Pod]) -> None:
+        """One launcher forks every missing pod process; it returns once all listen."""
+        argv = [sys.executable, "-I", "-S", str(PODPROC)]
+        for pod in pods:
+            pidfile = self._pidfile(plan.livelesson, pod.endpoint)
+            pidfile.parent.mkdir(parents=True, exist_ok=True)
+            argv += [
+                "--pod",
+                f"{self.mark(plan.livelesson)}/{pod.endpoint}",
+                pod.netns,
+                str(pidfile),
+                ",".join(str(p) for p in pod.ports) or "-",
+                "1" if pod.forwarding else "0",
+            ]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
         if proc.returncode != 0:
-            raise TemporaryError(f"pod {pod.endpoint} did not start: {proc.stderr.strip() or proc.returncode}")
+            raise TemporaryError(f"pods did not start: {proc.stderr.strip() or proc.returncode}")
 
     # --- observe and exec --------------------------------------------------------------------------
 
@@ -222,7 +340,13 @@ class LocalBackend(Backend):
 
         if not netns.exists(pod.netns):
             return not_ready("network namespace missing")
-        present = netns.addresses(pod.netns)
+        try:
+            # one visit to the namespace reads the addresses and tries the ports
+            present, open_ports = netns.in_netns(
+                pod.netns, lambda: (netns.thread_addresses(), netns.tcp_open(pod.ports) if pod.ports else [])
+            )
+        except PermanentError:  # deleted between the two looks
+            return not_ready("network namespace missing")
         interfaces = []
         for itf in pod.interfaces:
             saved = _read_json(self._result_file(plan.livelesson, pod.endpoint, itf.name)) or {}
@@ -232,13 +356,11 @@ class LocalBackend(Backend):
         missing = [i.name for i in statuses if i.address is None]
         if missing:
             return not_ready(f"no address yet on {', '.join(missing)}", statuses)
-        if not self._process_alive(plan.livelesson, pod.endpoint):
+        if self._process(plan.livelesson, pod.endpoint) is None:
             return not_ready("pod process not running", statuses)
-        if pod.ports:
-            open_ports = netns.in_netns(pod.netns, lambda: netns.tcp_open(pod.ports))
-            closed = sorted(set(pod.ports) - set(open_ports))
-            if closed:
-                return not_ready(f"ports not accepting connections: {closed}", statuses)
+        closed = sorted(set(pod.ports) - set(open_ports))
+        if closed:
+            return not_ready(f"ports not accepting connections: {closed}", statuses)
         return PodStatus(pod.endpoint, pod.netns, True, statuses, self.node_netns)
 
     def observe(self, plan: Plan, *, wait: float = 0.0) -> Observation:
@@ -248,18 +370,19 @@ class LocalBackend(Backend):
             observation = Observation({p.endpoint: p for p in pods})
             if observation.ready or time.monotonic() >= deadline:
                 return observation
-            time.sleep(0.05)
+            time.sleep(0.02)
 
     def exec(self, plan: Plan, endpoint: str, argv: Sequence[str], *, timeout: float) -> ExecResult:
         pod = plan.pod(endpoint)
         if not netns.exists(pod.netns):
             raise PermanentError(f"pod {endpoint} does not exist (no namespace {pod.netns})")
-        full = ["nsenter", f"--net={netns.NETNS_DIR / pod.netns}", "--", *argv]
         try:
-            proc = subprocess.run(full, capture_output=True, text=True, timeout=timeout, check=False)
+            proc = netns.run(argv, netns=pod.netns, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise TemporaryError(f"`{' '.join(argv)}` in {endpoint} timed out after {timeout}s") from None
-        return ExecResult(proc.returncode, proc.stdout, proc.stderr)
+        except FileNotFoundError as exc:
+            raise PermanentError(f"`{argv[0]}` cannot run in {endpoint}: {exc.strerror}") from None
+        return ExecResult(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
 
     # --- destroy and list --------------------------------------------------------------------------
 
@@ -268,6 +391,10 @@ class LocalBackend(Backend):
         return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
 
     def destroy(self, livelesson: str) -> None:
+        with self._lesson_lock(livelesson, remove=True):
+            self._destroy(livelesson)
+
+    def _destroy(self, livelesson: str) -> None:
         folder = self._dir(livelesson)
         owner = _read_json(folder / "owner.json")
         if owner is None:
@@ -282,47 +409,70 @@ class LocalBackend(Backend):
         def release(att: dict[str, str]) -> None:
             netns_name = pods[att["endpoint"]]
             # DEL releases the IPAM lease even when the namespace is already gone
-            cni.delete(
-                networks[att["network"]]["cni"],
-                container_id=netns_name,
-                netns=netns.NETNS_DIR / netns_name,
-                ifname=att["ifname"],
-                node_netns=self.node_netns,
-                plugin_dir=self.cni_path,
-            )
+            try:
+                cni.delete(
+                    networks[att["network"]]["cni"],
+                    container_id=netns_name,
+                    netns=netns.NETNS_DIR / netns_name,
+                    ifname=att["ifname"],
+                    node_netns=self.node_netns,
+                    plugin_dir=self.cni_path,
+                )
+            except SchedulerError as exc:
+                # what DEL leaves goes anyway: the veth with the pod's namespace, the lease with the IPAM folder
+                log.warning("CNI DEL failed, cleaning up without it", ifname=att["ifname"], error=str(exc))
 
         # without the node namespace the bridges and host veths are gone already, and the IPAM folder is
         # removed below; running DEL from the root namespace instead would break "nothing in the root ns"
         if netns.exists(self.node_netns) and self.cni_path.is_dir():
             _parallel(release, owner["attachments"])
-        _parallel(lambda e: self._stop_process(livelesson, e), list(pods))
+        _parallel(lambda pid: _stop(pid, lambda: self._is_marked(pid, livelesson)), self._marked_processes(livelesson))
         _parallel(netns.delete, list(pods.values()))
-        if netns.exists(self.node_netns):
-            ours = [b for b, alias in netns.bridges(self.node_netns).items() if alias.rsplit("/", 1)[0] == mark]
-            for bridge in ours:
-                netns.ip("link", "del", bridge, netns=self.node_netns, check=False)
+        ours = [b for b, alias in netns.bridges(self.node_netns).items() if alias.rsplit("/", 1)[0] == mark]
+        if ours:
+            batch = "".join(f"link del {b}\n" for b in ours)
+            netns.ip("-force", "-batch", "-", netns=self.node_netns, stdin=batch, check=False)
         for net in networks.values():
             shutil.rmtree(self.ipam_dir / net["cni"]["name"], ignore_errors=True)
         shutil.rmtree(folder, ignore_errors=True)
         log.info("local backend destroyed", livelesson=livelesson, pods=len(pods), networks=len(networks))
 
     def _stop_process(self, livelesson: str, endpoint: str) -> None:
-        pid = self._process_alive(livelesson, endpoint)
-        if pid is None:
-            return
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 2.0
-        while self._process_alive(livelesson, endpoint) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if self._process_alive(livelesson, endpoint):
-            os.kill(pid, signal.SIGKILL)
+        pid = self._process(livelesson, endpoint)
+        if pid is not None:
+            _stop(pid, lambda: self._process(livelesson, endpoint) == pid)
+
+    def _marked_processes(self, livelesson: str) -> Sequence[int]:
+        """Every process whose argv carries this live lesson's mark (pid files or not: a launcher that
+        crashed may have left a pod process that no pid file names)."""
+        prefix = f"{self.mark(livelesson)}/".encode()
+        found = []
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    with open(f"/proc/{entry.name}/cmdline", "rb") as handle:
+                        argv = handle.read().split(b"\0")
+                except OSError:
+                    continue
+                if any(arg.startswith(prefix) for arg in argv):
+                    found.append(int(entry.name))
+        return found
+
+    def _is_marked(self, pid: int, livelesson: str) -> bool:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        prefix = f"{self.mark(livelesson)}/".encode()
+        return any(arg.startswith(prefix) for arg in argv)
 
     def prune(self) -> bool:
         """Remove the node namespace once no live lesson of this instance is left. True if removed."""
         with self._node_lock(exclusive=True):
             if self.list() or not netns.exists(self.node_netns):
                 return False
-            if any(alias.startswith(f"{MANAGED_BY}/{self.instance}/") for alias in netns.bridges(self.node_netns).values()):
+            prefix = f"{MANAGED_BY}/{self.instance}/"
+            if any(alias.startswith(prefix) for alias in netns.bridges(self.node_netns).values()):
                 return False
             netns.delete(self.node_netns)
             return True

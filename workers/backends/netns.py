@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
@@ -35,6 +35,7 @@ from scheduler.errors import PermanentError, PrerequisiteMissing, TemporaryError
 
 __all__ = [
     "NETNS_DIR",
+    "Link",
     "NetlinkRace",
     "add",
     "addresses",
@@ -44,11 +45,12 @@ __all__ = [
     "exists",
     "in_netns",
     "ip",
-    "link_names",
+    "link_table",
     "links",
     "names",
     "run",
     "tcp_open",
+    "thread_addresses",
 ]
 
 NETNS_DIR = Path("/run/netns")
@@ -112,9 +114,9 @@ def _is_netns(path: Path) -> bool:
     """True when ``path`` is a bound namespace, not just the empty file a creator starts with."""
     global _nsfs_dev
     if _nsfs_dev is None:
-        _nsfs_dev = os.stat("/proc/self/ns/net").st_dev  # every nsfs inode shares this device
+        _nsfs_dev = Path("/proc/self/ns/net").stat().st_dev  # every nsfs inode shares this device
     try:
-        return os.stat(path).st_dev == _nsfs_dev
+        return path.stat().st_dev == _nsfs_dev
     except FileNotFoundError:
         return False
 
@@ -266,7 +268,7 @@ def run(
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
 _RTM_NEWLINK, _RTM_GETLINK, _RTM_NEWADDR, _RTM_GETADDR = 16, 18, 20, 22
-_IFLA_IFNAME, _IFLA_LINKINFO, _IFLA_IFALIAS, _IFLA_INFO_KIND = 3, 18, 20, 1
+_IFLA_IFNAME, _IFLA_MASTER, _IFLA_LINKINFO, _IFLA_IFALIAS, _IFLA_INFO_KIND = 3, 10, 18, 20, 1
 _IFA_ADDRESS, _IFA_LOCAL = 1, 2
 
 
@@ -307,32 +309,44 @@ def _text(value: bytes | None) -> str:
     return value.split(b"\0", 1)[0].decode(errors="replace") if value else ""
 
 
-def _links() -> dict[int, tuple[str, str, str]]:
-    """index -> (name, kind, alias) in the calling thread's namespace."""
-    out = {}
+class Link(NamedTuple):
+    name: str
+    kind: str  # "bridge", "veth", ... ("" for lo and other kindless devices)
+    alias: str
+    master: str | None  # the bridge it is a port of
+
+
+def _links() -> dict[int, Link]:
+    """index -> link, in the calling thread's namespace."""
+    raw = {}
     for head, attrs in _dump(_RTM_GETLINK, _RTM_NEWLINK, struct.pack("=BxHiII", socket.AF_UNSPEC, 0, 0, 0, 0), 16):
         index = struct.unpack_from("=BxHi", head)[2]
         kind = _text(_attrs(attrs[_IFLA_LINKINFO], 0).get(_IFLA_INFO_KIND)) if _IFLA_LINKINFO in attrs else ""
-        out[index] = (_text(attrs.get(_IFLA_IFNAME)), kind, _text(attrs.get(_IFLA_IFALIAS)))
-    return out
+        master = struct.unpack("=I", attrs[_IFLA_MASTER])[0] if _IFLA_MASTER in attrs else 0
+        raw[index] = (_text(attrs.get(_IFLA_IFNAME)), kind, _text(attrs.get(_IFLA_IFALIAS)), master)
+    return {
+        index: Link(name, kind, alias, raw[master][0] if master in raw else None)
+        for index, (name, kind, alias, master) in raw.items()
+    }
 
 
-def _addresses() -> dict[str, list[str]]:
+def thread_addresses() -> dict[str, list[str]]:
+    """:func:`addresses` for the calling thread's namespace (inside :func:`in_netns`)."""
     links = _links()
-    out: dict[str, list[str]] = {name: [] for name, _kind, _alias in links.values()}
+    out: dict[str, list[str]] = {link.name: [] for link in links.values()}
     for head, attrs in _dump(_RTM_GETADDR, _RTM_NEWADDR, struct.pack("=BBBBI", socket.AF_INET, 0, 0, 0, 0), 8):
         family, prefixlen, _flags, _scope, index = struct.unpack("=BBBBI", head)
         raw = attrs.get(_IFA_LOCAL) or attrs.get(_IFA_ADDRESS)
         if family == socket.AF_INET and raw and index in links:
-            out[links[index][0]].append(f"{socket.inet_ntoa(raw)}/{prefixlen}")
+            out[links[index].name].append(f"{socket.inet_ntoa(raw)}/{prefixlen}")
     return out
 
 
-def link_names(netns: str) -> dict[str, str]:
-    """Every link in the namespace: name -> kind ("bridge", "veth", "" for lo...). Empty if it is gone."""
+def link_table(netns: str) -> dict[str, Link]:
+    """Every link in the namespace by name (kind, alias, master), in-process. Empty if it is gone."""
     if not exists(netns):
         return {}
-    return {name: kind for name, kind, _alias in in_netns(netns, _links).values()}
+    return {link.name: link for link in in_netns(netns, _links).values()}
 
 
 def links(netns: str, *extra: str) -> list[dict[str, Any]]:
@@ -347,12 +361,12 @@ def bridges(netns: str) -> dict[str, str]:
     """Bridge name -> its alias (our ownership mark, or ""). Empty if the namespace is gone."""
     if not exists(netns):
         return {}
-    return {name: alias for name, kind, alias in in_netns(netns, _links).values() if kind == "bridge"}
+    return {link.name: link.alias for link in link_table(netns).values() if link.kind == "bridge"}
 
 
 def addresses(netns: str) -> dict[str, list[str]]:
     """Every interface in the namespace -> its IPv4 CIDRs (an empty list when it has none)."""
-    return in_netns(netns, _addresses)
+    return in_netns(netns, thread_addresses)
 
 
 def tcp_open(ports: Sequence[int], host: str = "127.0.0.1", timeout: float = 0.5) -> list[int]:

@@ -6,7 +6,8 @@
 the pod's namespace (router images), ``MARK`` is the ownership mark read back from /proc/<pid>/cmdline.
 
 One launcher starts every pod of a request: starting Python costs far more than forking it, so the
-launcher (standard library only, no argparse, so it starts in milliseconds) forks one daemon per pod
+launcher (only the interpreter's built-in C modules: no argparse, typing, enum or selectors, which would
+triple its start time) forks one daemon per pod
 instead of being run once per pod. The daemons are detached (a session of their own, parented to init)
 so they outlive the worker that asked for them and never become its zombies. The launcher returns once
 every daemon has entered its namespace, bound its listeners and written its pid file, so its exit status
@@ -15,22 +16,20 @@ is the pods' "started" signal; a pod that could not start is named on stderr.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # the C module: `signal` would import enum
+import _socket
 import os
-import selectors
-import signal
-import socket
+import select
 import sys
-from typing import NamedTuple
 
 CLONE_NEWNET = 0x40000000
 
 
-class PodSpec(NamedTuple):
-    mark: str
-    netns: str
-    pidfile: str
-    ports: list[int]
-    forward: bool
+class PodSpec:
+    __slots__ = ("forward", "mark", "netns", "pidfile", "ports")
+
+    def __init__(self, mark: str, netns: str, pidfile: str, ports: list[int], forward: bool) -> None:
+        self.mark, self.netns, self.pidfile, self.ports, self.forward = mark, netns, pidfile, ports, forward
 
 
 def parse(argv: list[str]) -> list[PodSpec]:
@@ -64,29 +63,33 @@ def _enter(netns: str) -> None:
         os.close(fd)
 
 
-def _listen(ports: list[int]) -> selectors.DefaultSelector:
-    selector = selectors.DefaultSelector()
+def _listen(ports: list[int]) -> list[_socket.socket]:
+    listeners = []
     for port in ports:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
         sock.bind(("0.0.0.0", port))  # noqa: S104 - inside the pod's own namespace, by design
         sock.listen(16)
         sock.setblocking(False)
-        selector.register(sock, selectors.EVENT_READ)
-    return selector
+        listeners.append(sock)
+    return listeners
 
 
-def _serve(selector: selectors.DefaultSelector) -> None:
+def _serve(listeners: list[_socket.socket]) -> None:
     """Accept and close: enough to prove a real TCP connection reaches the pod."""
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    if not selector.get_map():
+    _signal.signal(_signal.SIGTERM, lambda *_: os._exit(0))
+    if not listeners:
         while True:
-            signal.pause()
+            _signal.pause()
+    poller = select.poll()
+    by_fd = {sock.fileno(): sock for sock in listeners}
+    for fd in by_fd:
+        poller.register(fd, select.POLLIN)
     while True:
-        for key, _events in selector.select():
+        for fd, _events in poller.poll():
             try:
-                conn, _addr = key.fileobj.accept()  # type: ignore[union-attr]
-                conn.close()
+                conn_fd, _addr = by_fd[fd]._accept()  # type: ignore[attr-defined]  # C socket: a bare fd
+                os.close(conn_fd)
             except OSError:
                 pass
 
@@ -103,20 +106,28 @@ def _daemon(pod: PodSpec, report: int) -> None:
         if pod.forward:
             with open("/proc/sys/net/ipv4/ip_forward", "w") as handle:  # this namespace's, after setns
                 handle.write("1")
-        selector = _listen(pod.ports)
+        listeners = _listen(pod.ports)
         tmp = f"{pod.pidfile}.tmp"
         with open(tmp, "w") as handle:
             handle.write(str(os.getpid()))
-        os.replace(tmp, pod.pidfile)
-    except OSError as exc:
-        os.write(report, f"err {pod.netns} {exc}\n".encode())
+        os.replace(tmp, pod.pidfile)  # noqa: PTH105 - pathlib would cost this process's start time
+    except BaseException as exc:  # never unwind into the forking loop of the parent's code
+        _report(report, f"err {pod.netns} {exc}\n")
         os._exit(1)
-    os.write(report, f"ok {pod.netns}\n".encode())
+    _report(report, f"ok {pod.netns}\n")
     os.close(report)
     try:
-        _serve(selector)
+        _serve(listeners)
     finally:
         os._exit(0)
+
+
+def _report(fd: int, line: str) -> None:
+    """Tell the launcher; a launcher killed meanwhile (EPIPE) must not take the pod down with it."""
+    try:  # noqa: SIM105 - contextlib would cost this process's start time
+        os.write(fd, line.encode())
+    except OSError:
+        pass
 
 
 def main(argv: list[str]) -> int:
@@ -137,8 +148,8 @@ def main(argv: list[str]) -> int:
         chunks.append(chunk)
     reports = {}
     for line in b"".join(chunks).decode(errors="replace").splitlines():
-        status, netns, *message = line.split(" ", 2)
-        reports[netns] = (status, " ".join(message))
+        status, netns, *text = line.split(" ", 2)
+        reports[netns] = (status, " ".join(text))
     failed = 0
     for pod in pods:
         status, message = reports.get(pod.netns, ("err", "the pod process died before it was ready"))

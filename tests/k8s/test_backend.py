@@ -1,0 +1,384 @@
+"""The kubernetes backend on the real test cluster, as the worker's ServiceAccount, through the fault proxy.
+
+Pure parts (network-status parsing, not-ready reasons) are tested without the cluster; everything else
+talks to the real kube-apiserver, scheduler and node agent.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import string
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from scheduler.catalog import load_catalog
+from scheduler.errors import PermanentError
+from scheduler.plan import Plan, make_plan
+from scheduler.render import NETWORK_STATUS_ANNOTATION
+from tests.conftest import REPO
+from tests.k8s.api_proxy import ApiProxy
+from tests.k8s.conftest import RBAC, WORKER_SA, namespaces_of, wait_until
+from workers.backends.kubernetes import ApiError, KubernetesBackend, _call, _interfaces, _not_ready
+from workers.backends.ping import run_check
+
+Kubectl = Callable[..., subprocess.CompletedProcess[str]]
+CATALOG = load_catalog(REPO / "config" / "lessons")
+
+
+def new_id() -> str:
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(10))
+
+
+def plan_for(slug: str, instance: str, livelesson: str | None = None) -> Plan:
+    lesson = CATALOG.get(slug)
+    assert lesson is not None
+    return make_plan(lesson, livelesson or new_id(), "tester", instance=instance)
+
+
+def backend(kubeconfig: Path, instance: str) -> KubernetesBackend:
+    return KubernetesBackend.from_kubeconfig(kubeconfig, instance=instance)
+
+
+def namespace_json(kubectl: Kubectl, name: str) -> dict[str, Any] | None:
+    proc = kubectl("get", "namespace", name, "-o", "json", check=False)
+    if proc.returncode != 0:
+        assert "NotFound" in proc.stderr, proc.stderr
+        return None
+    return dict(json.loads(proc.stdout))
+
+
+# --- pure ---------------------------------------------------------------------------------------------------
+
+
+def test_network_status_both_name_forms_and_the_default_entry() -> None:
+    plan = plan_for("busybox-triangle", "tpure", "abcdefghij")
+    bb1 = plan.pod("bb1")
+    raw = json.dumps(
+        [
+            {"name": "kindnet", "interface": "eth0", "ips": ["10.244.0.7"], "default": True},
+            {"name": f"{plan.namespace}/bb1-bb2", "interface": "net1", "ips": ["10.10.12.2"]},  # ns/name
+            {"name": "bb3-bb1", "interface": "net2", "ips": ["fe80::1", "10.10.31.2"]},  # bare name
+        ]
+    )
+    got = _interfaces(plan, bb1.interfaces, raw)
+    assert [(i.name, i.network, i.address) for i in got] == [
+        ("net1", "bb1-bb2", "10.10.12.2/24"),
+        ("net2", "bb3-bb1", "10.10.31.2/24"),
+    ]
+    # an address outside the connection's subnet, a missing entry or garbage: not there yet
+    wrong = json.dumps([{"name": "bb1-bb2", "interface": "net1", "ips": ["10.99.0.2"]}])
+    assert [i.address for i in _interfaces(plan, bb1.interfaces, wrong)] == [None, None]
+    assert [i.address for i in _interfaces(plan, bb1.interfaces, "{not json")] == [None, None]
+
+
+def _pod(phase: str = "Running", ready: bool = True, waiting: str | None = None, unschedulable: bool = False) -> Any:
+    conditions = [client.V1PodCondition(type="Ready", status="True" if ready else "False")]
+    if unschedulable:
+        conditions = [
+            client.V1PodCondition(
+                type="PodScheduled", status="False", reason="Unschedulable", message="0/3 nodes are available"
+            )
+        ]
+    state = client.V1ContainerState(waiting=client.V1ContainerStateWaiting(reason=waiting)) if waiting else None
+    statuses = [client.V1ContainerStatus(name="c", image="x", image_id="", ready=ready, restart_count=0, state=state)]
+    return client.V1Pod(status=client.V1PodStatus(phase=phase, conditions=conditions, container_statuses=statuses))
+
+
+@pytest.mark.parametrize(
+    ("pod", "reason", "fatal"),
+    [
+        (_pod(), None, False),
+        (_pod(phase="Pending", ready=False), "phase Pending", False),
+        (_pod(phase="Pending", ready=False, waiting="ContainerCreating"), "phase Pending", False),
+        (_pod(phase="Pending", ready=False, waiting="ErrImagePull"), "ErrImagePull", True),
+        (_pod(phase="Pending", ready=False, waiting="ImagePullBackOff"), "ImagePullBackOff", True),
+        (_pod(ready=False, waiting="CrashLoopBackOff"), "CrashLoopBackOff", True),
+        (_pod(phase="Pending", ready=False, unschedulable=True), "unschedulable", True),
+        (_pod(ready=False), "containers not ready", False),
+    ],
+)
+def test_not_ready_reasons_and_which_are_fatal(pod: Any, reason: str | None, fatal: bool) -> None:
+    got_reason, got_fatal = _not_ready(pod)
+    assert got_fatal is fatal
+    assert (got_reason is None) if reason is None else (got_reason is not None and reason in got_reason)
+
+
+# --- on the cluster ----------------------------------------------------------------------------------------
+
+
+def ring_checks(kb: KubernetesBackend, plan: Plan) -> list[tuple[str, str, bool]]:
+    observation = kb.observe(plan, wait=0)
+    out = []
+    for check in plan.checks:
+        address = observation.address(check.target, check.interface)
+        assert address is not None, (check, observation)
+        result = run_check(kb, plan, check, address, deadline=time.monotonic() + 10)
+        out.append((check.source, check.target, result.ok))
+    return out
+
+
+def rbac_rules() -> set[tuple[str, str]]:
+    """(verb, resource) pairs the ClusterRole in config/k8s/rbac.yaml grants."""
+    role = next(d for d in yaml.safe_load_all(RBAC.read_text()) if d and d["kind"] == "ClusterRole")
+    return {(verb, resource) for rule in role["rules"] for resource in rule["resources"] for verb in rule["verbs"]}
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_lifecycle_as_the_worker_service_account_uses_exactly_its_rbac(
+    k8s_proxy: ApiProxy, worker_kubeconfig: Path, k8s_kubectl: Kubectl, instance: str, k8s_cleanup: list[str]
+) -> None:
+    kb = backend(worker_kubeconfig, instance)
+    # who we are: the ServiceAccount, not cluster-admin
+    review = client.AuthenticationV1Api(kb.api).create_self_subject_review({"apiVersion": "authentication.k8s.io/v1"})
+    assert review.status.user_info.username == f"system:serviceaccount:{WORKER_SA[0]}:{WORKER_SA[1]}"
+    assert "system:masters" not in (review.status.user_info.groups or [])
+    start = k8s_proxy.mark()
+
+    plan = plan_for("busybox-triangle", instance)
+    kb.apply_networks(plan)
+    kb.apply_pods(plan)
+    observation = kb.observe(plan, wait=30)  # a list, then a watch: the pods cannot be ready yet
+    assert observation.ready, observation
+    # applying again finds everything there: 409, then a get that checks the labels, never a duplicate
+    kb.apply_networks(plan)
+    kb.apply_pods(plan)
+    nodes = {p.node for p in observation.pods.values()}
+    assert len(nodes) == 1 and None not in nodes, nodes
+    for endpoint, status in observation.pods.items():
+        assert [i.name for i in status.interfaces] == [i.name for i in plan.pod(endpoint).interfaces]
+        assert all(i.address for i in status.interfaces), status
+    results = ring_checks(kb, plan)
+    assert len(results) == 6 and all(ok for _, _, ok in results), results
+
+    pods = json.loads(k8s_kubectl("get", "pods", "-o", "json", namespace=plan.namespace).stdout)["items"]
+    assert sorted(p["metadata"]["name"] for p in pods) == ["bb1", "bb2", "bb3"]
+    assert {p["spec"]["nodeName"] for p in pods} == nodes
+    status = json.loads(pods[0]["metadata"]["annotations"][NETWORK_STATUS_ANNOTATION])
+    assert status[0].get("default") is True  # the agent's eth0 entry comes first and is ignored
+    nads = json.loads(
+        k8s_kubectl("get", "network-attachment-definitions", "-o", "json", namespace=plan.namespace).stdout
+    )
+    assert len(nads["items"]) == 3
+
+    assert kb.list() == [plan.livelesson]
+    kb.destroy(plan.livelesson)
+    assert namespace_json(k8s_kubectl, plan.namespace) is None  # gone, not just terminating
+    assert kb.list() == []
+    kb.destroy(plan.livelesson)  # idempotent: already gone is done
+
+    used = set()
+    for request in k8s_proxy.requests[start:]:
+        if request.verb == "exec":  # a websocket exec is a GET; 1.35+ also checks create
+            used |= {("get", "pods/exec"), ("create", "pods/exec")}
+        elif request.resource != "selfsubjectreviews":
+            used.add((request.verb, request.resource))
+    assert used == rbac_rules(), (
+        f"granted but unused: {rbac_rules() - used}; used but not granted: {used - rbac_rules()}"
+    )
+    failed = [(r.key, r.status) for r in k8s_proxy.requests[start:] if r.status is None or r.status >= 400]
+    assert all(status == 409 for _, status in failed), (failed, k8s_proxy.errors)
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_what_the_role_does_not_grant_is_refused_and_never_retried(
+    k8s_proxy: ApiProxy, worker_kubeconfig: Path, k8s_namespace: str, k8s_kubectl: Kubectl, instance: str
+) -> None:
+    kb = backend(worker_kubeconfig, instance)
+    k8s_kubectl("create", "secret", "generic", "s", "--from-literal=k=v", namespace=k8s_namespace)
+    k8s_kubectl("run", "victim", "--image=busybox", "--restart=Never", namespace=k8s_namespace)
+    forbidden: list[tuple[str, Callable[[], Any]]] = [
+        ("list secrets", lambda: kb.core.list_namespaced_secret(k8s_namespace)),
+        ("list secrets everywhere", lambda: kb.core.list_secret_for_all_namespaces()),
+        ("delete a pod", lambda: kb.core.delete_namespaced_pod("victim", k8s_namespace)),
+        ("patch a namespace", lambda: kb.core.patch_namespace(k8s_namespace, {"metadata": {"labels": {"x": "y"}}})),
+        ("create a role binding", lambda: client.RbacAuthorizationV1Api(kb.api).create_namespaced_role_binding(
+            k8s_namespace, {"metadata": {"name": "escalate"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole", "name": "cluster-admin"}, "subjects": [{"kind": "ServiceAccount",
+            "name": WORKER_SA[1], "namespace": WORKER_SA[0]}]})),
+        ("list nodes", lambda: kb.core.list_node()),
+    ]  # fmt: skip
+    for what, call in forbidden:
+        before = k8s_proxy.mark()
+        with pytest.raises(ApiError) as info:
+            _call(call)
+        assert info.value.status == 403, what
+        assert not info.value.transient
+        assert k8s_proxy.mark() - before == 1, f"{what}: a 403 must not be retried"
+    # a 404 is permanent too: one request
+    before = k8s_proxy.mark()
+    with pytest.raises(ApiError) as missing:
+        _call(kb.core.read_namespace, f"{instance}-nosuchthing")
+    assert missing.value.status == 404 and k8s_proxy.mark() - before == 1
+    # and nothing changed: the pod is still there
+    assert k8s_kubectl("get", "pod", "victim", namespace=k8s_namespace).returncode == 0
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_transient_faults_are_retried_in_place(
+    k8s_proxy: ApiProxy, worker_kubeconfig: Path, k8s_kubectl: Kubectl, instance: str, k8s_cleanup: list[str]
+) -> None:
+    kb = backend(worker_kubeconfig, instance)
+    plan = plan_for("busybox-triangle", instance)
+    faults = [
+        k8s_proxy.add("500", verb="create", resource="namespaces", times=2),
+        k8s_proxy.add("429", verb="create", resource="network-attachment-definitions", retry_after=2),
+        k8s_proxy.add("reset", verb="create", resource="networkpolicies"),
+        k8s_proxy.add("reset", verb="create", resource="pods"),
+        # the API server creates the pod, the answer is lost: the retry gets 409, checks the labels, done
+        k8s_proxy.add("reset-after", verb="create", resource="pods", skip=1),
+        k8s_proxy.add("500", verb="list", resource="pods"),
+        k8s_proxy.add("reset", verb="watch", resource="pods"),
+        k8s_proxy.add("500", verb="exec", resource="pods/exec"),
+        k8s_proxy.add("reset", verb="exec", resource="pods/exec"),
+        k8s_proxy.add("503", verb="delete", resource="namespaces"),
+        k8s_proxy.add("reset", verb="watch", resource="namespaces"),
+    ]
+    kb.apply_networks(plan)
+    kb.apply_pods(plan)
+    deadline = time.monotonic() + 30
+    observation = kb.observe(plan, wait=10)
+    while not observation.ready and time.monotonic() < deadline:  # as wait_ready re-runs itself
+        observation = kb.observe(plan, wait=10)
+    assert observation.ready, observation
+    results = ring_checks(kb, plan)
+    assert all(ok for _, _, ok in results), results
+    kb.destroy(plan.livelesson)
+    assert namespace_json(k8s_kubectl, plan.namespace) is None
+    assert [f.hits for f in faults] == [f.times for f in faults], [(f.kind, f.verb, f.resource, f.hits) for f in faults]
+
+    # Retry-After was honoured: the NAD create came back no sooner than the 2 s the 429 asked for
+    nad_creates = [r for r in k8s_proxy.requests if r.key == "create network-attachment-definitions"]
+    refused = next(i for i, r in enumerate(nad_creates) if r.fault == "429")
+    assert nad_creates[refused + 1].started - nad_creates[refused].started >= 1.9
+    # the lost pod create left exactly one pod of that name: create-or-get, never a duplicate
+    pod_creates = [r for r in k8s_proxy.requests if r.key == "create pods"]
+    assert [r.status for r in pod_creates].count(409) >= 1
+    assert len(pod_creates) == 3 + 2  # three pods, two retried
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_watch_resumes_after_410_gone_by_listing_again(
+    k8s_proxy: ApiProxy, worker_kubeconfig: Path, instance: str, k8s_cleanup: list[str]
+) -> None:
+    kb = backend(worker_kubeconfig, instance)
+    plan = plan_for("busybox-line", instance)
+    gone = k8s_proxy.add("gone", verb="watch", resource="pods")
+    start = k8s_proxy.mark()
+    kb.apply_networks(plan)
+    kb.apply_pods(plan)
+    observation = kb.observe(plan, wait=20)
+    assert observation.ready, observation
+    assert gone.hits == 1
+    counts = k8s_proxy.counts(start)
+    # list, watch (410), list again, watch from the fresh resourceVersion
+    assert counts["list pods"] == 2 and counts["watch pods"] >= 2, counts
+    kb.destroy(plan.livelesson)
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_objects_without_our_mark_are_never_used_nor_deleted(
+    worker_kubeconfig: Path, k8s_kubectl: Kubectl, instance: str, k8s_cleanup: list[str]
+) -> None:
+    kb = backend(worker_kubeconfig, instance)
+    plan = plan_for("busybox-triangle", instance)
+    k8s_cleanup.append(f"ns:{plan.namespace}")
+    # someone else's namespace that happens to have the name this live lesson would use
+    k8s_kubectl("create", "namespace", plan.namespace)
+    with pytest.raises(PermanentError, match="not this live lesson's"):
+        kb.apply_networks(plan)
+    with pytest.raises(PermanentError, match="refusing to delete"):
+        kb.destroy(plan.livelesson)
+    assert namespace_json(k8s_kubectl, plan.namespace) is not None
+    # the same name labelled for another instance: not listed, not deleted
+    k8s_kubectl("label", "namespace", plan.namespace, "app.kubernetes.io/managed-by=lesson-scheduler",
+                "lessons.io/instance=someone-else", f"lessons.io/livelesson={plan.livelesson}")  # fmt: skip
+    assert kb.list() == []
+    with pytest.raises(PermanentError):
+        kb.destroy(plan.livelesson)
+    ns = namespace_json(k8s_kubectl, plan.namespace)
+    assert ns is not None and "deletionTimestamp" not in ns["metadata"]
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_unschedulable_fails_fast_with_the_schedulers_reason(
+    worker_kubeconfig: Path, k8s_kubectl: Kubectl, k8s_namespace: str, instance: str, k8s_cleanup: list[str]
+) -> None:
+    """Every node already runs a pod that refuses this live lesson's pods next to it (required
+    anti-affinity): the real scheduler reports Unschedulable, and observe says so at once."""
+    kb = backend(worker_kubeconfig, instance)
+    plan = plan_for("busybox-line", instance)
+    nodes = json.loads(k8s_kubectl("get", "nodes", "-o", "json").stdout)["items"]
+    blockers = []
+    for node in nodes:
+        name = node["metadata"]["name"]
+        blockers.append({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": f"blocker-{name}", "namespace": k8s_namespace},
+            "spec": {
+                "nodeName": name,
+                "containers": [{"name": "c", "image": "busybox"}],
+                "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
+                    "labelSelector": {"matchLabels": {"lessons.io/livelesson": plan.livelesson}},
+                    "namespaces": [plan.namespace],
+                    "topologyKey": "kubernetes.io/hostname",
+                }]}},
+            },
+        })  # fmt: skip
+    k8s_kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": blockers}))
+    wait_until(
+        "the blockers running",
+        lambda: all(
+            p["status"].get("phase") == "Running"
+            for p in json.loads(k8s_kubectl("get", "pods", "-o", "json", namespace=k8s_namespace).stdout)["items"]
+        ),
+    )
+    kb.apply_networks(plan)
+    kb.apply_pods(plan)
+    started = time.monotonic()
+    observation = kb.observe(plan, wait=30)
+    assert time.monotonic() - started < 15, "waited instead of failing fast"
+    fatal = [p for p in observation.pods.values() if p.fatal]
+    assert fatal and not observation.ready, observation
+    assert "unschedulable" in (fatal[0].reason or "") and "anti-affinity" in (fatal[0].reason or ""), fatal
+    kb.destroy(plan.livelesson)
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_crash_loop_fails_fast(
+    worker_kubeconfig: Path, k8s_kubectl: Kubectl, instance: str, k8s_cleanup: list[str]
+) -> None:
+    kb = backend(worker_kubeconfig, instance)
+    plan = plan_for("busybox-line", instance)
+    kb.apply_networks(plan)
+    kb.apply_pods(plan)
+    assert kb.observe(plan, wait=30).ready
+    # what a kubelet reports for a container that keeps dying (kwok leaves a Running pod's status alone)
+    status = {"status": {
+        "conditions": [{"type": "Ready", "status": "False", "reason": "ContainersNotReady"}],
+        "containerStatuses": [{"name": "h2", "image": "busybox", "imageID": "", "ready": False, "restartCount": 5,
+                               "state": {"waiting": {"reason": "CrashLoopBackOff",
+                                                     "message": "back-off 5m0s restarting failed container"}}}],
+    }}  # fmt: skip
+    k8s_kubectl("patch", "pod", "h2", "--subresource=status", "--type=strategic", "-p", json.dumps(status),
+                namespace=plan.namespace)  # fmt: skip
+    started = time.monotonic()
+    observation = kb.observe(plan, wait=20)
+    assert time.monotonic() - started < 5
+    assert observation.pods["h2"].fatal and "CrashLoopBackOff" in (observation.pods["h2"].reason or "")
+    kb.destroy(plan.livelesson)
+    assert namespaces_of(k8s_kubectl, instance) == []

@@ -1,0 +1,336 @@
+"""compose.yaml, the Dockerfile and .dockerignore, checked without a Docker engine.
+
+compose.yaml is validated against the Compose specification's JSON schema (tests/data/compose-spec/, a copy
+of compose-spec/compose-spec's schema under its Apache-2.0 licence), both as written and after Compose's
+variable interpolation, and then held to the deployment rules: Flower never without basic auth, exactly
+one beat, Redis with AOF and noeviction. The healthcheck commands themselves run against real processes
+in tests/integration/test_ops.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import zipfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+COMPOSE = REPO / "compose.yaml"
+SCHEMA = REPO / "tests" / "data" / "compose-spec" / "compose-spec.json"
+APP_SERVICES = {"api", "worker", "worker-local", "beat", "flower"}
+
+
+# --- Compose's interpolation (the subset of https://compose-spec.io "Interpolation" this file may use) ------
+
+_VARIABLE = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_]\w*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}|\$(?P<bare>[A-Za-z_]\w*)")
+
+
+class InterpolationError(ValueError):
+    pass
+
+
+def interpolate(value: Any, env: Mapping[str, str]) -> Any:
+    """Resolve ``${VAR}``, ``${VAR:-default}``, ``${VAR-default}``, ``${VAR:?error}``, ``${VAR?error}``,
+    ``${VAR:+alt}`` and ``$$`` in every string of a loaded compose file, as ``docker compose config`` does."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def one(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group("name") or match.group("bare")
+        op, arg = match.group("op"), match.group("arg") or ""
+        current = env.get(name)
+        unset_or_empty = not current
+        if op in (":-", "-"):
+            return arg if (unset_or_empty if op == ":-" else current is None) else current  # type: ignore[return-value]
+        if op in (":?", "?"):
+            if unset_or_empty if op == ":?" else current is None:
+                raise InterpolationError(f"required variable {name} is missing a value: {arg}")
+            return current  # type: ignore[return-value]
+        if op == ":+":
+            return arg if not unset_or_empty else ""
+        return current or ""
+
+    return _VARIABLE.sub(one, value)
+
+
+def load() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def resolved(**env: str) -> dict[str, Any]:
+    return interpolate(load(), {"FLOWER_BASIC_AUTH": "admin:secret", **env})
+
+
+def validator() -> jsonschema.protocols.Validator:
+    schema = json.loads(SCHEMA.read_text())
+    assert schema["$schema"].rstrip("#").endswith("draft-07/schema")
+    jsonschema.Draft7Validator.check_schema(schema)
+    return jsonschema.Draft7Validator(schema)
+
+
+def errors(document: dict[str, Any]) -> list[str]:
+    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator().iter_errors(document)]
+
+
+def command(service: dict[str, Any]) -> list[str]:
+    cmd = service.get("command", [])
+    return shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def flower_services(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for name, service in doc["services"].items():
+        argv = command(service) + list(service.get("entrypoint") or [])
+        if "flower" in argv or name == "flower" or "flower" in str(service.get("image", "")):
+            yield name, service
+
+
+# --- the schema ---------------------------------------------------------------------------------------------
+
+
+def test_schema_copy_carries_its_licence() -> None:
+    assert (SCHEMA.parent / "LICENSE").read_text().lstrip().startswith("Apache License")
+    assert json.loads(SCHEMA.read_text())["$id"] == "compose_spec.json"
+
+
+def test_compose_file_is_valid_as_written() -> None:
+    assert errors(load()) == []
+
+
+def test_compose_file_is_valid_after_interpolation() -> None:
+    assert errors(resolved()) == []
+    example = REPO / "config" / "lessonctl.env.example"
+    defaults = dict(re.findall(r"^# ?(\w+)=(\S+)$", example.read_text(), re.M))
+    assert errors(resolved(**defaults)) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("services", "api", "restart_policy"), "always"),  # not a Compose key
+        (("services", "redis", "healthcheck", "test"), 5),
+        (("services", "worker", "volumes"), "kubeconfig:/etc/kubeconfig"),
+        (("services", "beat", "deploy", "replica"), 1),
+        (("volumes", "redis-data", "driverr"), "local"),
+    ],
+)
+def test_schema_catches_mistakes(path: tuple[str, ...], value: object) -> None:
+    """The validation bites: each of these typical mistakes is reported."""
+    doc = copy.deepcopy(load())
+    node = doc
+    for key in path[:-1]:
+        if node.get(key) is None:
+            node[key] = {}
+        node = node[key]
+    node[path[-1]] = value
+    assert errors(doc) != []
+
+
+# --- deployment rules ---------------------------------------------------------------------------------------
+
+
+def test_services_are_all_there() -> None:
+    services = load()["services"]
+    assert {"redis", "api", "worker", "worker-local", "beat", "flower"} <= set(services)
+
+
+def test_flower_has_basic_auth_from_the_environment() -> None:
+    doc = load()
+    found = dict(flower_services(doc))
+    assert set(found) == {"flower"}
+    for name, service in found.items():
+        argv = command(service)
+        auth = [a for a in argv if a.startswith("--basic-auth=") or a.startswith("--basic_auth=")]
+        assert auth == ["--basic-auth=${FLOWER_BASIC_AUTH:?" + auth[0].split(":?", 1)[1]], (name, argv)
+        assert "FLOWER_UNAUTHENTICATED_API" not in environment(service)
+        assert "FLOWER_BASIC_AUTH" not in environment(service)  # never a default credential in the file
+    assert "FLOWER_UNAUTHENTICATED_API" not in COMPOSE.read_text()
+    assert not re.search(r"^FLOWER_UNAUTHENTICATED_API", (REPO / "config" / "lessonctl.env.example").read_text(), re.M)
+
+
+@pytest.mark.parametrize("value", [None, ""])
+def test_flower_cannot_start_without_credentials(value: str | None) -> None:
+    env = {} if value is None else {"FLOWER_BASIC_AUTH": value}
+    with pytest.raises(InterpolationError, match="FLOWER_BASIC_AUTH"):
+        interpolate(load(), env)
+    flower = resolved(FLOWER_BASIC_AUTH="ops:pw")["services"]["flower"]
+    assert "--basic-auth=ops:pw" in command(flower)
+
+
+def test_no_service_exposes_flower_without_basic_auth() -> None:
+    doc = resolved()
+    for name, service in doc["services"].items():
+        published = " ".join(str(p) for p in service.get("ports", []))
+        exposes_flower = "5555" in published or name in dict(flower_services(doc))
+        if exposes_flower:
+            assert any(a.startswith("--basic-auth=") and ":" in a for a in command(service)), name
+
+
+def test_exactly_one_beat() -> None:
+    doc = load()
+    beats = [name for name, s in doc["services"].items() if "beat" in command(s)]
+    assert beats == ["beat"]
+    for name, service in doc["services"].items():
+        argv = command(service)
+        assert "-B" not in argv and "--beat" not in argv, f"{name} embeds a second beat in a worker"
+    beat = doc["services"]["beat"]
+    assert beat.get("deploy", {}).get("replicas", 1) <= 1
+    assert beat.get("scale", 1) <= 1
+    assert "profiles" not in beat
+    # a fixed container name: `docker compose up --scale beat=2` fails instead of doubling the schedule
+    assert beat.get("container_name")
+
+
+def test_redis_keeps_its_data_and_never_evicts() -> None:
+    redis = load()["services"]["redis"]
+    argv = command(redis)
+    assert argv[0] == "redis-server"
+    options = dict(zip(argv[1::2], argv[2::2], strict=True))
+    assert options["--appendonly"] == "yes"
+    assert options["--maxmemory-policy"] == "noeviction"
+    assert any(str(v).endswith(":/data") for v in redis["volumes"])
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert redis["restart"] in {"always", "unless-stopped"}
+    assert "ports" not in redis  # reachable by the services only
+
+
+def test_application_services_share_image_env_file_restart_and_healthchecks() -> None:
+    services = resolved()["services"]
+    images = {services[name]["image"] for name in APP_SERVICES}
+    assert len(images) == 1
+    for name in APP_SERVICES:
+        service = services[name]
+        assert service["env_file"] == ".env", name
+        assert service["restart"] in {"always", "unless-stopped", "on-failure"}, name
+        assert service["healthcheck"]["test"][0] in {"CMD", "CMD-SHELL"}, name
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy", name
+        assert environment(service)["LESSON_REDIS_URL"] == "redis://redis:6379/0", name
+    assert services["redis"]["healthcheck"]
+
+
+def test_api_serves_on_all_interfaces_of_its_container() -> None:
+    api = load()["services"]["api"]
+    assert command(api) == ["lessonctl", "serve", "--host", "0.0.0.0", "--port", "8000"]
+    assert resolved()["services"]["api"]["ports"] == ["127.0.0.1:8000:8000"]
+
+
+def test_default_worker_uses_kubernetes_with_a_read_only_kubeconfig() -> None:
+    worker = resolved()["services"]["worker"]
+    assert "profiles" not in worker
+    assert command(worker)[:4] == ["celery", "-A", "workers.app", "worker"]
+    env = environment(worker)
+    assert env["LESSON_BACKEND"] == "kubernetes"
+    mounts = [v for v in worker["volumes"] if isinstance(v, dict) and v["target"] == env["LESSON_KUBECONFIG"]]
+    assert len(mounts) == 1 and mounts[0]["read_only"] is True and mounts[0]["type"] == "bind"
+    assert mounts[0]["bind"]["create_host_path"] is False  # a missing file is an error, not an empty dir
+    assert not worker.get("privileged")
+
+
+def test_local_worker_is_privileged_under_the_local_profile() -> None:
+    worker = resolved()["services"]["worker-local"]
+    assert worker["profiles"] == ["local"]
+    assert worker["privileged"] is True and worker["user"] == "root"
+    assert environment(worker)["LESSON_BACKEND"] == "local"
+    targets = {v["target"]: v for v in worker["volumes"]}
+    assert targets["/run/netns"]["source"] == "/run/netns"
+    assert environment(worker)["LESSON_STATE_DIR"] in targets
+    assert command(worker)[:4] == ["celery", "-A", "workers.app", "worker"]
+
+
+# --- the image ----------------------------------------------------------------------------------------------
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", (REPO / "Dockerfile").read_text())
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+
+
+def test_dockerfile_builds_the_shared_image() -> None:
+    instructions = dockerfile()
+    assert instructions[0] == ("FROM", "python:3.11-slim")
+    run = " ".join(arg for op, arg in instructions if op == "RUN")
+    for package in ("containernetworking-plugins", "iproute2", "iputils-ping"):
+        assert package in run
+    assert "pip install ." in run
+    env = " ".join(arg for op, arg in instructions if op == "ENV")
+    # pip installs the packages only; the catalog is found where the image copies it
+    assert "LESSON_CATALOG=/app/config/lessons" in env
+    assert ("COPY", "config ./config") in instructions
+    assert any(op == "USER" and arg != "root" for op, arg in instructions)
+
+
+def context_files() -> list[Path]:
+    """The build context as .dockerignore leaves it (a whitelist: ``*`` then ``!path`` lines)."""
+    patterns = [p.strip() for p in (REPO / ".dockerignore").read_text().splitlines()]
+    patterns = [p for p in patterns if p and not p.startswith("#")]
+    assert patterns[0] == "*", ".dockerignore must start by excluding everything"
+    included = [p[1:].rstrip("/") for p in patterns if p.startswith("!")]
+    excluded = [p for p in patterns[1:] if not p.startswith("!")]
+    files = []
+    for top in included:
+        root = REPO / top
+        for path in [root] if root.is_file() else sorted(root.rglob("*")):
+            rel = path.relative_to(REPO)
+            if path.is_file() and not any(rel.match(p.replace("**/", "")) or p.strip("*/") in rel.parts
+                                          for p in excluded):  # fmt: skip
+                files.append(rel)
+    return files
+
+
+def test_build_context_leaves_out_secrets_and_local_state() -> None:
+    files = {str(f) for f in context_files()}
+    assert "pyproject.toml" in files and "README.md" in files
+    for secret_or_local in (".env", ".venv", ".git", ".k8s", "tests", "kubeconfig"):
+        assert not any(f == secret_or_local or f.startswith(secret_or_local + "/") for f in files)
+    assert not any("__pycache__" in f for f in files)
+    for op, arg in dockerfile():
+        if op == "COPY":
+            for source in arg.split()[:-1]:
+                assert (REPO / source).exists(), source
+                assert any(f == source or f.startswith(source + "/") for f in files), f"{source} is not in the context"
+
+
+@pytest.mark.slow
+def test_pip_install_works_from_the_build_context(tmp_path: Path) -> None:
+    """What `RUN pip install .` sees: only the context's files. The wheel has both packages and podproc.py."""
+    context = tmp_path / "context"
+    for rel in context_files():
+        (context / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, context / rel)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"),
+         str(context)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("lesson_scheduler-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for module in ("scheduler/settings.py", "scheduler/api.py", "workers/app.py", "workers/tasks.py",
+                   "workers/backends/podproc.py"):  # fmt: skip
+        assert module in names
+    assert any(n.endswith("entry_points.txt") for n in names)

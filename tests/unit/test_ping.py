@@ -1,0 +1,224 @@
+"""The ping summary parser (shared by every backend) and the retry loop around it.
+
+Outputs are verbatim from iputils-ping 20221126 (Debian) and BusyBox v1.36 ping, the two pings found in
+lesson images.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from scheduler.errors import PermanentError, TemporaryError
+from scheduler.plan import Check, Plan
+from workers.backends.base import Backend, ExecResult, Observation
+from workers.backends.ping import PingResult, parse_ping, ping_argv, run_check
+
+IPUTILS_OK = """\
+PING 10.10.12.3 (10.10.12.3) 56(84) bytes of data.
+
+--- 10.10.12.3 ping statistics ---
+1 packets transmitted, 1 received, 0% packet loss, time 0ms
+rtt min/avg/max/mdev = 0.041/0.041/0.041/0.000 ms
+"""
+
+IPUTILS_PARTIAL = """\
+PING 10.10.23.2 (10.10.23.2) 56(84) bytes of data.
+64 bytes from 10.10.23.2: icmp_seq=2 ttl=64 time=0.058 ms
+64 bytes from 10.10.23.2: icmp_seq=3 ttl=64 time=0.061 ms
+
+--- 10.10.23.2 ping statistics ---
+3 packets transmitted, 2 received, 33.3333% packet loss, time 2030ms
+rtt min/avg/max/mdev = 0.058/0.059/0.061/0.001 ms
+"""
+
+IPUTILS_ALL_LOST = """\
+PING 10.10.23.3 (10.10.23.3) 56(84) bytes of data.
+
+--- 10.10.23.3 ping statistics ---
+1 packets transmitted, 0 received, 100% packet loss, time 0ms
+
+"""
+
+IPUTILS_ERRORS = """\
+PING 10.10.12.9 (10.10.12.9) 56(84) bytes of data.
+From 10.10.12.2 icmp_seq=1 Destination Host Unreachable
+From 10.10.12.2 icmp_seq=2 Destination Host Unreachable
+From 10.10.12.2 icmp_seq=3 Destination Host Unreachable
+
+--- 10.10.12.9 ping statistics ---
+3 packets transmitted, 0 received, +3 errors, 100% packet loss, time 2042ms
+pipe 3
+"""
+
+IPUTILS_DUPLICATES = """\
+--- 10.10.12.255 ping statistics ---
+2 packets transmitted, 2 received, +2 duplicates, 0% packet loss, time 1001ms
+rtt min/avg/max/mdev = 0.030/1.250/2.500/1.100 ms
+"""
+
+BUSYBOX_OK = """\
+PING 10.10.31.3 (10.10.31.3): 56 data bytes
+
+--- 10.10.31.3 ping statistics ---
+2 packets transmitted, 2 packets received, 0% packet loss
+round-trip min/avg/max = 0.060/0.072/0.085 ms
+"""
+
+BUSYBOX_PARTIAL = """\
+PING 10.10.31.2 (10.10.31.2): 56 data bytes
+64 bytes from 10.10.31.2: seq=1 ttl=64 time=0.101 ms
+
+--- 10.10.31.2 ping statistics ---
+3 packets transmitted, 1 packets received, 66% packet loss
+round-trip min/avg/max = 0.101/0.101/0.101 ms
+"""
+
+BUSYBOX_ALL_LOST = """\
+PING 10.10.31.9 (10.10.31.9): 56 data bytes
+
+--- 10.10.31.9 ping statistics ---
+1 packets transmitted, 0 packets received, 100% packet loss
+"""
+
+
+@pytest.mark.parametrize(
+    ("output", "expected"),
+    [
+        (IPUTILS_OK, PingResult(1, 1, 0.041)),
+        (IPUTILS_PARTIAL, PingResult(3, 2, 0.059)),
+        (IPUTILS_ALL_LOST, PingResult(1, 0, None)),
+        (IPUTILS_ERRORS, PingResult(3, 0, None)),
+        (IPUTILS_DUPLICATES, PingResult(2, 2, 1.25)),
+        (BUSYBOX_OK, PingResult(2, 2, 0.072)),
+        (BUSYBOX_PARTIAL, PingResult(3, 1, 0.101)),
+        (BUSYBOX_ALL_LOST, PingResult(1, 0, None)),
+    ],
+    ids=[
+        "iputils-ok",
+        "iputils-partial-loss",
+        "iputils-all-lost",
+        "iputils-unreachable-errors",
+        "iputils-duplicates",
+        "busybox-ok",
+        "busybox-partial-loss",
+        "busybox-all-lost",
+    ],
+)
+def test_parse_ping(output: str, expected: PingResult) -> None:
+    assert parse_ping(output) == expected
+
+
+@pytest.mark.parametrize(
+    ("output", "ok"),
+    [(IPUTILS_OK, True), (BUSYBOX_OK, True), (IPUTILS_PARTIAL, False), (BUSYBOX_PARTIAL, False),
+     (IPUTILS_ALL_LOST, False), (IPUTILS_ERRORS, False), (IPUTILS_DUPLICATES, True)],
+)  # fmt: skip
+def test_ok_means_every_packet_answered(output: str, ok: bool) -> None:
+    assert parse_ping(output).ok is ok
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        "",
+        "\n\n",
+        "ping: connect: Network is unreachable\n",
+        "ping: 10.10.12.3: Name or service not known\n",
+        "ping: socket: Operation not permitted\n",
+        "nsenter: cannot open /run/netns/x: No such file or directory\n",
+        "rtt min/avg/max/mdev = 0.041/0.041/0.041/0.000 ms\n",  # an RTT without counts is not a result
+        "PING 10.10.12.3 (10.10.12.3) 56(84) bytes of data.\n",  # killed before its summary
+        "x packets transmitted, y received\n",
+        "\x00\xff binary \x1b[31m noise",
+    ],
+)
+def test_garbage_is_a_failed_ping_not_an_exception(garbage: str) -> None:
+    result = parse_ping(garbage)
+    assert result == PingResult(0, 0, None)
+    assert not result.ok
+
+
+def test_zero_sent_is_never_ok() -> None:
+    assert not PingResult(0, 0, None).ok
+
+
+def test_ping_argv_is_bounded_and_quiet() -> None:
+    argv = ping_argv("10.10.12.3")
+    assert argv[0] == "ping"
+    assert argv[-1] == "10.10.12.3"
+    assert "-n" in argv and "-q" in argv  # no DNS, summary only
+    assert argv[argv.index("-c") + 1] == "1"
+    assert argv[argv.index("-W") + 1] == "1"  # one try never waits more than a second
+
+
+# --- run_check: retried until a reply or the deadline (the first packet of a new link waits for ARP) ---
+
+
+class ScriptedBackend(Backend):
+    """Answers exec with a script of outputs or errors; nothing else is used by run_check."""
+
+    name = "scripted"
+
+    def __init__(self, script: Sequence[str | Exception]) -> None:
+        self.script = list(script)
+        self.calls: list[tuple[str, list[str]]] = []
+
+    def exec(self, plan: Plan, endpoint: str, argv: Sequence[str], *, timeout: float) -> ExecResult:
+        self.calls.append((endpoint, list(argv)))
+        step = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        if isinstance(step, Exception):
+            raise step
+        return ExecResult(0 if "0% packet loss" in step else 1, step, "")
+
+    def apply_networks(self, plan: Plan) -> None:
+        raise NotImplementedError
+
+    def apply_pods(self, plan: Plan) -> None:
+        raise NotImplementedError
+
+    def observe(self, plan: Plan, *, wait: float = 0.0) -> Observation:
+        raise NotImplementedError
+
+    def destroy(self, livelesson: str) -> None:
+        raise NotImplementedError
+
+    def list(self) -> list[str]:
+        raise NotImplementedError
+
+
+CHECK = Check(source="bb1", target="bb2", network="bb1-bb2", interface="net1")
+PLAN = None  # run_check only hands the plan through to exec
+
+
+def test_run_check_retries_until_a_reply() -> None:
+    backend = ScriptedBackend([IPUTILS_ALL_LOST, IPUTILS_ALL_LOST, IPUTILS_OK])
+    result = run_check(backend, PLAN, CHECK, "10.10.12.3/24", deadline=time.monotonic() + 5)  # type: ignore[arg-type]
+    assert result == PingResult(1, 1, 0.041)
+    assert len(backend.calls) == 3
+    endpoint, argv = backend.calls[0]
+    assert endpoint == "bb1" and argv[-1] == "10.10.12.3"  # the prefix length is stripped
+
+
+def test_run_check_gives_up_at_the_deadline_with_the_last_result() -> None:
+    backend = ScriptedBackend([IPUTILS_ALL_LOST])
+    started = time.monotonic()
+    result = run_check(backend, PLAN, CHECK, "10.10.12.3/24", deadline=started + 0.3)  # type: ignore[arg-type]
+    assert result == PingResult(1, 0, None)
+    assert 0.3 <= time.monotonic() - started < 2
+    assert len(backend.calls) >= 2
+
+
+def test_run_check_retries_transient_exec_errors() -> None:
+    backend = ScriptedBackend([TemporaryError("exec timed out"), BUSYBOX_OK])
+    result = run_check(backend, PLAN, CHECK, "10.10.12.3", deadline=time.monotonic() + 5)  # type: ignore[arg-type]
+    assert result.ok
+
+
+def test_run_check_raises_permanent_exec_errors() -> None:
+    backend = ScriptedBackend([PermanentError("pod bb1 does not exist")])
+    with pytest.raises(PermanentError, match="does not exist"):
+        run_check(backend, PLAN, CHECK, "10.10.12.3", deadline=time.monotonic() + 5)  # type: ignore[arg-type]
+    assert len(backend.calls) == 1
