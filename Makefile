@@ -5,7 +5,7 @@ SHELL := /bin/bash
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := redis-server containernetworking-plugins iproute2 iputils-ping util-linux procps
+APT_PACKAGES := redis-server containernetworking-plugins iproute2 iputils-ping util-linux procps chromium fonts-dejavu-core
 # a stamp per input, so `make` reinstalls only when pyproject.toml changes
 STAMP := $(VENV)/.installed
 

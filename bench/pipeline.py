@@ -59,7 +59,9 @@ def backend_alone(runs: int, instance: str, state: Path) -> list[float]:
         obs = backend.observe(plan, wait=10)
         deadline = time.monotonic() + 10
         results = _parallel(
-            lambda c: run_check(backend, plan, c, obs.address(c.target, c.interface) or "", deadline=deadline),
+            lambda c, plan=plan, obs=obs, deadline=deadline: run_check(
+                backend, plan, c, obs.address(c.target, c.interface) or "", deadline=deadline
+            ),
             list(plan.checks),
         )
         out.append((time.perf_counter() - t0) * 1000)

@@ -36,7 +36,8 @@ BAD_INPUT = (LessonError, InvalidRequest, NotFound, LimitExceeded)
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    err.print("[red]error:[/red] ", end="")
+    err.print(message, highlight=False, soft_wrap=True, markup=False)
     sys.exit(code)
 
 
@@ -160,7 +161,7 @@ def render(path: Path, session: str, livelesson: str | None, slug: str | None) -
     with _errors():
         validate_session(session)
         if livelesson is not None and not ID_PATTERN.match(livelesson):
-            raise InvalidRequest(f"--id {livelesson!r} must be 10 characters of [a-z0-9]")
+            raise InvalidRequest(f"--id {livelesson!r} must be 10 lower-case letters or digits")
         catalog = load_paths([path], image_registry=settings.image_registry)
         lesson = _pick(catalog, slug)
         plan = make_plan(

@@ -157,7 +157,7 @@ fi
 exec /usr/lib/cni/bridge "$@"
 """
     cni_path = cni_dir_with(tmp_path / "cni", script)
-    settings, api, store = stack(cni_path=cni_path)
+    settings, _api, store = stack(cni_path=cni_path)
     livelesson = Client(settings).request_lesson("busybox-triangle", "flaky").id
     record = wait_for(store, livelesson, {"ready", "failed"})
     assert record.status == "ready", record.error
@@ -174,7 +174,7 @@ if [ "$CNI_COMMAND" = ADD ]; then exec sleep 3600; fi
 exec /usr/lib/cni/bridge "$@"
 """
     cni_path = cni_dir_with(tmp_path / "cni", script)
-    settings, api, store = stack(beat=True, cni_path=cni_path, provision_timeout_seconds=8, gc_interval_seconds=1)
+    settings, _api, store = stack(beat=True, cni_path=cni_path, provision_timeout_seconds=8, gc_interval_seconds=1)
     livelesson = Client(settings).request_lesson("busybox-triangle", "hang").id
     record = wait_for(store, livelesson, {"ready", "failed"}, timeout=40)
     assert record.status == "failed"
@@ -220,7 +220,7 @@ def test_worker_sigkilled_mid_step_still_completes(
 
 
 def test_redelivered_steps_are_harmless(stack) -> None:
-    settings, api, store = stack()
+    settings, _api, store = stack()
     client = Client(settings)
     livelesson = client.request_lesson("busybox-triangle", "dup").id
     ready = wait_for(store, livelesson, {"ready", "failed"})
@@ -228,8 +228,8 @@ def test_redelivered_steps_are_harmless(stack) -> None:
     from scheduler.queue import sender
 
     # every step delivered again, twice, as Redis would after a visibility timeout
-    for task in ["lessons.create_networks", "lessons.schedule_pods", "lessons.wait_ready",
-                 "lessons.verify_connectivity"] * 2:  # fmt: skip
+    steps = ["lessons.create_networks", "lessons.schedule_pods", "lessons.wait_ready", "lessons.verify_connectivity"]
+    for task in steps * 2:
         sender(settings).send_task(task, args=[livelesson])
     time.sleep(3)
     after = store.get(livelesson)
@@ -250,6 +250,7 @@ def test_bad_requests_get_their_4xx_and_change_nothing(stack) -> None:
     wait_for(store, ok.json()["id"], {"ready", "failed"})
     before = snapshot(store.r, settings.instance)
 
+    wrong = {"Authorization": "Bearer wrong"}
     cases = [
         (httpx.post(url, json={"lesson": "nope", "session": "bob"}, headers=auth()), 404, "not in the catalog"),
         (httpx.post(url, content=b"{not json", headers={**auth(), "content-type": "application/json"}), 422, ""),
@@ -257,8 +258,7 @@ def test_bad_requests_get_their_4xx_and_change_nothing(stack) -> None:
         (httpx.post(url, json={"lesson": "busybox-line", "session": "bad session!"}, headers=auth()), 422, "session"),
         (httpx.post(url, json={"lesson": "busybox-line", "session": "x", "extra": 1}, headers=auth()), 422, "extra"),
         (httpx.post(url, json={"lesson": "busybox-triangle", "session": "bob"}), 401, "token"),
-        (httpx.post(url, json={"lesson": "busybox-triangle", "session": "bob"},
-                    headers={"Authorization": "Bearer wrong"}), 401, "token"),  # fmt: skip
+        (httpx.post(url, json={"lesson": "busybox-triangle", "session": "bob"}, headers=wrong), 401, "token"),
         (httpx.post(url, json={"lesson": "busybox-triangle", "session": "bob"}, headers=auth()), 429, "limit"),
         (httpx.get(f"{url}/zzzzzzzzzz", headers=auth()), 404, "does not exist"),
         (httpx.get(f"{url}/../../etc", headers=auth()), 404, ""),
@@ -278,7 +278,7 @@ def test_bad_requests_get_their_4xx_and_change_nothing(stack) -> None:
 
 def test_client_and_send_task_request(stack) -> None:
     """Another service: only Redis, `send_task('lessons.request')`, then polling the record."""
-    settings, api, store = stack()
+    settings, _api, _store = stack()
     client = Client(settings)
     record = client.request_lesson("busybox-hub", "svc")
     again = client.request_lesson("busybox-hub", "svc")

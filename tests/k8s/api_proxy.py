@@ -295,7 +295,10 @@ class ApiProxy:
                 continue
             last = time.monotonic()
             for sock in ready:
-                data = sock.recv(65536)
+                try:
+                    data = sock.recv(65536)
+                except (ssl.SSLEOFError, ConnectionResetError):
+                    data = b""  # a websocket client that hangs up without close_notify: just an end
                 if sock is upstream:
                     if not data:
                         return

@@ -185,7 +185,9 @@ def test_lifecycle_as_the_worker_service_account_uses_exactly_its_rbac(
         f"granted but unused: {rbac_rules() - used}; used but not granted: {used - rbac_rules()}"
     )
     failed = [(r.key, r.status) for r in k8s_proxy.requests[start:] if r.status is None or r.status >= 400]
-    assert all(status == 409 for _, status in failed), (failed, k8s_proxy.errors)
+    # 409: the second apply; 404: the second destroy. Nothing else failed, nothing was refused.
+    unexpected = [f for f in failed if f[1] != 409 and f != ("get namespaces", 404)]
+    assert not unexpected, (unexpected, k8s_proxy.errors)
 
 
 @pytest.mark.root
@@ -197,15 +199,15 @@ def test_what_the_role_does_not_grant_is_refused_and_never_retried(
     k8s_kubectl("create", "secret", "generic", "s", "--from-literal=k=v", namespace=k8s_namespace)
     k8s_kubectl("run", "victim", "--image=busybox", "--restart=Never", namespace=k8s_namespace)
     forbidden: list[tuple[str, Callable[[], Any]]] = [
-        ("list secrets", lambda: kb.core.list_namespaced_secret(k8s_namespace)),
-        ("list secrets everywhere", lambda: kb.core.list_secret_for_all_namespaces()),
-        ("delete a pod", lambda: kb.core.delete_namespaced_pod("victim", k8s_namespace)),
-        ("patch a namespace", lambda: kb.core.patch_namespace(k8s_namespace, {"metadata": {"labels": {"x": "y"}}})),
-        ("create a role binding", lambda: client.RbacAuthorizationV1Api(kb.api).create_namespaced_role_binding(
+        ("list secrets", lambda **kw: kb.core.list_namespaced_secret(k8s_namespace, **kw)),
+        ("list secrets everywhere", lambda **kw: kb.core.list_secret_for_all_namespaces(**kw)),
+        ("delete a pod", lambda **kw: kb.core.delete_namespaced_pod("victim", k8s_namespace, **kw)),
+        ("patch a namespace", lambda **kw: kb.core.patch_namespace(k8s_namespace, {"metadata": {"labels": {"x": "y"}}}, **kw)),
+        ("create a role binding", lambda **kw: client.RbacAuthorizationV1Api(kb.api).create_namespaced_role_binding(
             k8s_namespace, {"metadata": {"name": "escalate"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io",
             "kind": "ClusterRole", "name": "cluster-admin"}, "subjects": [{"kind": "ServiceAccount",
-            "name": WORKER_SA[1], "namespace": WORKER_SA[0]}]})),
-        ("list nodes", lambda: kb.core.list_node()),
+            "name": WORKER_SA[1], "namespace": WORKER_SA[0]}]}, **kw)),
+        ("list nodes", lambda **kw: kb.core.list_node(**kw)),
     ]  # fmt: skip
     for what, call in forbidden:
         before = k8s_proxy.mark()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import re
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -63,22 +62,8 @@ def _report() -> Iterator[None]:
                     "examples": count,
                     "lessons": OUTCOMES[f"{name}:lesson"],
                     "errors": OUTCOMES[f"{name}:error"],
-                    "known_gap": OUTCOMES[f"{name}:known-gap"],
                 }
                 handle.write(json.dumps(line) + "\n")
-
-
-def in_yaml_constructor(exc: BaseException) -> bool:
-    """KNOWN GAP (see test_yaml_constructor_crashes_are_lesson_errors): PyYAML's SafeLoader raises IndexError,
-    KeyError or AttributeError from its own scalar constructors on empty or malformed explicitly tagged
-    scalars (``!!int ''``, ``!!bool ''``, ``!!timestamp x``) and scheduler/lessons.py does not translate them
-    yet. Only exceptions raised inside yaml/constructor.py are tolerated, and they are counted."""
-    if not isinstance(exc, IndexError | KeyError | AttributeError):
-        return False
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb is not None and tb.tb_frame.f_code.co_filename.endswith(os.path.join("yaml", "constructor.py"))
 
 
 def check_lesson(name: str, data: str | bytes) -> Lesson | None:
@@ -86,22 +71,13 @@ def check_lesson(name: str, data: str | bytes) -> Lesson | None:
     RAN[name] += 1
     try:
         lesson = parse_lesson(data, "fuzz.yaml")
-    except Exception as exc:
-        if not isinstance(exc, LessonError) and in_yaml_constructor(exc):
-            OUTCOMES[f"{name}:known-gap"] += 1
-            return None
-        if not isinstance(exc, LessonError):
-            raise
+    except LessonError as exc:
         OUTCOMES[f"{name}:error"] += 1
         assert exc.problems, "a LessonError without a problem"
         for problem in exc.problems:
             assert problem.source == "fuzz.yaml"
             assert problem.message
-            if "\n" in problem.path:
-                # KNOWN GAP (test_a_key_ending_in_a_newline_is_quoted): lessons._PLAIN_KEY ends in `$`, which
-                # also matches before a final newline, so a key "x\n" is left unquoted. Nothing else may add one.
-                assert re.fullmatch(r"(?:[^\n]*[A-Za-z0-9_-]\n(?=$|[.\[]))+[^\n]*", problem.path), problem.path
-                OUTCOMES[f"{name}:known-gap"] += 1
+            assert "\n" not in str(problem), "a problem must stay on one line"
         return None
     OUTCOMES[f"{name}:lesson"] += 1
     assert isinstance(lesson, Lesson)
@@ -273,10 +249,6 @@ def test_any_image_file(data: str | bytes) -> None:
     except LessonError as exc:
         OUTCOMES["image:error"] += 1
         assert exc.problems
-    except Exception as exc:
-        if not in_yaml_constructor(exc):
-            raise
-        OUTCOMES["image:known-gap"] += 1
 
 
 CONTENT = st.one_of(
@@ -287,14 +259,10 @@ CONTENT = st.one_of(
 )
 
 
-def _load(root: Path) -> Catalog | str | None:
+def _load(root: Path) -> Catalog | None:
     try:
         catalog = load_catalog(root)
-    except Exception as exc:
-        if not isinstance(exc, LessonError) and in_yaml_constructor(exc):
-            return "known-gap"
-        if not isinstance(exc, LessonError):
-            raise
+    except LessonError as exc:
         assert exc.problems
         for problem in exc.problems:
             assert problem.source.startswith(str(root)), problem  # every problem names its file
@@ -303,8 +271,8 @@ def _load(root: Path) -> Catalog | str | None:
     return catalog
 
 
-def _outcome(outcome: Catalog | str | None) -> str:
-    return outcome if isinstance(outcome, str) else "lesson" if outcome else "error"
+def _outcome(outcome: Catalog | None) -> str:
+    return "lesson" if outcome else "error"
 
 
 def _write(path: Path, data: str | bytes) -> None:
@@ -367,28 +335,20 @@ def test_the_fuzzers_reach_both_outcomes() -> None:
     assert OUTCOMES["catalog-flat:lesson"] + OUTCOMES["catalog-antidote:lesson"] > 0, OUTCOMES
 
 
-# --- known gaps outside this file's reach: strict xfails, so a fix turns them into failures to unmark ------
+# --- regressions the fuzzers found (fixed in scheduler/lessons.py) ------------------------------------------
 
 CONSTRUCTOR_CRASHES = ["a: !!int ''", "a: !!float ''", "a: !!bool ''", "a: !!timestamp x", "!!int", "a: !!int +"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="scheduler/lessons.py _load_yaml lets PyYAML's IndexError/KeyError/AttributeError out (owner to fix); "
-    "then remove this mark and in_yaml_constructor()",
-)
 @pytest.mark.parametrize("text", CONSTRUCTOR_CRASHES)
 def test_yaml_constructor_crashes_are_lesson_errors(text: str) -> None:
-    with pytest.raises(LessonError, match="malformed YAML|not a text file"):
+    """PyYAML's own scalar constructors raise IndexError/KeyError/AttributeError on these."""
+    with pytest.raises(LessonError, match="malformed YAML"):
         parse_lesson(text, "fuzz.yaml")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="scheduler/lessons.py _PLAIN_KEY uses `$` (matches before a trailing newline): use fullmatch or \\Z "
-    "(owner to fix); then remove this mark and the newline tolerance in check_lesson",
-)
 def test_a_key_ending_in_a_newline_is_quoted() -> None:
+    """`^...$` also matches before a final newline: such a key must still be quoted, on one line."""
     with pytest.raises(LessonError) as info:
         parse_lesson('slug: a\nname: b\nendpoints: [{name: r1, image: x}]\n"x\\n": 1\n', "fuzz.yaml")
     assert all("\n" not in str(p) for p in info.value.problems), [str(p) for p in info.value.problems]

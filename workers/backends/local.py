@@ -331,6 +331,14 @@ class LocalBackend(Backend):
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
         if proc.returncode != 0:
             raise TemporaryError(f"pods did not start: {proc.stderr.strip() or proc.returncode}")
+        # a pod whose lock was already held has a process that is still starting (left by a launcher that
+        # crashed): it writes its pid file in a moment
+        deadline = time.monotonic() + 2.0
+        waiting = list(pods)
+        while waiting := [p for p in waiting if not self._process_ok(plan.livelesson, p)]:
+            if time.monotonic() > deadline:
+                raise TemporaryError(f"pods did not start: {', '.join(p.endpoint for p in waiting)}")
+            time.sleep(0.01)
 
     # --- observe and exec --------------------------------------------------------------------------
 

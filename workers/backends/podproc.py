@@ -11,13 +11,15 @@ triple its start time) forks one daemon per pod
 instead of being run once per pod. The daemons are detached (a session of their own, parented to init)
 so they outlive the worker that asked for them and never become its zombies. The launcher returns once
 every daemon has entered its namespace, bound its listeners and written its pid file, so its exit status
-is the pods' "started" signal; a pod that could not start is named on stderr.
+is the pods' "started" signal; a pod that could not start is named on stderr. A pod whose process is
+already running (it holds ``PIDFILE.lock``) is left to it.
 """
 
 from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # the C module: `signal` would import enum
 import _socket
+import fcntl
 import os
 import select
 import sys
@@ -102,6 +104,14 @@ def _daemon(pod: PodSpec, report: int) -> None:
         for fd in (0, 1, 2):  # let the launcher's caller see EOF on its pipes
             os.dup2(devnull, fd)
         os.close(devnull)
+        # one pod process per pod, even when a crashed launcher's daemons are still starting next to this
+        # one: the lock is held for the process's life and dropped by the kernel when it dies
+        lock = os.open(f"{pod.pidfile}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _report(report, f"ok {pod.netns} already running\n")
+            os._exit(0)
         _enter(pod.netns)
         if pod.forward:
             with open("/proc/sys/net/ipv4/ip_forward", "w") as handle:  # this namespace's, after setns
