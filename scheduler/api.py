@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Respons
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from scheduler.catalog import Catalog, load_catalog
 from scheduler.errors import InvalidRequest, LimitExceeded, NotFound, TemporaryError
@@ -27,6 +28,55 @@ __all__ = ["MAX_BODY_BYTES", "create_app"]
 log = structlog.get_logger(__name__)
 
 MAX_BODY_BYTES = 16 * 1024  # a request is two short strings; anything larger is not one
+
+
+class _CountedBody:
+    """Counts a body as it arrives, so one sent without Content-Length (chunked) is held to the limit too.
+
+    Past the limit the app is told the client left (so it stops reading) and whatever it answers is
+    replaced by the 413.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        seen, over, refused = 0, False, False
+
+        async def counted() -> Message:
+            nonlocal seen, over
+            if over:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > MAX_BODY_BYTES:
+                over = True
+                return {"type": "http.disconnect"}
+            return message
+
+        async def refuse() -> None:
+            nonlocal refused
+            if not refused:
+                refused = True
+                response = JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
+                await response(scope, receive, send)
+
+        async def guarded(message: Message) -> None:
+            if over:
+                await refuse()
+            else:
+                await send(message)
+
+        try:
+            await self.app(scope, counted, guarded)
+        except Exception:
+            if not over:
+                raise
+        if over:
+            await refuse()
 
 
 class LessonRequest(BaseModel):
@@ -83,6 +133,8 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
             return JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
         return await call_next(request)
+
+    app.add_middleware(_CountedBody)
 
     @app.exception_handler(TemporaryError)
     async def unavailable(_: Request, exc: TemporaryError) -> JSONResponse:

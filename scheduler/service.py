@@ -13,7 +13,8 @@ __all__ = ["delete_lesson", "request_lesson", "validate_session"]
 
 
 def validate_session(session: str) -> str:
-    if not SESSION_PATTERN.match(session):
+    # fullmatch: `$` in the pattern would also accept a trailing newline ("x\n"), not a valid label value
+    if not SESSION_PATTERN.fullmatch(session):
         raise InvalidRequest(
             f"session {session[:80]!r} is not valid: 1-63 letters, digits, '-', '_' or '.', "
             "starting and ending with a letter or digit"

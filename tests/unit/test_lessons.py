@@ -83,6 +83,8 @@ REFUSALS = [
     ("malformed-flow", "slug: [a\n", "", ["malformed YAML", "line 2"]),
     ("malformed-mapping", "slug: a: b\n", "", ["malformed YAML", "line 1, column"]),
     ("malformed-tab", "slug: x\nendpoints:\n\t- name: r1\n", "", ["malformed YAML", "line 3"]),
+    ("duplicate-key", "slug: x\nname: y\nendpoints: [{name: a, image: b}]\nname: z\n", "",
+     ["malformed YAML", "line 4", "the key 'name' appears twice"]),
     ("empty", "", "", ["the file is empty"]),
     ("only-comments", "# nothing here\n\n", "", ["the file is empty"]),
     ("root-list", "- slug: a\n- slug: b\n", "", ["top level must be a mapping", "not a list"]),

@@ -31,6 +31,9 @@ CALL_TIMEOUT = 20.0
 # Races that clear within moments, so they are retried in place: a bridge or veth created by a concurrent
 # ADD (EEXIST), a device still settling after a DEL (EBUSY), netlink's EAGAIN.
 _RACE_MARKERS = ("file exists", "device or resource busy", "resource temporarily unavailable")
+# A DEL that found the interface and then lost it (ENODEV) raced the kernel removing it (its namespace or
+# its veth peer going away); the next DEL finds nothing and succeeds.
+_DEL_RACE_MARKERS = ("no such device",)
 # CNI's own "try again later" (spec error code 11): the plugin asks to be called again later, so the error
 # goes up to the queue's retry rather than being spun on here.
 TRY_AGAIN_LATER = 11
@@ -118,7 +121,8 @@ def _call(
     text = f"CNI {command} {config.get('type')} for {ifname} failed: {message}"
     if code == TRY_AGAIN_LATER:
         raise TemporaryError(text, delay=1.0)
-    if any(m in message.lower() for m in _RACE_MARKERS):
+    markers = _RACE_MARKERS + (_DEL_RACE_MARKERS if command == "DEL" else ())
+    if any(m in message.lower() for m in markers):
         log.warning("cni race, retrying", command=command, ifname=ifname, error=message)
         raise CniRace(text)
     raise CniError(text, code=code)
