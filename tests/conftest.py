@@ -22,7 +22,7 @@ from workers.backends import netns
 from workers.launcher import CeleryProcess
 
 REPO = Path(__file__).resolve().parent.parent
-CURRICULUM = REPO.parent / "shared" / "antidote-curriculum"
+CURRICULUM = REPO / "tests" / "data" / "antidote-curriculum"
 TRIANGLE = REPO / "config" / "lessons" / "busybox-triangle.yaml"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 

@@ -53,14 +53,14 @@ def kinds(docs: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def test_validate_the_nre_labs_curriculum() -> None:
-    result = lessonctl("validate", "../shared/antidote-curriculum")
+    result = lessonctl("validate", "tests/data/antidote-curriculum")
     assert result.returncode == 0, result.stderr
     assert "17 lesson(s) valid" in result.stderr
     no_traceback(result)
 
 
 def test_validate_several_paths() -> None:
-    result = lessonctl("validate", "config/lessons", TRIANGLE, "../shared/antidote-curriculum")
+    result = lessonctl("validate", "config/lessons", TRIANGLE, "tests/data/antidote-curriculum")
     assert result.returncode == 0, result.stderr
     assert "20 lesson(s) valid" in result.stderr
 

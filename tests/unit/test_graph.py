@@ -22,7 +22,7 @@ from scheduler.records import Check, Endpoint, Interface, LiveLesson, StepTiming
 
 REPO = Path(__file__).resolve().parents[2]
 TRIANGLE = REPO / "config" / "lessons" / "busybox-triangle.yaml"
-CURRICULUM = REPO.parent / "shared" / "antidote-curriculum"
+CURRICULUM = REPO / "tests" / "data" / "antidote-curriculum"
 SVG = "{http://www.w3.org/2000/svg}"
 
 

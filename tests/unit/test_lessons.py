@@ -17,7 +17,7 @@ from scheduler.errors import LessonError, Problem
 from scheduler.lessons import parse_image, parse_lesson, resolve
 
 REPO = Path(__file__).resolve().parents[2]
-CURRICULUM = REPO.parent / "shared" / "antidote-curriculum"
+CURRICULUM = REPO / "tests" / "data" / "antidote-curriculum"
 CONFIG_LESSONS = REPO / "config" / "lessons"
 
 # the NRE Labs lessons that have connections (the rest are endpoints only)
@@ -640,3 +640,13 @@ def test_values_yaml_cannot_construct_are_malformed_yaml(tmp_path: Path, text: s
     """PyYAML's own constructors raise IndexError, KeyError, AttributeError or ValueError on these."""
     file, problems = refused(tmp_path, text)
     assert_problem(problems, file, "", "malformed YAML: a value cannot be read")
+
+
+def test_vendored_curriculum_is_the_shared_one_unchanged() -> None:
+    """tests/data holds an unchanged copy (CI clones the repository alone); it must not drift from ../shared."""
+    shared = REPO.parent / "shared" / "antidote-curriculum"
+    if not shared.is_dir():
+        pytest.skip("../shared/antidote-curriculum is not next to this checkout")
+    ours = {p.relative_to(CURRICULUM): p.read_bytes() for p in CURRICULUM.rglob("*") if p.is_file()}
+    theirs = {p.relative_to(shared): p.read_bytes() for p in shared.rglob("*") if p.is_file()}
+    assert ours == theirs

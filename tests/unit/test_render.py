@@ -21,7 +21,7 @@ from scheduler.plan import CNI_VERSION, Plan, make_plan
 from scheduler.render import NETWORKS_ANNOTATION, RESOURCES, render, to_yaml
 
 REPO = Path(__file__).resolve().parents[2]
-CURRICULUM = REPO.parent / "shared" / "antidote-curriculum"
+CURRICULUM = REPO / "tests" / "data" / "antidote-curriculum"
 CRD = REPO / "config" / "k8s" / "network-attachment-definition-crd.yaml"
 LIVELESSON = "abcde12345"
 
