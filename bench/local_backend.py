@@ -20,6 +20,7 @@ as a ratio to it. Everything is created under a unique instance prefix and remov
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -41,7 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from scheduler.catalog import load_paths  # noqa: E402
 from scheduler.lessons import ResolvedLesson, parse_lesson, resolve  # noqa: E402
-from scheduler.plan import make_plan  # noqa: E402
+from scheduler.plan import Check, make_plan  # noqa: E402
 from workers.backends import netns  # noqa: E402
 from workers.backends.local import LocalBackend  # noqa: E402
 from workers.backends.ping import run_check  # noqa: E402
@@ -99,10 +100,10 @@ def one_run(backend: LocalBackend, lesson: ResolvedLesson) -> dict[str, float]:
     deadline = time.monotonic() + 10
     checks = list(plan.checks)
 
-    def check(c: object) -> bool:
-        address = obs.address(c.target, c.interface)  # type: ignore[attr-defined]
+    def check(c: Check) -> bool:
+        address = obs.address(c.target, c.interface)
         assert address is not None
-        return run_check(backend, plan, c, address, deadline=deadline).ok  # type: ignore[arg-type]
+        return run_check(backend, plan, c, address, deadline=deadline).ok
 
     with ThreadPoolExecutor(max_workers=min(32, len(checks))) as pool:
         oks = list(pool.map(check, checks))
@@ -116,8 +117,8 @@ def one_run(backend: LocalBackend, lesson: ResolvedLesson) -> dict[str, float]:
     return dict(zip(PHASES, ms, strict=True))
 
 
-def floor_run() -> float:
-    proc = subprocess.run(["bash", str(FLOOR)], capture_output=True, text=True, timeout=60, check=False)
+def floor_run(script: Path) -> float:
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60, check=False)
     match = re.search(r"total_ms=(\d+)", proc.stdout)
     if proc.returncode != 0 or match is None:
         raise RuntimeError(f"floor-triangle.sh failed: {proc.stdout}{proc.stderr}")
@@ -159,6 +160,15 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=1, help="unrecorded runs per topology first")
     parser.add_argument("--topology", nargs="+", default=["triangle", "ring10", "star20"])
     parser.add_argument("--no-floor", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write every sample and the summary to this file")
+    parser.add_argument("--floor", type=Path, default=FLOOR, help="the hand-made triangle to compare with")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=0.3,
+        help="seconds of pause before each measured run, so the kernel's asynchronous cleanup of the previous "
+        "run's namespaces (which holds the RTNL lock) is not billed to the next one",
+    )
     args = parser.parse_args()
     if args.runs < 5:
         parser.error("--runs must be at least 5 (p95 over fewer runs means nothing)")
@@ -166,6 +176,7 @@ def main() -> int:
         print("needs root (network namespaces, CNI plugins)", file=sys.stderr)
         return 2
 
+    load_before = os.getloadavg()
     instance = "bn" + "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(5))
     state_dir = Path(tempfile.mkdtemp(prefix="lesson-bench-"))
     backend = LocalBackend(instance=instance, state_dir=state_dir)
@@ -181,17 +192,20 @@ def main() -> int:
                 one_run(backend, lesson)
             series: dict[str, list[float]] = {p: [] for p in PHASES}
             for _ in range(args.runs):
+                time.sleep(args.settle)
                 for phase, value in one_run(backend, lesson).items():
                     series[phase].append(value)
                 if name == "triangle" and not args.no_floor:
-                    floors.append(floor_run())
+                    time.sleep(args.settle)
+                    floors.append(floor_run(args.floor))
             results[name] = series
     finally:
         cleanup(instance, state_dir)
 
+    load_after = os.getloadavg()
     print(
-        f"# local backend, {args.runs} runs each, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
-        f"{os.cpu_count()} cores, {platform.release()}"
+        f"# local backend, {args.runs} runs each, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, "
+        f"Linux {platform.release()}, load average {load_before[0]:.1f} before / {load_after[0]:.1f} after"
     )
     header = f"| {'topology':<28} | " + " | ".join(f"{p:>17}" for p in PHASES) + " |"
     print(header)
@@ -211,6 +225,26 @@ def main() -> int:
     if "triangle" in results:
         tri50 = pct(results["triangle"]["total"], 0.5)
         print(f"goal: triangle total p50 < 300 ms: {'met' if tri50 < 300 else 'NOT met'} ({tri50:.0f} ms)")
+    if args.json:
+        doc = {
+            "date": datetime.now(UTC).isoformat(),
+            "cores": os.cpu_count(),
+            "kernel": platform.release(),
+            "load_average": [load_before[0], load_after[0]],
+            "runs": args.runs,
+            "topologies": {
+                name: {
+                    "size": sizes[name],
+                    "samples_ms": series,
+                    "p50_ms": {p: pct(series[p], 0.5) for p in PHASES},
+                    "p95_ms": {p: pct(series[p], 0.95) for p in PHASES},
+                }
+                for name, series in results.items()
+            },
+            "floor_total_ms": floors,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(doc, indent=1))
     return 0
 
 

@@ -18,7 +18,7 @@ from scheduler.catalog import Catalog, load_catalog
 from scheduler.errors import InvalidRequest, LimitExceeded, NotFound, TemporaryError
 from scheduler.metrics import RedisCollector
 from scheduler.pages import add_pages
-from scheduler.records import ID_PATTERN, LiveLesson
+from scheduler.records import ID_PATTERN, SESSION_PATTERN, LiveLesson
 from scheduler.service import delete_lesson, request_lesson
 from scheduler.settings import Settings, get_settings
 from scheduler.state import Store
@@ -82,7 +82,9 @@ class _CountedBody:
 class LessonRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     lesson: str = Field(min_length=1, max_length=63, description="The lesson's slug")
-    session: str = Field(min_length=1, max_length=63, description="The learner's session id")
+    session: str = Field(
+        min_length=1, max_length=63, pattern=SESSION_PATTERN.pattern, description="The learner's session id"
+    )
 
 
 class Keepalive(BaseModel):
@@ -100,6 +102,11 @@ class LessonSummary(BaseModel):
 
 class Problem(BaseModel):
     detail: str
+
+
+class InvalidBody(BaseModel):
+    # a bad session is refused in words; a body that fails validation gets FastAPI's list of errors
+    detail: str | list[dict[str, Any]]
 
 
 def create_app(settings: Settings | None = None, catalog: Catalog | None = None) -> FastAPI:
@@ -146,8 +153,8 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
         "/livelessons",
         status_code=202,
         response_model=LiveLesson,
-        responses={**errors, 200: {"model": LiveLesson}, 422: {"model": Problem}, 429: {"model": Problem},
-                   503: {"model": Problem}},
+        responses={**errors, 200: {"model": LiveLesson}, 400: {"model": Problem}, 413: {"model": Problem},
+                   422: {"model": InvalidBody}, 429: {"model": Problem}, 503: {"model": Problem}},
     )  # fmt: skip
     def create(body: LessonRequest, response: Response) -> LiveLesson:
         try:

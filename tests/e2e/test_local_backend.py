@@ -31,7 +31,7 @@ from scheduler.catalog import load_paths
 from scheduler.errors import PrerequisiteMissing
 from scheduler.lessons import ResolvedLesson
 from scheduler.plan import Check, Plan, make_plan
-from tests.conftest import CURRICULUM, REPO, TRIANGLE
+from tests.conftest import CURRICULUM, REPO, TRIANGLE, needs
 from workers.backends import local, netns
 from workers.backends.base import Observation
 from workers.backends.local import LocalBackend
@@ -227,6 +227,14 @@ def test_triangle_comes_up(backend: LocalBackend) -> None:
             assert found[ifname][0].network == ipaddress.IPv4Network(subnet), (pod.endpoint, ifname, found)
             assert obs.address(pod.endpoint, ifname) == str(found[ifname][0])  # observe reports what is there
         assert all(link["operstate"] in ("UP", "UNKNOWN") for link in ip_json("link", ns=pod.netns))
+
+    # one bridge per link in the node namespace, up, carrying this live lesson's mark
+    node_links = {link["ifname"]: link for link in ip_json("-d", "link", ns=backend.node_netns)}
+    for n in plan.networks:
+        bridge = node_links[n.bridge]
+        assert bridge["linkinfo"]["info_kind"] == "bridge" and "UP" in bridge["flags"]
+        assert bridge["ifalias"] == f"{backend.mark(plan.livelesson)}/{n.index}"
+        assert len([link for link in node_links.values() if link.get("master") == n.bridge]) == 2
 
     results = ping_all(backend, plan, obs)
     assert len(results) == 6
@@ -570,9 +578,15 @@ def curriculum() -> list[ResolvedLesson]:
 
 
 def test_curriculum_has_six_lessons_with_connections() -> None:
-    if not CURRICULUM.is_dir():
-        pytest.skip(f"no curriculum at {CURRICULUM}")
-    assert len(curriculum()) == 6
+    needs(CURRICULUM.is_dir(), f"needs the NRE Labs curriculum at {CURRICULUM}")
+    assert [lesson.slug for lesson in curriculum()] == [
+        "ansible-network-automation",
+        "jet-extending-junos",
+        "jsnapy-network-testing",
+        "openconfig-vendor-neutral",
+        "pyez-junos-automation",
+        "salt-network-automation",
+    ]
 
 
 @pytest.mark.parametrize("lesson", curriculum(), ids=lambda x: x.slug)
@@ -614,8 +628,7 @@ def test_missing_cni_plugins_name_the_plugin_and_the_package(instance: str, tmp_
 
 
 def test_missing_privileges_name_the_capabilities(tmp_path: Path) -> None:
-    if shutil.which("setpriv") is None:
-        pytest.skip("needs setpriv (util-linux)")
+    needs(shutil.which("setpriv") is not None, "needs setpriv (util-linux)")
     code = (
         "from pathlib import Path\n"
         "from workers.backends.local import LocalBackend\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -186,37 +187,73 @@ exec /usr/lib/cni/bridge "$@"
     assert leftovers(settings.instance, livelesson, settings.state_dir) == []
 
 
-SLOW_TOOLS = {
-    # every netlink, ping and CNI call takes 0.4 s longer, so each step lasts long enough to be killed in
-    "ip": "sleep 0.4; exec /usr/sbin/ip \"$@\"\n",
-    "ping": "sleep 0.4; exec /usr/bin/ping \"$@\"\n",
-}
+def hold_lock(path: Path) -> int:
+    """Take an exclusive flock the way the backend does, so a step that needs it waits for the test."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
 
 
 @pytest.mark.parametrize("status", ["creating_networks", "scheduling_pods", "booting", "verifying"])
 def test_worker_sigkilled_mid_step_still_completes(
     status: str, settings_for, start_worker, tmp_path: Path
 ) -> None:
-    tools = wrapper_dir(tmp_path / "tools", SLOW_TOOLS)
-    cni_path = cni_dir_with(tmp_path / "cni", "sleep 0.4; exec /usr/lib/cni/bridge \"$@\"\n")
+    """The whole worker (main process and pool) is SIGKILLed while a step is in progress; GC re-drives it.
+
+    Each step is held open deterministically: creating_networks waits on the node lock the test holds,
+    schedule_pods runs a CNI plugin that takes 1.5 s, wait_ready's observe waits on the lesson lock the
+    test takes as the pods are applied, and every ping takes 1.5 s.
+    """
+    tools = wrapper_dir(tmp_path / "tools", {"ping": 'sleep 1.5; exec /usr/bin/ping "$@"\n'})
+    cni_path = cni_dir_with(tmp_path / "cni", 'sleep 1.5; exec /usr/lib/cni/bridge "$@"\n')
     settings = settings_for(cni_path=cni_path, lease_seconds=3, gc_interval_seconds=1, visibility_timeout_seconds=60)
     env = {"PATH": f"{tools}:{os.environ['PATH']}"}
+    root = settings.state_dir / settings.instance
     worker = start_worker(settings, **env)
     start_worker(settings, kind="beat")
     store = Store.from_settings(settings)
+    held: list[int] = []
+    if status == "creating_networks":
+        held.append(hold_lock(root / "node.lock"))
     livelesson = Client(settings).request_lesson("busybox-triangle", f"kill-{status}").id
-    record = wait_for(store, livelesson, {status, "ready", "failed"}, timeout=60)
-    assert record.status == status, f"the step passed before it could be killed: {record.status}"
+    step = {"creating_networks": "create_networks", "scheduling_pods": "schedule_pods",
+            "booting": "wait_ready", "verifying": "verify_connectivity"}[status]  # fmt: skip
+    if status == "booting":
+        # queue behind apply_pods for the lesson lock: the moment the pods are applied the test holds it,
+        # and wait_ready's observe waits for it
+        wait_for_step(store, livelesson, "schedule_pods")
+        taker = ThreadPoolExecutor(max_workers=1)
+        lock = taker.submit(hold_lock, root / "locks" / f"{livelesson}.lock")
+        held.append(lock.result(timeout=60))
+    record = wait_for_step(store, livelesson, step)
+    assert record.status == status
     # a crash of the whole worker: main process and pool, mid-step
     os.killpg(worker.pid, signal.SIGKILL)
     worker.proc.wait()
+    for fd in held:
+        os.close(fd)
     start_worker(settings, **env)
     final = wait_for(store, livelesson, {"ready", "failed"}, timeout=120)
     assert final.status == "ready", final.error
     assert all(c.ok for c in final.checks) and len(final.checks) == 6
+    assert final.steps[step].attempts >= 2  # the killed attempt and the one that finished
     Client(settings).delete(livelesson)
     wait_for(store, livelesson, {"deleted"}, timeout=60)
     assert leftovers(settings.instance, livelesson, settings.state_dir) == []
+
+
+def wait_for_step(store: Store, livelesson: str, step: str, timeout: float = 60) -> LiveLesson:
+    """Until ``step`` has been entered (its attempt counted) and has not finished."""
+    deadline = time.monotonic() + timeout
+    while True:
+        record = store.get(livelesson)
+        timing = record.steps.get(step) if record else None
+        if timing is not None and timing.attempts >= 1 and timing.finished_at is None:
+            return record  # type: ignore[return-value]
+        if time.monotonic() > deadline or (record is not None and record.status in {"ready", "failed"}):
+            raise AssertionError(f"{livelesson} never held in {step}: {record}")
+        time.sleep(0.005)
 
 
 def test_redelivered_steps_are_harmless(stack) -> None:

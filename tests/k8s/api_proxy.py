@@ -254,19 +254,24 @@ class ApiProxy:
             out.append(f"{k}:{v}")
         if not upgrade:
             out.append("Connection: close")
+        chunked = any(k.strip().lower() == "transfer-encoding" for k, _ in headers)
+        # the whole request goes out in one piece: an API server that answers early (a 403 before the body)
+        # and closes must not meet body bytes arriving after its close (a reset that loses the answer)
+        body = rest if chunked or upgrade else _read_body(client, headers, rest)
         upstream_raw = socket.create_connection(self.upstream, timeout=30)
         upstream = self._client_ctx.wrap_socket(upstream_raw, server_hostname=self.upstream[0])
         try:
-            upstream.sendall(("\r\n".join(out) + "\r\n\r\n").encode("latin-1") + rest)
+            upstream.sendall(("\r\n".join(out) + "\r\n\r\n").encode("latin-1") + body)
             if fault is not None and fault.kind == "reset-after":
-                # the whole body goes through, then the whole answer comes back, and is thrown away
-                upstream.sendall(_read_body(client, headers, rest)[len(rest) :])
-                answer = _read_all(upstream)
-                request.status = _status_of(answer)
-                _reset(client)
+                # the API server does it, the whole answer comes back, and is thrown away
                 request.status = None
+                _read_all(upstream)
+                _reset(client)
                 return
             self._pump(client, upstream, request)
+            if request.status is None:
+                with self.lock:
+                    self.errors.append(f"{request.key} {request.path}: the API server closed without answering")
         finally:
             with contextlib.suppress(OSError):
                 upstream.close()
@@ -283,34 +288,50 @@ class ApiProxy:
         return None
 
     def _pump(self, client: ssl.SSLSocket, upstream: ssl.SSLSocket, request: Request) -> None:
-        """Bytes both ways until the API server closes (or the client gives up); one thread, no locks."""
-        socks: list[ssl.SSLSocket] = [client, upstream]
+        """Bytes both ways until the API server closes (or the client gives up); one thread, no locks.
+
+        Each side is read until OpenSSL wants more from the kernel before select() is asked again:
+        select() cannot see records OpenSSL has already pulled into its own buffer (``pending()`` counts
+        only the current record), and waiting on those would stall a request body forever."""
+        reading = {client: True, upstream: True}
         first = True
         last = time.monotonic()
-        while socks and not self._stop.is_set():
-            ready = [s for s in socks if s.pending()] or select.select(socks, [], [], 0.5)[0]
-            if not ready:
-                if time.monotonic() - last > IDLE_SECONDS:
-                    return
-                continue
-            last = time.monotonic()
-            for sock in ready:
-                try:
-                    data = sock.recv(65536)
-                except (ssl.SSLEOFError, ConnectionResetError):
-                    data = b""  # a websocket client that hangs up without close_notify: just an end
-                if sock is upstream:
+        for sock in reading:
+            sock.setblocking(False)
+        while not self._stop.is_set():
+            moved = False
+            for src, dst in ((upstream, client), (client, upstream)):
+                while reading[src]:
+                    try:
+                        data = src.recv(65536)
+                    except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                        break
+                    except (ssl.SSLEOFError, ConnectionResetError):
+                        data = b""  # a websocket client that hangs up without close_notify: just an end
                     if not data:
-                        return
-                    if first:
+                        if src is upstream:
+                            return  # the answer is complete (every request carries Connection: close)
+                        reading[client] = False  # the client is done sending; its answer may still come
+                        break
+                    moved = True
+                    if src is upstream and first:
                         request.status = _status_of(data)
                         first = False
-                    client.sendall(data)
-                else:
-                    if not data:  # the client is done sending; its answer may still be coming
-                        socks.remove(client)
-                        continue
-                    upstream.sendall(data)
+                    _send(dst, data)
+            if moved:
+                last = time.monotonic()
+                continue
+            waiting = [s for s, on in reading.items() if on]
+            if not select.select(waiting, [], [], 0.5)[0] and time.monotonic() - last > IDLE_SECONDS:
+                return
+
+
+def _send(sock: ssl.SSLSocket, data: bytes) -> None:
+    sock.settimeout(30)
+    try:
+        sock.sendall(data)
+    finally:
+        sock.setblocking(False)
 
 
 def _read_head(sock: ssl.SSLSocket) -> tuple[bytes | None, bytes]:

@@ -151,6 +151,8 @@ def k8s_proxy(k8s_kubeconfig: Path) -> Iterator[Any]:
 
     with ApiProxy.for_cluster(cluster.STATE) as proxy:
         yield proxy
+        if proxy.errors:  # shown with a failing test's output
+            print("api proxy errors:", *proxy.errors, sep="\n  ")
 
 
 @pytest.fixture

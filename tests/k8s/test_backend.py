@@ -202,7 +202,8 @@ def test_what_the_role_does_not_grant_is_refused_and_never_retried(
         ("list secrets", lambda **kw: kb.core.list_namespaced_secret(k8s_namespace, **kw)),
         ("list secrets everywhere", lambda **kw: kb.core.list_secret_for_all_namespaces(**kw)),
         ("delete a pod", lambda **kw: kb.core.delete_namespaced_pod("victim", k8s_namespace, **kw)),
-        ("patch a namespace", lambda **kw: kb.core.patch_namespace(k8s_namespace, {"metadata": {"labels": {"x": "y"}}}, **kw)),
+        ("patch a namespace", lambda **kw: kb.core.patch_namespace(k8s_namespace, {"metadata": {"labels": {"x": "y"}}},
+                                                                   **kw)),
         ("create a role binding", lambda **kw: client.RbacAuthorizationV1Api(kb.api).create_namespaced_role_binding(
             k8s_namespace, {"metadata": {"name": "escalate"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io",
             "kind": "ClusterRole", "name": "cluster-admin"}, "subjects": [{"kind": "ServiceAccount",
@@ -247,6 +248,8 @@ def test_transient_faults_are_retried_in_place(
         k8s_proxy.add("reset", verb="watch", resource="namespaces"),
     ]
     kb.apply_networks(plan)
+    # no pods yet: a list, then a watch, which the proxy resets; observe reports "not yet", never raises
+    assert not kb.observe(plan, wait=2).ready
     kb.apply_pods(plan)
     deadline = time.monotonic() + 30
     observation = kb.observe(plan, wait=10)

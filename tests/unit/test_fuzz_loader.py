@@ -36,7 +36,7 @@ from scheduler.lessons import Lesson, parse_image, parse_lesson, resolve
 from scheduler.plan import make_plan
 
 REPO = Path(__file__).resolve().parents[2]
-CURRICULUM = REPO.parent / "shared" / "antidote-curriculum"
+CURRICULUM = REPO / "tests" / "data" / "antidote-curriculum"
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "500"))
 
 FUZZ = settings(

@@ -426,7 +426,7 @@ def test_pods_are_unprivileged_unless_the_image_flavor_is_trusted(tmp_path: Path
 
 
 def test_curriculum_pods_are_privileged_exactly_when_trusted() -> None:
-    curriculum = REPO.parent / "shared" / "antidote-curriculum"
+    curriculum = REPO / "tests" / "data" / "antidote-curriculum"
     if not curriculum.is_dir():
         pytest.skip("the NRE Labs curriculum is not next to the repository")
     catalog = load_catalog(curriculum)

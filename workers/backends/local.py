@@ -14,10 +14,12 @@ State directory layout::
 
     <state_dir>/<instance>/
         node.lock                 serialises creating/pruning the node namespace
+        locks/<id>.lock           serialises applies and destroy of one live lesson (removed by destroy)
         ipam/<cni network>/       host-local's allocations (per instance, not /var/lib/cni)
         lessons/<id>/owner.json   what this live lesson owns
         lessons/<id>/results/     CNI ADD results, so addresses survive a worker restart
-        lessons/<id>/pods/        pid files, written by each pod process once it listens
+        lessons/<id>/pods/        pid files, written by each pod process once it listens, and the lock
+                                  each pod process holds for its life (one process per pod)
 
 Speed: creating and deleting namespaces, ``lo``, link and address reads happen in-process (see
 :mod:`netns`); CNI plugins are started straight inside the node namespace (no ``nsenter``); every CNI
@@ -35,6 +37,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -61,7 +64,7 @@ T = TypeVar("T")
 def _write_json(path: Path, doc: Any) -> None:
     """Atomic: a crash leaves the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
     tmp.replace(path)
 
@@ -134,6 +137,21 @@ class LocalBackend(Backend):
             yield
 
     @contextmanager
+    def _reading(self, livelesson: str) -> Iterator[None]:
+        """A shared hold on the lesson's lock: observe never sees an apply half done. No file, no lock
+        (nothing was applied yet, or it was destroyed), and none is created, so nothing is left behind."""
+        try:
+            fd = os.open(self.root / "locks" / f"{livelesson}.lock", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    @contextmanager
     def _lesson_lock(self, livelesson: str, *, remove: bool = False) -> Iterator[None]:
         """Serialises applies and destroy of one live lesson (a redelivered task next to the original).
 
@@ -201,15 +219,15 @@ class LocalBackend(Backend):
                 self._ensure_bridges(plan)
 
     def _ensure_bridges(self, plan: Plan) -> None:
-        """Every bridge of the plan exists, carries our mark and is up. One ``ip -batch`` for what is missing."""
+        """Every bridge of the plan exists, carries our mark and is up: one in-process rtnetlink batch."""
         mark = self.mark(plan.livelesson)
         for attempt in range(3):
             existing = netns.bridges(self.node_netns)
-            commands = []
+            create, aliases = [], {}
             for n in plan.networks:
                 alias = existing.get(n.bridge)
                 if alias is None:
-                    commands.append(f"link add name {n.bridge} type bridge")
+                    create.append(n.bridge)
                 elif alias and alias.rsplit("/", 1)[0] != mark:
                     raise PermanentError(
                         f"bridge {n.bridge} exists but is not ours (mark {alias!r}); refusing to use it"
@@ -217,16 +235,12 @@ class LocalBackend(Backend):
                 if alias != f"{mark}/{n.index}":
                     # also claims a bridge the plugin made by itself (after a crash between the two applies):
                     # its name is a hash of this instance, live lesson and link, so nobody else can own it
-                    commands += [f"link set dev {n.bridge} alias {mark}/{n.index}", f"link set dev {n.bridge} up"]
-            if not commands:
+                    aliases[n.bridge] = f"{mark}/{n.index}"
+            if not create and not aliases:
                 return
-            try:
-                # every token is a plan-decided name ([a-z0-9-/]), and ip reads it as argv, not a shell
-                netns.ip("-batch", "-", netns=self.node_netns, stdin="\n".join(commands) + "\n")
+            if not netns.ensure_bridges(self.node_netns, create, aliases) or attempt == 2:
                 return
-            except PermanentError:  # a concurrent apply of the same plan made a bridge first: look again
-                if attempt == 2:
-                    raise
+            # a concurrent apply of the same plan made one first: look again (its alias is checked above)
 
     def apply_pods(self, plan: Plan) -> None:
         self._prerequisites()
@@ -240,8 +254,8 @@ class LocalBackend(Backend):
         with self._node_lock(exclusive=False):
             self._ensure_bridges(plan)  # cheap when present; without it the plugin would make unmarked ones
             node_links = netns.link_table(self.node_netns)
-        _parallel(lambda p: netns.add(p.netns), plan.pods)
-        found = _parallel(lambda p: netns.addresses(p.netns), plan.pods)
+        # a namespace made just now is empty; only older ones are read back
+        found = _parallel(lambda p: {} if netns.add(p.netns) else netns.addresses(p.netns), plan.pods)
         present = {p.endpoint: a for p, a in zip(plan.pods, found, strict=True)}
         missing = [p for p in plan.pods if not self._process_ok(plan.livelesson, p)]
 
@@ -275,9 +289,9 @@ class LocalBackend(Backend):
         path = self._result_file(plan.livelesson, pod.endpoint, ifname)
         saved = _read_json(path)
         have = present.get(ifname)
-        if saved is not None and have and set(saved["addresses"]) <= set(have):
+        if saved is not None and have and set(saved.get("addresses") or ["-"]) <= set(have):
             # the pod side is right; so must the node side be: the host veth, still a port of our bridge
-            hosts = [i.get("name") for i in saved["raw"].get("interfaces", []) if not i.get("sandbox")]
+            hosts = [i.get("name") for i in saved.get("raw", {}).get("interfaces", []) if not i.get("sandbox")]
             if any(h in node_links and node_links[h].master == network.bridge for h in hosts):
                 return
         config = network.cni_config(str(self.ipam_dir))
@@ -374,7 +388,8 @@ class LocalBackend(Backend):
     def observe(self, plan: Plan, *, wait: float = 0.0) -> Observation:
         deadline = time.monotonic() + wait
         while True:
-            pods = _parallel(lambda p: self._status(plan, p), plan.pods)
+            with self._reading(plan.livelesson):
+                pods = _parallel(lambda p: self._status(plan, p), plan.pods)
             observation = Observation({p.endpoint: p for p in pods})
             if observation.ready or time.monotonic() >= deadline:
                 return observation
@@ -437,9 +452,7 @@ class LocalBackend(Backend):
         _parallel(lambda pid: _stop(pid, lambda: self._is_marked(pid, livelesson)), self._marked_processes(livelesson))
         _parallel(netns.delete, list(pods.values()))
         ours = [b for b, alias in netns.bridges(self.node_netns).items() if alias.rsplit("/", 1)[0] == mark]
-        if ours:
-            batch = "".join(f"link del {b}\n" for b in ours)
-            netns.ip("-force", "-batch", "-", netns=self.node_netns, stdin=batch, check=False)
+        netns.delete_links(self.node_netns, ours)
         for net in networks.values():
             shutil.rmtree(self.ipam_dir / net["cni"]["name"], ignore_errors=True)
         shutil.rmtree(folder, ignore_errors=True)

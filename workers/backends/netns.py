@@ -42,6 +42,8 @@ __all__ = [
     "bridges",
     "check_privileges",
     "delete",
+    "delete_links",
+    "ensure_bridges",
     "exists",
     "in_netns",
     "ip",
@@ -150,7 +152,7 @@ def _lo_up() -> None:
             fcntl.ioctl(sock, siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
 
 
-def _create(path: Path, loopback: bool) -> None:
+def _create(path: Path, loopback: bool) -> bool:
     """What ``ip netns add`` does: an empty file, a fresh namespace, the one bind-mounted on the other."""
 
     def body() -> None:
@@ -170,7 +172,7 @@ def _create(path: Path, loopback: bool) -> None:
             deadline = time.monotonic() + 1.0
             while time.monotonic() < deadline:
                 if _is_netns(path):
-                    return
+                    return False
                 time.sleep(0.01)
             if attempt:
                 raise PermanentError(f"{path} exists but never became a network namespace") from None
@@ -183,7 +185,8 @@ def _create(path: Path, loopback: bool) -> None:
             if isinstance(exc, OSError):
                 raise PermanentError(f"cannot create network namespace {path.name!r}: {exc}") from None
             raise
-        return
+        return True
+    return False
 
 
 _dir_mounted = False
@@ -199,13 +202,16 @@ def _netns_dir_mounted() -> bool:
     return _dir_mounted
 
 
-def add(name: str, *, loopback: bool = True) -> None:
-    """Create the namespace if missing, with ``lo`` up. Idempotent and safe against a concurrent creator."""
+def add(name: str, *, loopback: bool = True) -> bool:
+    """Create the namespace if missing, with ``lo`` up. Idempotent and safe against a concurrent creator.
+
+    True when this call created it (so it is known to be empty).
+    """
     path = NETNS_DIR / name
     if _is_netns(path):
         if loopback:
             in_netns(name, _lo_up)
-        return
+        return False
     if not _netns_dir_mounted():
         # the host's first named namespace: let iproute2 make /run/netns the shared mount it always uses
         proc = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, timeout=20, check=False)
@@ -213,8 +219,8 @@ def add(name: str, *, loopback: bool = True) -> None:
             raise PermanentError(f"cannot create network namespace {name!r}: {proc.stderr.strip()}")
         if loopback:
             in_netns(name, _lo_up)
-        return
-    _create(path, loopback)
+        return proc.returncode == 0
+    return _create(path, loopback)
 
 
 def delete(name: str) -> None:
@@ -362,6 +368,81 @@ def bridges(netns: str) -> dict[str, str]:
     if not exists(netns):
         return {}
     return {link.name: link.alias for link in link_table(netns).values() if link.kind == "bridge"}
+
+
+# --- link changes (rtnetlink requests, one datagram for a whole batch) -----------------------------------
+
+_NLM_F_ACK, _NLM_F_EXCL, _NLM_F_CREATE = 0x4, 0x200, 0x400
+_RTM_DELLINK = 17
+_NLA_F_NESTED = 0x8000
+_IFF_UP = 0x1
+
+
+def _attr(kind: int, value: bytes) -> bytes:
+    return struct.pack("=HH", 4 + len(value), kind) + value + b"\0" * (-len(value) % 4)
+
+
+def _ifinfo(up: bool) -> bytes:
+    return struct.pack("=BxHiII", socket.AF_UNSPEC, 0, 0, _IFF_UP if up else 0, _IFF_UP if up else 0)
+
+
+def _request(messages: Sequence[tuple[int, int, bytes]]) -> list[int]:
+    """Send (type, flags, body) messages in one datagram, in the calling thread's namespace; the kernel
+    runs them in order. Returns each one's errno (0 for success)."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
+        sock.bind((0, 0))
+        datagram = b"".join(
+            struct.pack("=LHHLL", 16 + len(body), kind, flags | _NLM_F_REQUEST | _NLM_F_ACK, seq, 0) + body
+            for seq, (kind, flags, body) in enumerate(messages, start=1)
+        )
+        sock.send(datagram)
+        errors: dict[int, int] = {}
+        while len(errors) < len(messages):
+            data = sock.recv(1 << 16)
+            offset = 0
+            while offset + 16 <= len(data):
+                length, kind, _flags, seq = struct.unpack_from("=LHHL", data, offset)
+                if kind == _NLMSG_ERROR:
+                    errors[seq] = -struct.unpack_from("=i", data, offset + 16)[0]
+                offset += (length + 3) & ~3
+    return [errors[seq] for seq in range(1, len(messages) + 1)]
+
+
+def ensure_bridges(netns: str, create: Sequence[str], aliases: dict[str, str]) -> list[str]:
+    """Create bridges (up) and set aliases (and up) in one rtnetlink batch, in-process.
+
+    Returns the names whose creation found them already there (EEXIST: a concurrent creator). Any other
+    error is raised; EBUSY/EAGAIN as :class:`NetlinkRace`.
+    """
+    messages: list[tuple[int, int, bytes]] = []
+    for name in create:
+        linkinfo = _attr(_IFLA_LINKINFO | _NLA_F_NESTED, _attr(_IFLA_INFO_KIND, b"bridge\0"))
+        body = _ifinfo(up=True) + _attr(_IFLA_IFNAME, name.encode() + b"\0") + linkinfo
+        messages.append((_RTM_NEWLINK, _NLM_F_CREATE | _NLM_F_EXCL, body))
+    for name, alias in aliases.items():
+        body = _ifinfo(up=True) + _attr(_IFLA_IFNAME, name.encode() + b"\0") + _attr(_IFLA_IFALIAS, alias.encode())
+        messages.append((_RTM_NEWLINK, 0, body))
+    if not messages:
+        return []
+    errors = in_netns(netns, lambda: _request(messages))
+    existed = [name for name, err in zip(create, errors, strict=False) if err == errno.EEXIST]
+    for (_kind, _flags, body), err in zip(messages, errors, strict=True):
+        if err and err != errno.EEXIST:
+            name = _text(_attrs(body, 16).get(_IFLA_IFNAME))
+            text = f"bridge {name} in {netns}: {os.strerror(err)}"
+            raise (NetlinkRace if err in (errno.EBUSY, errno.EAGAIN) else PermanentError)(text)
+    return existed
+
+
+def delete_links(netns: str, names: Sequence[str]) -> None:
+    """Delete links by name in one rtnetlink batch, in-process; already gone counts as deleted."""
+    if not names or not exists(netns):
+        return
+    messages = [(_RTM_DELLINK, 0, _ifinfo(up=False) + _attr(_IFLA_IFNAME, n.encode() + b"\0")) for n in names]
+    errors = in_netns(netns, lambda: _request(messages), timeout=60.0)
+    failed = {n: os.strerror(e) for n, e in zip(names, errors, strict=True) if e not in (0, errno.ENODEV)}
+    if failed:
+        raise TemporaryError(f"cannot delete links in {netns}: {failed}")
 
 
 def addresses(netns: str) -> dict[str, list[str]]:
