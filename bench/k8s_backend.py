@@ -14,6 +14,9 @@ with a private redis-server and a real Celery worker running as the worker's Ser
    per ping, 2C: 4 + E + 3C. Teardown: get, delete, list, watch of the namespace: 4.
 2. timing: ``--runs`` live lessons of each of the triangle and a 10-node ring, straight to the API server
    (no proxy), one at a time: request -> ready from the record (created_at -> ready_at) and per step.
+   A pause (``--settle``) follows each teardown: the test cluster's node agent (standing in for Multus and
+   the kubelet) runs the CNI DELs of the last lesson's pods after their namespace is gone, one pod at a
+   time, and would otherwise delay the next lesson's wiring.
 
 Everything runs under a unique instance and is removed, even on failure.
 """
@@ -174,8 +177,11 @@ def ms(values: list[float], q: float) -> float:
     return 1000 * ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def timing_table(bench: Bench, settings: Settings, lessons: list[str], runs: int) -> None:
-    print(f"\nrequest -> ready, {runs} runs each, one lesson at a time, straight to the API server")
+def timing_table(bench: Bench, settings: Settings, lessons: list[str], runs: int, settle: float) -> None:
+    print(
+        f"\nrequest -> ready, {runs} runs each, one lesson at a time, straight to the API server, "
+        f"{settle:g} s pause after each teardown"
+    )
     cols = ["record p50", "record p90", "min", "max", "client p50", *STEPS, "teardown p50"]
     print("| lesson | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
@@ -183,6 +189,7 @@ def timing_table(bench: Bench, settings: Settings, lessons: list[str], runs: int
         records, walls, teardowns = [], [], []
         for run in range(runs):
             record, wall, teardown = bench.one(settings, slug, f"time{run}")
+            time.sleep(settle)  # the node agent unwires the last lesson's pods after its namespace is gone
             records.append(record)
             walls.append(wall)
             teardowns.append(teardown)
@@ -208,6 +215,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--lessons", nargs="+", default=DEFAULT_LESSONS)
     parser.add_argument("--timed", nargs="+", default=TIMED)
+    parser.add_argument("--settle", type=float, default=2.0, help="pause after each timed teardown (s)")
     parser.add_argument("--keep-cluster", action="store_true", help="leave a cluster this run started")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -247,7 +255,7 @@ def main() -> int:
         print_requests(rows)
         settings, _ = bench.worker(direct, "timed")
         bench.one(settings, "busybox-line", "warmup")
-        timing_table(bench, settings, args.timed, args.runs)
+        timing_table(bench, settings, args.timed, args.runs, args.settle)
     finally:
         bench.stop()
         leftover = kubectl("get", "namespaces", "-l", f"lessons.io/instance={instance}", "-o", "name").split()

@@ -14,7 +14,6 @@ import argparse
 import os
 import secrets
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -152,7 +151,7 @@ def main() -> int:
         print(f"{'path':<40} {'p50 ms':>8} {'p95 ms':>8} {'min ms':>8}")
         for name, values in rows:
             print(f"{name:<40} {pct(values, 50):8.1f} {pct(values, 95):8.1f} {min(values):8.1f}")
-        overhead = statistics.median(server_ms) - statistics.median(alone)
+        overhead = pct(server_ms, 50) - pct(alone, 50)
         print(f"{'scheduler overhead (p50 record - alone)':<40} {overhead:8.1f}")
         print(
             f"\nthroughput: {args.concurrent} triangles at once on 1 worker x 2 processes: all ready in "

@@ -154,6 +154,7 @@ class Soak:
         self.rss: dict[str, Any] = {}
         self.worker_generation = 0
         self.started_at: dict[int, float] = {}
+        self.unexpected: list[dict[str, Any]] = []
         self.hit_by_kill: set[tuple[int, str]] = set()  # (lesson, its status when the fault struck)
         self.hit_by_redis: set[tuple[int, str]] = set()
 
@@ -346,6 +347,7 @@ class Soak:
         redis_at = self.t0 + self.cfg.redis_at * self.cfg.duration
         redis_done = False
         while not self.stop_flag.is_set() and time.monotonic() < end:
+            self.supervise()
             now = time.monotonic()
             if not redis_done and now >= redis_at:
                 self.restart_redis()
@@ -354,6 +356,20 @@ class Soak:
                 self.kill_worker()
                 next_kill = time.monotonic() + self.rng.uniform(self.cfg.kill_min, self.cfg.kill_max)
             time.sleep(0.1)
+
+    def supervise(self) -> None:
+        """A worker that exits without being killed is a finding: record why, and restart it as compose would."""
+        for slot, proc in enumerate(self.workers):
+            if not proc.alive():
+                assert proc.proc is not None
+                self.unexpected.append({
+                    "t": round(time.monotonic() - self.t0, 1), "pid": proc.pid, "returncode": proc.proc.returncode,
+                    "log_tail": proc.log_tail(40),
+                })  # fmt: skip
+                self.log(f"  {time.monotonic() - self.t0:6.1f}s WORKER EXITED BY ITSELF: pid {proc.pid} "
+                         f"rc {proc.proc.returncode}\n{proc.log_tail(15)}")  # fmt: skip
+                proc.stop()
+                self.workers[slot] = self.start_worker(slot)
 
     def in_flight(self) -> list[Tracked]:
         """Lessons a worker is busy with: provisioning or being torn down."""
@@ -555,6 +571,7 @@ class Soak:
                 for name, hit in (("worker kills", self.hit_by_kill), ("Redis restart", self.hit_by_redis))
             },
             "redis_restarts": sum(f["fault"] == "Redis restart" for f in self.faults),
+            "unexpected_exits": self.unexpected,
             "counters": dict(self.counters),
             "final_gc": gc_passes,
             "leaks": {k: len(v) for k, v in leaks.items()},
@@ -598,6 +615,7 @@ def table(result: dict[str, Any]) -> str:
             for name, outcome in r["in_flight_at_faults"].items()
         ],
         f"{'  slowest ready after a fault':<34} {r['slowest_ready_after_a_fault_s']:.1f} s",
+        f"{'workers that exited by themselves':<34} {len(r['unexpected_exits'])}",
         f"{'API 503s retried':<34} {r['counters'].get('api 503 (retried)', 0)}",
         f"{'final GC':<34} {' | '.join(r['final_gc'])}",
         *[f"{'leaked ' + k:<34} {v}" for k, v in r["leaks"].items()],
@@ -611,12 +629,16 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run(config: Config, log: Callable[[str], None] = print, logs: Path | None = None) -> dict[str, Any]:
     soak = Soak(config, log)
     try:
         return soak.run()
     finally:
         soak.shutdown()
+        if logs is not None:  # every process's log, for a post-mortem
+            logs.mkdir(parents=True, exist_ok=True)
+            for file in soak.work.glob("*.log"):
+                shutil.copy(file, logs / file.name)
         shutil.rmtree(soak.work, ignore_errors=True)
 
 
@@ -632,6 +654,7 @@ def main() -> int:
     parser.add_argument("--ttl", type=int, default=20, help="LESSON_TTL_SECONDS for the run")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write the result as JSON here")
+    parser.add_argument("--logs", type=Path, default=None, help="copy every process's log here at the end")
     parser.add_argument("-v", "--verbose", action="store_true", help="progress every few seconds")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -642,12 +665,12 @@ def main() -> int:
         kill_min=args.kill_every[0], kill_max=args.kill_every[1], redis_at=args.redis_at,
         redis_down=args.redis_down, ttl=args.ttl, seed=args.seed, verbose=args.verbose,
     )  # fmt: skip
-    result = run(config, log=lambda line: print(line, flush=True))
+    result = run(config, log=lambda line: print(line, flush=True), logs=args.logs)
     print()
     print(table(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1, default=str))
-    return 0 if result["lost"] == 0 and result["leaked"] == 0 else 1
+    return 0 if result["lost"] == 0 and result["leaked"] == 0 and not result["unexpected_exits"] else 1
 
 
 if __name__ == "__main__":
