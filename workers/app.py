@@ -10,12 +10,34 @@ from typing import Any
 
 import structlog
 from celery import Celery, signals
+from celery.worker.consumer import Consumer
 
 from scheduler.logging import configure
 from scheduler.queue import celery_config, time_limits
 from scheduler.settings import get_settings
 
-__all__ = ["app"]
+__all__ = ["LessonsConsumer", "app"]
+
+
+class LessonsConsumer(Consumer):  # type: ignore[misc]
+    """Celery's consumer, made to survive a lost Redis connection while a task holds an unacknowledged message.
+
+    Celery 5.7 / kombu 5.7: after the broker connection is lost, the consumer first collects the connection
+    (which drops the transport's client) and then closes it; closing the channel tries to give the
+    unacknowledged messages back through that transport and dies on ``AttributeError: 'NoneType' object has
+    no attribute 'hostname'``, an "unrecoverable error" that ends the whole worker (found by bench/soak.py:
+    a Redis restart killed one worker in two). That give-back cannot reach a broker that just went away
+    anyway: the messages stay in Redis's unacked set and come back after the visibility timeout, and GC
+    re-drives the lessons whose lease ran out long before. So on a lost connection only, skip it.
+    """
+
+    def on_connection_error_after_connected(self, exc: Exception) -> None:
+        connection = self.connection
+        transport = getattr(connection, "_transport", None) if connection is not None else None
+        for channel in getattr(transport, "channels", None) or ():
+            channel.do_restore = False
+        super().on_connection_error_after_connected(exc)
+
 
 settings = get_settings()
 soft, hard = time_limits(settings)
@@ -32,6 +54,7 @@ app.conf.update(
     # on a lost broker connection, give unacknowledged long tasks back rather than finishing them twice
     worker_cancel_long_running_tasks_on_connection_loss=True,
     broker_connection_retry=True,
+    worker_consumer="workers.app:LessonsConsumer",
     broker_connection_max_retries=None,
     # events for Flower
     worker_send_task_events=True,

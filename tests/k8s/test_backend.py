@@ -387,3 +387,21 @@ def test_crash_loop_fails_fast(
     assert observation.pods["h2"].fatal and "CrashLoopBackOff" in (observation.pods["h2"].reason or "")
     kb.destroy(plan.livelesson)
     assert namespaces_of(k8s_kubectl, instance) == []
+
+
+def test_refused_exec_upgrade_is_permanent_and_a_lost_connection_transient() -> None:
+    """The exec websocket reports everything as status 0: the handshake's own status decides."""
+    from kubernetes.client.exceptions import ApiException
+
+    from workers.backends.kubernetes import _translate, http_status, is_transient
+
+    body = '{"kind":"Status","message":"pods \\"bb1\\" is forbidden: cannot get resource \\"pods/exec\\"","code":403}'
+    refused = ApiException(status=0, reason=f"Handshake status 403 Forbidden -+-+- {{'date': 'x'}} -+-+- {body}")
+    assert http_status(refused) == 403 and not is_transient(refused)
+    error = _translate(refused)
+    assert isinstance(error, ApiError) and error.status == 403 and "forbidden" in str(error)
+    busy = ApiException(status=0, reason="Handshake status 503 Service Unavailable -+-+- {} -+-+- ")
+    assert is_transient(busy)
+    lost = ApiException(status=0, reason="Connection to remote host was lost.")
+    assert http_status(lost) == 0 and is_transient(lost) and _translate(lost).transient
+    assert not is_transient(ApiException(status=404)) and is_transient(ApiException(status=429))

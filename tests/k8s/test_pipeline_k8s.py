@@ -237,6 +237,48 @@ def test_worker_sigkilled_mid_step_still_ends_ready(
     assert namespace_gone(k8s_kubectl, final.namespace)
 
 
+def test_unschedulable_lesson_fails_fast_with_the_reason_and_releases_everything(
+    settings_for: Callable[..., Settings], start_worker: Callable[..., CeleryProcess], worker_kubeconfig: Path,
+    k8s_kubectl: Kubectl, k8s_namespace: str, instance: str, k8s_cleanup: list[str],
+) -> None:  # fmt: skip
+    """Every node runs a pod that refuses this instance's pods next to it: the real scheduler says
+    Unschedulable, and the lesson fails at once (not at the 300 s deadline) with that reason in the record,
+    and its namespace is removed at once."""
+    nodes = [n["metadata"]["name"] for n in json.loads(k8s_kubectl("get", "nodes", "-o", "json").stdout)["items"]]
+    blockers = [{
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": f"blocker-{node}", "namespace": k8s_namespace},
+        "spec": {
+            "nodeName": node,
+            "containers": [{"name": "c", "image": "busybox"}],
+            "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
+                "labelSelector": {"matchLabels": {"lessons.io/instance": instance}},
+                "namespaceSelector": {},
+                "topologyKey": "kubernetes.io/hostname",
+            }]}},
+        },
+    } for node in nodes]  # fmt: skip
+    k8s_kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": blockers}))
+    wait_until(
+        "the blockers running",
+        lambda: all(
+            p["status"].get("phase") == "Running"
+            for p in json.loads(k8s_kubectl("get", "pods", "-o", "json", namespace=k8s_namespace).stdout)["items"]
+        ),
+    )
+    settings = k8s_settings(settings_for, worker_kubeconfig)
+    start_worker(settings)
+    store = Store.from_settings(settings)
+    started = time.monotonic()
+    livelesson = Client(settings).request_lesson("busybox-line", "nowhere").id
+    record = wait_for(store, livelesson, {"ready", "failed"}, timeout=60)
+    assert record.status == "failed", record
+    assert time.monotonic() - started < 30, "failed at the deadline instead of at once"
+    assert record.error is not None and record.error.step == "wait_ready"
+    assert "unschedulable" in record.error.message and "anti-affinity" in record.error.message, record.error
+    wait_until("the failed lesson's namespace gone", lambda: namespace_gone(k8s_kubectl, record.namespace), 60)
+
+
 # --- garbage collection -------------------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -32,7 +33,7 @@ from scheduler.render import NETWORK_STATUS_ANNOTATION, namespace, network_attac
 from scheduler.settings import Settings
 from workers.backends.base import Backend, ExecResult, InterfaceStatus, Observation, PodStatus
 
-__all__ = ["KubernetesBackend", "is_transient"]
+__all__ = ["ApiError", "KubernetesBackend", "http_status", "is_transient"]
 
 log = structlog.get_logger(__name__)
 
@@ -53,10 +54,23 @@ RETRY_AFTER_CAP = 10.0
 DELETE_WAIT_SECONDS = 60
 
 
+_HANDSHAKE = re.compile(r"Handshake status (\d{3})")
+
+
+def http_status(exc: ApiException) -> int:
+    """The HTTP status of an API error; 0 when no answer came (a reset, a TLS or socket error). The exec
+    websocket reports a refused upgrade as status 0 with "Handshake status 403 Forbidden" in its reason."""
+    if not exc.status:
+        found = _HANDSHAKE.search(str(exc.reason or ""))
+        return int(found.group(1)) if found else 0
+    return int(exc.status)
+
+
 def is_transient(exc: BaseException) -> bool:
     """429 and 5xx gateway errors, resets and timeouts: the API server or a proxy was briefly unable."""
     if isinstance(exc, ApiException):
-        return exc.status in TRANSIENT_STATUS or exc.status == 0
+        status = http_status(exc)
+        return status in TRANSIENT_STATUS or status == 0
     return isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError)
 
 
@@ -78,8 +92,8 @@ def _wait(state: RetryCallState) -> float:
 
 def _describe(exc: BaseException | None) -> str:
     """429, 503, ... or the connection error's type and words, for the retry log."""
-    if isinstance(exc, ApiException) and exc.status:
-        return str(exc.status)
+    if isinstance(exc, ApiException) and http_status(exc):
+        return str(http_status(exc))
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -115,19 +129,18 @@ def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     try:
         return _api_retry(fn)(*args, **kwargs)
     except ApiException as exc:
-        reason = _reason(exc)
-        if is_transient(exc):
-            raise TemporaryError(f"kubernetes API {exc.status}: {reason}", delay=2.0) from exc
-        raise ApiError(exc.status, reason) from exc
+        raise _translate(exc) from exc
     except (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as exc:
         raise TemporaryError(f"kubernetes API unreachable: {exc}", delay=2.0) from exc
 
 
 def _reason(exc: ApiException) -> str:
+    """The Status message of the answer; a refused exec upgrade carries it after its headers."""
+    body = exc.body or str(exc.reason or "").rsplit(" -+-+- ", 1)[-1]
     try:
-        return str(json.loads(exc.body or "").get("message", exc.reason))
+        return str(json.loads(body).get("message", exc.reason))
     except (TypeError, ValueError, AttributeError):
-        return str(exc.reason)
+        return str(exc.reason).strip()
 
 
 class ApiError(PermanentError):
@@ -436,9 +449,10 @@ def _returncode(resp: Any) -> int:
 
 
 def _translate(exc: ApiException) -> SchedulerError:
+    status = http_status(exc)
     if is_transient(exc):
-        return TemporaryError(f"kubernetes API {exc.status}: {_reason(exc)}", delay=2.0)
-    return ApiError(exc.status, _reason(exc))
+        return TemporaryError(f"kubernetes API {status or 'connection'}: {_reason(exc)}", delay=2.0)
+    return ApiError(status, _reason(exc))
 
 
 def _not_ready(pod: Any) -> tuple[str | None, bool]:
