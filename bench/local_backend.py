@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 from scheduler.catalog import load_paths  # noqa: E402
 from scheduler.lessons import ResolvedLesson, parse_lesson, resolve  # noqa: E402
 from scheduler.plan import Check, make_plan  # noqa: E402
-from workers.backends import netns  # noqa: E402
+from tests.conftest import cleanup_instance  # noqa: E402
 from workers.backends.local import LocalBackend  # noqa: E402
 from workers.backends.ping import run_check  # noqa: E402
 
@@ -134,23 +134,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def cleanup(instance: str, state_dir: Path) -> None:
-    backend = LocalBackend(instance=instance, state_dir=state_dir)
-    for livelesson in backend.list():
-        try:
-            backend.destroy(livelesson)
-        except Exception as exc:  # the sweep below removes the rest
-            print(f"warning: destroy {livelesson}: {exc}", file=sys.stderr)
-    mark = f"lesson-scheduler/{instance}/".encode()
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if mark in (proc / "cmdline").read_bytes():
-                    os.kill(int(proc.name), 9)
-            except (FileNotFoundError, ProcessLookupError, PermissionError):
-                pass
-    for ns in netns.names():
-        if ns.startswith(f"{instance}-"):
-            netns.delete(ns)
+    cleanup_instance(instance, state_dir)  # the tests' sweep: destroy, then anything with the mark
     shutil.rmtree(state_dir, ignore_errors=True)
 
 

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import httpx
 
+from scheduler.records import LiveLesson
 from scheduler.redis_server import free_port
 from scheduler.settings import Settings
+from scheduler.state import Store
 from tests.conftest import settings_env
 
 
@@ -94,3 +96,15 @@ def leftovers(instance: str, livelesson: str, state_dir: Path) -> list[str]:
     if ipam.exists():
         found += [f"ipam {p.name}" for p in ipam.iterdir() if p.is_dir()]
     return found
+
+
+def wait_for(store: Store, livelesson: str, statuses: set[str], timeout: float = 60) -> LiveLesson:
+    """Until the record's status is one of ``statuses``; an AssertionError with the record after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        record = store.get(livelesson)
+        if record is not None and record.status in statuses:
+            return record
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{livelesson} not in {statuses} after {timeout}s: {record}")
+        time.sleep(0.05)

@@ -24,12 +24,11 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from scheduler.client import Client
-from scheduler.records import LiveLesson
 from scheduler.redis_server import PrivateRedis, free_port
 from scheduler.settings import Settings
 from scheduler.state import Store
 from tests.conftest import REPO, settings_env
-from tests.integration.stack import ApiServer, leftovers
+from tests.integration.stack import ApiServer, leftovers, wait_for
 from workers.launcher import CeleryProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("root")]
@@ -38,16 +37,6 @@ STEPS = ("create_networks", "schedule_pods", "wait_ready", "verify_connectivity"
 STEP_TASKS = tuple(f"lessons.{step}" for step in STEPS)
 FLOWER_AUTH = ("ops", "flower-pass")
 
-
-def wait_for(store: Store, livelesson: str, statuses: set[str], timeout: float = 60) -> LiveLesson:
-    deadline = time.monotonic() + timeout
-    while True:
-        record = store.get(livelesson)
-        if record is not None and record.status in statuses:
-            return record
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{livelesson} not in {statuses} after {timeout}s: {record}")
-        time.sleep(0.05)
 
 
 def eventually(check: Callable[[], Any], timeout: float = 30, what: str = "") -> Any:

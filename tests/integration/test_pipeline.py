@@ -22,23 +22,13 @@ from scheduler.records import LiveLesson
 from scheduler.settings import Settings
 from scheduler.state import Store
 from tests.conftest import TRIANGLE
-from tests.integration.stack import ApiServer, cni_dir_with, leftovers, wrapper_dir
+from tests.integration.stack import ApiServer, cni_dir_with, leftovers, wait_for, wrapper_dir
 from workers.launcher import CeleryProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("root")]
 
 TOKEN = "s3cret-token"
 
-
-def wait_for(store: Store, livelesson: str, statuses: set[str], timeout: float = 60) -> LiveLesson:
-    deadline = time.monotonic() + timeout
-    while True:
-        record = store.get(livelesson)
-        if record is not None and record.status in statuses:
-            return record
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{livelesson} not in {statuses} after {timeout}s: {record}")
-        time.sleep(0.05)
 
 
 def snapshot(client: redis.Redis, instance: str) -> dict[str, object]:

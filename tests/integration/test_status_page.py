@@ -36,7 +36,7 @@ from scheduler.records import LiveLesson
 from scheduler.settings import Settings
 from scheduler.state import Store
 from tests.conftest import REPO, needs, settings_env
-from tests.integration.stack import ApiServer, leftovers
+from tests.integration.stack import ApiServer, leftovers, wait_for
 from tests.unit.test_graph import live_record
 from workers.launcher import CeleryProcess
 
@@ -58,16 +58,6 @@ CHROMIUM_FLAGS = (
     "--remote-debugging-port=0",  # chromium picks a free port and writes it to DevToolsActivePort
 )
 
-
-def wait_for(store: Store, livelesson: str, statuses: set[str], timeout: float = 60) -> LiveLesson:
-    deadline = time.monotonic() + timeout
-    while True:
-        record = store.get(livelesson)
-        if record is not None and record.status in statuses:
-            return record
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{livelesson} not in {statuses} after {timeout}s: {record}")
-        time.sleep(0.05)
 
 
 # --- a headless Chromium driven over the DevTools protocol ---------------------------------------------

@@ -18,10 +18,10 @@ import pytest
 from scheduler.catalog import load_catalog
 from scheduler.client import Client
 from scheduler.plan import make_plan
-from scheduler.records import LiveLesson
 from scheduler.settings import Settings
 from scheduler.state import Store
 from tests.conftest import CURRICULUM, TRIANGLE
+from tests.integration.stack import wait_for
 from tests.k8s.api_proxy import ApiProxy
 from tests.k8s.conftest import cluster, namespaces_of, wait_until
 from workers.backends.kubernetes import KubernetesBackend
@@ -31,16 +31,6 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
-
-def wait_for(store: Store, livelesson: str, statuses: set[str], timeout: float = 90) -> LiveLesson:
-    deadline = time.monotonic() + timeout
-    while True:
-        record = store.get(livelesson)
-        if record is not None and record.status in statuses:
-            return record
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{livelesson} not in {statuses} after {timeout}s: {record}")
-        time.sleep(0.05)
 
 
 def log_events(worker: CeleryProcess, event: str) -> list[dict[str, Any]]:
@@ -176,11 +166,11 @@ def test_api_faults_are_retried_and_the_lesson_still_becomes_ready(
     worker = start_worker(settings)
     store = Store.from_settings(settings)
     livelesson = Client(settings).request_lesson("busybox-triangle", "flaky").id
-    record = wait_for(store, livelesson, {"ready", "failed"})
+    record = wait_for(store, livelesson, {"ready", "failed"}, timeout=90)
     assert record.status == "ready", record.error
     assert len(record.checks) == 6 and all(c.ok for c in record.checks)
     Client(settings).delete(livelesson)
-    final = wait_for(store, livelesson, {"deleted", "failed"})
+    final = wait_for(store, livelesson, {"deleted", "failed"}, timeout=90)
     assert final.status == "deleted", final.error
     assert namespace_gone(k8s_kubectl, record.namespace)
     assert [f.hits for f in faults] == [f.times for f in faults], [(f.kind, f.verb, f.resource, f.hits) for f in faults]
@@ -233,7 +223,7 @@ def test_worker_sigkilled_mid_step_still_ends_ready(
     pods = json.loads(k8s_kubectl("get", "pods", "-o", "json", namespace=final.namespace).stdout)["items"]
     assert sorted(p["metadata"]["name"] for p in pods) == ["bb1", "bb2", "bb3"]
     Client(settings).delete(livelesson)
-    assert wait_for(store, livelesson, {"deleted", "failed"}).status == "deleted"
+    assert wait_for(store, livelesson, {"deleted", "failed"}, timeout=90).status == "deleted"
     assert namespace_gone(k8s_kubectl, final.namespace)
 
 
