@@ -5,7 +5,9 @@ SHELL := /bin/bash
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := redis-server containernetworking-plugins iproute2 iputils-ping util-linux procps chromium fonts-dejavu-core
+APT_PACKAGES := redis-server containernetworking-plugins iproute2 iputils-ping util-linux procps
+# only the tests need these: headless Chromium for the status page, and a font for its screenshot
+TEST_APT_PACKAGES := chromium fonts-dejavu-core
 # a stamp per input, so `make` reinstalls only when pyproject.toml changes
 STAMP := $(VENV)/.installed
 
@@ -17,7 +19,7 @@ help:
 	@echo "make bench  the benchmarks (bench/), tables into docs/benchmarks.md"
 
 apt:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(APT_PACKAGES) $(EXTRA_APT); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo ">> apt-get install$$missing"; \
 	  export DEBIAN_FRONTEND=noninteractive; \
@@ -51,7 +53,8 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 
-pytest: deps
+pytest: venv
+	@$(MAKE) --no-print-directory apt EXTRA_APT="$(TEST_APT_PACKAGES)"
 	$(PY) -m pytest
 
 # the test cluster's binaries are built once (minutes) and cached outside the repo

@@ -33,15 +33,22 @@ class Catalog:
 
 
 def _read(path: Path) -> bytes:
+    def too_big(size: str) -> LessonError:
+        return LessonError([Problem(str(path), "", f"the file is {size} bytes; the limit is {MAX_FILE_BYTES}")])
+
     try:
+        if not path.is_file():  # a FIFO or /dev/zero behind a *.yaml name would never end
+            raise LessonError([Problem(str(path), "", "not a regular file")])
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
-            raise LessonError(
-                [Problem(str(path), "", f"the file is {size} bytes; the limit is {MAX_FILE_BYTES}")]
-            )
-        return path.read_bytes()
+            raise too_big(str(size))
+        with path.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)  # the size may change between stat and read
     except OSError as exc:
         raise LessonError([Problem(str(path), "", f"cannot read: {exc.strerror}")]) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise too_big(f"more than {MAX_FILE_BYTES}")
+    return data
 
 
 def _images(root: Path) -> tuple[dict[str, Image] | None, list[Problem]]:
@@ -108,9 +115,7 @@ def load_paths(paths: Iterable[Path | str], *, image_registry: str = "antidotela
                 continue
             first = lessons.get(lesson.slug)
             if first is not None and first.source != resolved.source:
-                problems.append(
-                    Problem(str(file), "slug", f"slug {lesson.slug!r} is already used by {first.source}")
-                )
+                problems.append(Problem(str(file), "slug", f"slug {lesson.slug!r} is already used by {first.source}"))
                 continue
             lessons[lesson.slug] = resolved
     if problems:

@@ -398,22 +398,26 @@ def _consistency(lesson: Lesson, source: str) -> list[Problem]:
                     )
                 )
         if conn.a == conn.b:
-            problems.append(
-                Problem(source, f"connections[{i}]", f"endpoint {conn.a!r} is connected to itself")
-            )
+            problems.append(Problem(source, f"connections[{i}]", f"endpoint {conn.a!r} is connected to itself"))
         net = conn.network
         if net is None:
             continue
+        # one report per link (its first clash), so n clashing links give n lines, not n^2/2
+        clash = next(
+            ((name, j, other) for name in sorted({conn.a, conn.b}) for j, other in subnets.get(name, [])
+             if net.overlaps(other)),
+            None,
+        )  # fmt: skip
+        if clash is not None:
+            name, j, other = clash
+            problems.append(
+                Problem(
+                    source,
+                    f"connections[{i}].subnet",
+                    f"{net} overlaps {other} of connections[{j}] on endpoint {name!r}",
+                )
+            )
         for name in {conn.a, conn.b}:
-            for j, other in subnets.get(name, []):
-                if net.overlaps(other):
-                    problems.append(
-                        Problem(
-                            source,
-                            f"connections[{i}].subnet",
-                            f"{net} overlaps {other} of connections[{j}] on endpoint {name!r}",
-                        )
-                    )
             subnets.setdefault(name, []).append((i, net))
     return problems
 
@@ -468,9 +472,7 @@ def resolve(
                 continue
             flavor, forwarding = image.flavor, image.enable_forwarding
             reference = _reference(image.slug, image_registry)
-        endpoints.append(
-            ResolvedEndpoint(ep.name, reference, flavor, ep.ports, ep.command, ep.args, forwarding)
-        )
+        endpoints.append(ResolvedEndpoint(ep.name, reference, flavor, ep.ports, ep.command, ep.args, forwarding))
     if problems:
         raise LessonError(problems)
     return ResolvedLesson(lesson, source, tuple(endpoints))

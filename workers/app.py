@@ -10,6 +10,7 @@ from typing import Any
 
 import structlog
 from celery import Celery, signals
+from celery.worker import state as worker_state
 from celery.worker.consumer import Consumer
 
 from scheduler.logging import configure
@@ -20,15 +21,21 @@ __all__ = ["LessonsConsumer", "app"]
 
 
 class LessonsConsumer(Consumer):  # type: ignore[misc]
-    """Celery's consumer, made to survive a lost Redis connection while a task holds an unacknowledged message.
+    """Celery's consumer, made to survive a lost Redis connection while tasks hold unacknowledged messages.
 
-    Celery 5.7 / kombu 5.7: after the broker connection is lost, the consumer first collects the connection
-    (which drops the transport's client) and then closes it; closing the channel tries to give the
-    unacknowledged messages back through that transport and dies on ``AttributeError: 'NoneType' object has
-    no attribute 'hostname'``, an "unrecoverable error" that ends the whole worker (found by bench/soak.py:
-    a Redis restart killed one worker in two). That give-back cannot reach a broker that just went away
-    anyway: the messages stay in Redis's unacked set and come back after the visibility timeout, and GC
-    re-drives the lessons whose lease ran out long before. So on a lost connection only, skip it.
+    Celery 5.7 / kombu 5.7 on Redis, found by bench/soak.py (a Redis restart ended one worker in two with an
+    "unrecoverable error"): after the broker connection is lost, the consumer collects the connection, which
+    drops the transport's client, yet two things still go through that dead transport and raise
+    ``AttributeError`` (``'NoneType' object has no attribute 'hostname'`` / ``'client'``), which kombu does
+    not count as a connection error:
+
+    - closing the channel gives unacknowledged messages back (``restore_unacked``);
+    - a task that was running (or reserved) finishes later and acknowledges or rejects its message.
+
+    Neither can reach a broker that just went away. Those messages stay in Redis's unacked set and come back
+    after the visibility timeout, and GC re-drives the lessons whose lease ran out well before that (every
+    step is idempotent). So, on a lost connection only: no give-back, and the old connection's requests
+    count as settled.
     """
 
     def on_connection_error_after_connected(self, exc: Exception) -> None:
@@ -36,7 +43,10 @@ class LessonsConsumer(Consumer):  # type: ignore[misc]
         transport = getattr(connection, "_transport", None) if connection is not None else None
         for channel in getattr(transport, "channels", None) or ():
             channel.do_restore = False
+        held = list(worker_state.reserved_requests)  # cancelling below takes them out of the set
         super().on_connection_error_after_connected(exc)
+        for request in held:
+            request.acknowledged = True
 
 
 settings = get_settings()

@@ -643,10 +643,23 @@ def test_values_yaml_cannot_construct_are_malformed_yaml(tmp_path: Path, text: s
 
 
 def test_vendored_curriculum_is_the_shared_one_unchanged() -> None:
-    """tests/data holds an unchanged copy (CI clones the repository alone); it must not drift from ../shared."""
+    """tests/data holds an unchanged copy (CI clones the repository alone): every file matches the SHA-256
+    recorded from ../shared/antidote-curriculum when it was copied, and the live ../shared copy when present."""
+    import hashlib
+
+    lines = (CURRICULUM.parent / "antidote-curriculum.sha256").read_text().splitlines()
+    manifest = {name: digest for digest, name in (line.split(maxsplit=1) for line in lines)}
+    ours = {
+        str(p.relative_to(CURRICULUM.parent)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in CURRICULUM.rglob("*")
+        if p.is_file()
+    }
+    assert ours == manifest
     shared = REPO.parent / "shared" / "antidote-curriculum"
-    if not shared.is_dir():
-        pytest.skip("../shared/antidote-curriculum is not next to this checkout")
-    ours = {p.relative_to(CURRICULUM): p.read_bytes() for p in CURRICULUM.rglob("*") if p.is_file()}
-    theirs = {p.relative_to(shared): p.read_bytes() for p in shared.rglob("*") if p.is_file()}
-    assert ours == theirs
+    if shared.is_dir():
+        theirs = {
+            str(p.relative_to(shared.parent)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in shared.rglob("*")
+            if p.is_file()
+        }
+        assert ours == theirs

@@ -337,12 +337,6 @@ def _load_with_timeout(target: Path, timeout: float = 5.0) -> subprocess.Complet
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=subprocess.TimeoutExpired,
-    reason="scheduler/catalog.py _read trusts stat().st_size: a *.yaml symlink to /dev/zero or a FIFO has size 0 "
-    "and read_bytes() never ends (owner to fix: refuse non-regular files, read at most MAX_FILE_BYTES + 1)",
-)
 @pytest.mark.parametrize("kind", ["dev-zero", "fifo"])
 def test_a_catalog_entry_that_is_not_a_regular_file_is_refused(tmp_path: Path, kind: str) -> None:
     import os
@@ -356,11 +350,6 @@ def test_a_catalog_entry_that_is_not_a_regular_file_is_refused(tmp_path: Path, k
     assert proc.returncode != 0 and "evil.yaml" in proc.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="scheduler/lessons.py _consistency reports every overlapping pair of subnets: n parallel links give "
-    "n^2/2 problems (a 12 KB file: 16 million problems, 200 s); owner to fix (report each link once, cap problems)",
-)
 def test_many_overlapping_links_give_a_bounded_report() -> None:
     n = 600
     doc = (
