@@ -62,6 +62,14 @@ test: lint typecheck k8s-tools pytest
 
 bench: deps
 	$(PY) bench/local_backend.py
+	$(PY) bench/pipeline.py
+
+# the long soak of docs/reliability.md: 200 lessons over 10 minutes under worker kills and a Redis restart
+soak: deps
+	mkdir -p bench/results
+	$(PY) bench/soak.py --duration 600 --count 200 --json bench/results/soak.json --logs bench/results/soak-logs
+	FUZZ_EXAMPLES=10000 FUZZ_REPORT=bench/results/fuzz.jsonl $(PY) -m pytest -q tests/unit/test_fuzz_loader.py
+	API_FUZZ_EXAMPLES=1000 FUZZ_REPORT=bench/results/fuzz.jsonl $(PY) -m pytest -q tests/integration/test_api_schema.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
