@@ -17,6 +17,7 @@ import structlog
 
 from scheduler.catalog import Catalog
 from scheduler.errors import PermanentError, SchedulerError
+from scheduler.plan import Check as PlannedCheck
 from scheduler.plan import Plan, make_plan
 from scheduler.queue import TASK_FOR_STATUS
 from scheduler.records import (
@@ -278,20 +279,19 @@ class Pipeline:
         deadline = time.monotonic() + PING_BUDGET
         addresses = {(name, itf.name): itf.address for name, ep in record.endpoints.items() for itf in ep.interfaces}
 
-        def one(check: object) -> Check:
-            c = check  # plan.Check
-            address = addresses.get((c.target, c.interface))  # type: ignore[attr-defined]
-            if address is None:
-                return Check(
-                    source=c.source, target=c.target, network=c.network,  # type: ignore[attr-defined]
-                    address=None, sent=0, received=0, rtt_avg_ms=None, ok=False,
-                )  # fmt: skip
-            result = run_check(self.backend, plan, c, address, deadline=deadline)  # type: ignore[arg-type]
+        def one(c: PlannedCheck) -> Check:
+            address = addresses.get((c.target, c.interface))
+            result = run_check(self.backend, plan, c, address, deadline=deadline) if address else None
             return Check(
-                source=c.source, target=c.target, network=c.network,  # type: ignore[attr-defined]
-                address=address.split("/")[0], sent=result.sent, received=result.received,
-                rtt_avg_ms=result.rtt_avg_ms, ok=result.ok,
-            )  # fmt: skip
+                source=c.source,
+                target=c.target,
+                network=c.network,
+                address=address.split("/")[0] if address else None,
+                sent=result.sent if result else 0,
+                received=result.received if result else 0,
+                rtt_avg_ms=result.rtt_avg_ms if result else None,
+                ok=result.ok if result else False,
+            )
 
         with ThreadPoolExecutor(max_workers=min(16, max(1, len(plan.checks)))) as pool:
             return list(pool.map(one, plan.checks))

@@ -7,12 +7,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.k8s.conftest import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -28,17 +29,6 @@ EXPECTED = {"bb1": ("31-net", "12-net"), "bb2": ("12-net", "23-net"), "bb3": ("2
 
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout: float = 60.0, interval: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 def pods_json(kubectl: Kubectl, namespace: str) -> list[dict[str, Any]]:
