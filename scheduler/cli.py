@@ -216,11 +216,12 @@ def status(livelesson: str, as_json: bool) -> None:
 
 @main.command(name="ls")
 @click.option("--json", "as_json", is_flag=True)
-def ls(as_json: bool) -> None:
-    """List the live lessons of this instance."""
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1000), help="At most this many.")
+def ls(as_json: bool, limit: int) -> None:
+    """List the live lessons of this instance, newest first."""
     settings = _settings()
     with _errors():
-        records = _store(settings).all()
+        records, more = _store(settings).page(limit=limit)
     if as_json:
         click.echo(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
         return
@@ -231,6 +232,8 @@ def ls(as_json: bool) -> None:
     for r in records:
         table.add_row(r.id, r.lesson, r.session, _status(r.status), _ago(t, r.created_at), _ago(r.expires_at, t))
     out.print(table)
+    if more is not None:
+        err.print(f"(the newest {limit} shown; --limit for more)", highlight=False)
 
 
 def _ago(later: datetime, earlier: datetime) -> str:
@@ -274,7 +277,7 @@ def gc() -> None:
     settings = _settings()
     with _errors():
         store = _store(settings)
-        pipeline = Pipeline(settings, store, get_backend(settings), _catalog(settings))
+        pipeline = Pipeline(settings, store, get_backend(settings, deployment=store.deployment()), _catalog(settings))
         lock = store.lock("gc", timeout=120)
         if not lock.acquire():
             _fail("another GC pass is running", 1)
@@ -285,16 +288,36 @@ def gc() -> None:
     out.print(" ".join(f"{k}={v}" for k, v in counts.items()))
 
 
+def _loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 def serve(host: str, port: int) -> None:
-    """Serve the HTTP API and the status page."""
+    """Serve the HTTP API and the status page.
+
+    Closed by default: off loopback, it refuses to start unless LESSON_API_TOKEN is set."""
     import uvicorn
 
     from scheduler.api import create_app
 
     settings = _settings()
+    if settings.api_token is None and not _loopback(host):
+        _fail(
+            f"--host {host} is reachable from other machines and LESSON_API_TOKEN is not set: set a token "
+            "(in the environment, never on a command line) or bind to 127.0.0.1",
+            2,
+        )
     with _errors():
         app = create_app(settings)
     uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)

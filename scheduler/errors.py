@@ -16,6 +16,7 @@ retry policy reads ``transient`` instead of guessing from exception types it doe
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass
 
 __all__ = [
@@ -29,7 +30,16 @@ __all__ = [
     "SchedulerError",
     "StillWaiting",
     "TemporaryError",
+    "shown",
 ]
+
+_SHORT = reprlib.Repr()  # Python 3.11's Repr takes no keyword arguments
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxlevel = 60, 60, 4, 4, 2
+
+
+def shown(value: object) -> str:
+    """``repr`` of untrusted input, shortened: an error message never echoes a huge or expanded value."""
+    return _SHORT.repr(value)
 
 
 class SchedulerError(Exception):

@@ -112,7 +112,12 @@ def _table(headers: Iterable[str], rows: Iterable[str], cls: str = "") -> str:
 # --- the index -----------------------------------------------------------------------------------------
 
 
-def index_html(records: list[LiveLesson], instance: str, at: datetime, *, logout: bool = False) -> HTMLResponse:
+PAGE_SIZE = 50  # the index shows this many live lessons per page, newest first
+
+
+def index_html(
+    records: list[LiveLesson], instance: str, at: datetime, *, logout: bool = False, older: float | None = None
+) -> HTMLResponse:
     rows = []
     for r in sorted(records, key=lambda r: r.created_at, reverse=True):
         expires = "-" if r.status in ("deleted", "failed") else _span((r.expires_at - at).total_seconds())
@@ -127,7 +132,8 @@ def index_html(records: list[LiveLesson], instance: str, at: datetime, *, logout
         if rows
         else "<p>No live lessons.</p>"
     )
-    body = f'<h1>Live lessons</h1><p class="meta">instance {escape(instance)}</p>{table}'
+    more = f'<p><a class="older" href="/?before={older!r}">older live lessons</a></p>' if older is not None else ""
+    body = f'<h1>Live lessons</h1><p class="meta">instance {escape(instance)}</p>{table}{more}'
     return _page("live lessons", body, refresh=10, logout=logout)
 
 
@@ -302,14 +308,14 @@ def add_pages(app: FastAPI, store: Store, catalog: Catalog, settings: Settings) 
         return login_html(401, "Log in with the API token to see this page.", request.url.path)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def index(request: Request) -> Response:
+    def index(request: Request, before: float | None = Query(None, ge=0, le=1e11)) -> Response:
         if not allowed(request):
             return login_wall(request)
         try:
-            records = store.all()
+            records, older = store.page(limit=PAGE_SIZE, before=before)
         except (TemporaryError, redis.RedisError):
             return _page("unavailable", "<h1>The store is unavailable</h1><p>Retry shortly.</p>", status=503)
-        return index_html(records, settings.instance, now(), logout=token is not None)
+        return index_html(records, settings.instance, now(), logout=token is not None, older=older)
 
     @app.get("/livelessons/{livelesson}", response_class=HTMLResponse, include_in_schema=False)
     def livelesson(livelesson: str, request: Request) -> Response:

@@ -18,6 +18,10 @@ from scheduler.lessons import ResolvedLesson
 
 __all__ = [
     "CNI_VERSION",
+    "LABEL_DEPLOYMENT",
+    "LABEL_INSTANCE",
+    "LABEL_LIVELESSON",
+    "LABEL_MANAGED_BY",
     "MANAGED_BY",
     "Check",
     "Interface",
@@ -38,6 +42,8 @@ LABEL_LIVELESSON = "lessons.io/livelesson"
 LABEL_LESSON = "lessons.io/lesson"
 LABEL_SESSION = "lessons.io/session"
 LABEL_ENDPOINT = "lessons.io/endpoint"
+# which deployment made it: two deployments sharing an instance name never collect each other's objects
+LABEL_DEPLOYMENT = "lessons.io/deployment"
 
 
 def _digest(instance: str, livelesson: str, index: int) -> str:
@@ -130,6 +136,7 @@ class Plan:
     pods: tuple[Pod, ...]
     checks: tuple[Check, ...]
     node_netns: str = field(default="")
+    deployment: str = ""
 
     def network(self, nad: str) -> Network:
         return next(n for n in self.networks if n.nad == nad)
@@ -167,11 +174,13 @@ def make_plan(
     *,
     instance: str,
     subnet_pool: str = "10.10.0.0/16",
+    deployment: str = "",
 ) -> Plan:
     namespace = f"{instance}-{livelesson}"
     labels = {
         LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_INSTANCE: instance,
+        LABEL_DEPLOYMENT: deployment,
         LABEL_LIVELESSON: livelesson,
         LABEL_LESSON: lesson.slug,
         LABEL_SESSION: session,
@@ -237,4 +246,5 @@ def make_plan(
         pods=tuple(pods),
         checks=tuple(checks),
         node_netns=f"{instance}-node",
+        deployment=deployment,
     )

@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from scheduler.errors import InvalidRequest, shown
+
 __all__ = [
     "ACTIVE",
     "ID_PATTERN",
@@ -25,6 +27,7 @@ __all__ = [
     "Status",
     "StepError",
     "StepTiming",
+    "check_id",
     "new_id",
     "now",
 ]
@@ -57,6 +60,14 @@ ID_ALPHABET = string.ascii_lowercase + string.digits
 ID_PATTERN = re.compile(r"^[a-z0-9]{10}$")
 # a session becomes a Kubernetes label value: 63 characters, alphanumerics with - _ . inside
 SESSION_PATTERN = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+
+
+def check_id(value: object, what: str = "live lesson id") -> str:
+    """``value`` if it is a live-lesson id; InvalidRequest otherwise. Ids build Redis keys, namespace names
+    and state paths, so every boundary (task arguments, HTTP paths, the CLI, the backends) asks this."""
+    if isinstance(value, str) and ID_PATTERN.fullmatch(value):
+        return value
+    raise InvalidRequest(f"{what} {shown(value)} is not valid: 10 lower-case letters or digits")
 
 
 def new_id() -> str:

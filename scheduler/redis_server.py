@@ -25,8 +25,11 @@ def free_port() -> int:
 class PrivateRedis:
     """Start with :meth:`start` (or ``with``); :meth:`stop` ends only the process this object started."""
 
-    def __init__(self, *, port: int | None = None, directory: Path | None = None, aof: bool = False) -> None:
+    def __init__(
+        self, *, port: int | None = None, directory: Path | None = None, aof: bool = False, password: str | None = None
+    ) -> None:
         self.port = port or free_port()
+        self.password = password
         self._own_dir = directory is None
         self.directory = directory or Path(tempfile.mkdtemp(prefix="lessons-redis-"))
         self.aof = aof
@@ -34,7 +37,8 @@ class PrivateRedis:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> PrivateRedis:
         binary = shutil.which("redis-server")
@@ -45,8 +49,15 @@ class PrivateRedis:
             "--save", "", "--appendonly", "yes" if self.aof else "no", "--appendfsync", "everysec",
             "--maxmemory-policy", "noeviction", "--daemonize", "no", "--logfile", str(self.directory / "redis.log"),
         ]  # fmt: skip
+        if self.password:
+            # from a file only this user can read, never the command line (`ps` shows argv to everyone)
+            self.directory.mkdir(parents=True, exist_ok=True)
+            auth = self.directory / "auth.conf"
+            auth.touch(mode=0o600)
+            auth.write_text(f"requirepass {self.password}\n")
+            argv += ["--include", str(auth)]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout
         while True:
             try:

@@ -3,31 +3,39 @@
 from __future__ import annotations
 
 from scheduler.catalog import Catalog
-from scheduler.errors import InvalidRequest, NotFound
+from scheduler.errors import InvalidRequest, NotFound, shown
 from scheduler.queue import enqueue_step
-from scheduler.records import ACTIVE, SESSION_PATTERN, LiveLesson
+from scheduler.records import ACTIVE, SESSION_PATTERN, LiveLesson, check_id
 from scheduler.settings import Settings
 from scheduler.state import Created, Store
 
-__all__ = ["delete_lesson", "request_lesson", "validate_session"]
+__all__ = ["delete_lesson", "request_lesson", "validate_session", "validate_slug"]
 
 
-def validate_session(session: str) -> str:
+def validate_session(session: object) -> str:
     # fullmatch: `$` in the pattern would also accept a trailing newline ("x\n"), not a valid label value
-    if not SESSION_PATTERN.fullmatch(session):
+    if not isinstance(session, str) or not SESSION_PATTERN.fullmatch(session):
         raise InvalidRequest(
-            f"session {session[:80]!r} is not valid: 1-63 letters, digits, '-', '_' or '.', "
+            f"session {shown(session)} is not valid: 1-63 letters, digits, '-', '_' or '.', "
             "starting and ending with a letter or digit"
         )
     return session
 
 
+def validate_slug(lesson: object) -> str:
+    """A lesson slug as a request names it (a task argument may be anything JSON can carry)."""
+    if not isinstance(lesson, str) or not 0 < len(lesson) <= 63:
+        raise InvalidRequest(f"lesson {shown(lesson)} is not valid: a slug of 1-63 characters")
+    return lesson
+
+
 def request_lesson(settings: Settings, store: Store, catalog: Catalog, lesson: str, session: str) -> Created:
     """Create the live lesson of (lesson, session) and start provisioning, or return the active one."""
     validate_session(session)
+    validate_slug(lesson)
     if catalog.get(lesson) is None:
         known = ", ".join(sorted(catalog.lessons)) or "none"
-        raise NotFound(f"lesson {lesson[:80]!r} is not in the catalog (known: {known})")
+        raise NotFound(f"lesson {shown(lesson)} is not in the catalog (known: {known})")
     created = store.create(lesson, session, backend=settings.backend)
     if created.new:
         store.metrics.inc("lessons_requested_total")
@@ -38,6 +46,7 @@ def request_lesson(settings: Settings, store: Store, catalog: Catalog, lesson: s
 
 def delete_lesson(settings: Settings, store: Store, livelesson: str) -> LiveLesson:
     """Mark ``deleting`` (so readers see it at once) and enqueue the teardown. Idempotent."""
+    check_id(livelesson)
     record = store.transition(livelesson, ACTIVE, "deleting")
     if record is None:
         record = store.require(livelesson)

@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from scheduler.lessons import is_dns1123_label
@@ -55,6 +55,14 @@ class Settings(BaseSettings):
     lease_seconds: int = Field(
         20, ge=2, description="A step with no progress for this long is re-driven by GC (its worker died)."
     )
+    max_lifetime_seconds: int = Field(
+        4 * 3600, ge=10, description="A live lesson ends this long after its request, whatever its keepalives."
+    )
+    reserved_subnets: str = Field(
+        "10.96.0.0/12,10.244.0.0/16",
+        description="Comma-separated CIDRs no lesson subnet may overlap: the cluster's service and pod ranges "
+        "(Kubernetes' defaults) and any management network.",
+    )
 
     @field_validator("instance")
     @classmethod
@@ -77,6 +85,25 @@ class Settings(BaseSettings):
         if net.prefixlen > 24:
             raise ValueError("must be /24 or larger")
         return str(net)
+
+    @field_validator("reserved_subnets")
+    @classmethod
+    def _reserved(cls, value: str) -> str:
+        nets = [ipaddress.IPv4Network(part.strip()) for part in value.split(",") if part.strip()]
+        return ",".join(str(n) for n in nets)
+
+    @model_validator(mode="after")
+    def _pool_not_reserved(self) -> Settings:
+        pool = ipaddress.IPv4Network(self.subnet_pool)
+        for net in self.reserved:
+            if pool.overlaps(net):
+                raise ValueError(f"LESSON_SUBNET_POOL {pool} overlaps the reserved {net} (LESSON_RESERVED_SUBNETS)")
+        return self
+
+    @property
+    def reserved(self) -> tuple[ipaddress.IPv4Network, ...]:
+        """The reserved ranges as networks (lesson subnets may not overlap them)."""
+        return tuple(ipaddress.IPv4Network(n) for n in self.reserved_subnets.split(",") if n)
 
 
 @lru_cache(maxsize=1)

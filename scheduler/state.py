@@ -10,6 +10,12 @@ Keys, all under ``lessons:<instance>:`` so two instances sharing a Redis never s
     deadline                   sorted set id -> provisioning deadline, while provisioning
     lease                      sorted set id -> last progress + lease, while provisioning or deleting: a step whose
                                worker died stops renewing it, and GC re-drives the lesson
+    created                    sorted set id -> created_at, for paged listing (newest first); ids whose record
+                               is gone are dropped as a page meets them
+    gauge:status               hash status -> count of non-terminal live lessons, kept by every write, so
+                               ``/metrics`` reads one hash instead of every record
+    deployment                 this deployment's id, made once (SET NX): labels and marks carry it, and GC
+                               touches only what its own deployment made
 
 Creation is one Lua script (so fifty identical concurrent requests give one live lesson); every later
 change is a WATCH/MULTI transition that re-reads the record, so a step that lost a race sees it.
@@ -28,7 +34,7 @@ import structlog
 
 from scheduler.errors import LimitExceeded, NotFound, TemporaryError
 from scheduler.metrics import Metrics
-from scheduler.records import ACTIVE, PROVISIONING, TERMINAL, LiveLesson, Status, new_id, now
+from scheduler.records import ACTIVE, ID_PATTERN, PROVISIONING, TERMINAL, LiveLesson, Status, check_id, new_id, now
 from scheduler.settings import Settings
 
 __all__ = ["LEASED", "Created", "Store", "connect"]
@@ -63,6 +69,8 @@ redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('ZADD', KEYS[5], ARGV[5], ARGV[1])
 redis.call('ZADD', KEYS[6], ARGV[6], ARGV[1])
 redis.call('ZADD', KEYS[7], ARGV[7], ARGV[1])
+redis.call('ZADD', KEYS[8], ARGV[9], ARGV[1])
+redis.call('HINCRBY', KEYS[9], 'requested', 1)
 return {1, ARGV[1], ARGV[2]}
 """
 
@@ -91,6 +99,7 @@ class Store:
         lease_seconds: int = 20,
         max_per_session: int = 3,
         max_active: int = 200,
+        max_lifetime_seconds: int = 4 * 3600,
     ) -> None:
         self.r = client
         self.instance = instance
@@ -100,6 +109,8 @@ class Store:
         self.lease = lease_seconds
         self.max_per_session = max_per_session
         self.max_active = max_active
+        self.max_lifetime = max_lifetime_seconds
+        self._deployment: str | None = None
         self._create = client.register_script(_CREATE)
         self.metrics = Metrics(client, instance)
 
@@ -114,6 +125,7 @@ class Store:
             lease_seconds=s.lease_seconds,
             max_per_session=s.max_per_session,
             max_active=s.max_active,
+            max_lifetime_seconds=s.max_lifetime_seconds,
         )
 
     # --- keys ---------------------------------------------------------------------------------------
@@ -122,7 +134,17 @@ class Store:
         return self.prefix + ":".join(parts)
 
     def key(self, livelesson: str) -> str:
-        return self._k("ll", livelesson)
+        # every key built from an id passes here: a hostile id never reaches Redis as a key or a pattern
+        return self._k("ll", check_id(livelesson))
+
+    def deployment(self) -> str:
+        """This deployment's id: made by the first process that asks, then the same for every process that
+        shares this Redis and instance. Another deployment (another Redis) gets another one."""
+        if self._deployment is None:
+            key = self._k("deployment")
+            self._call(self.r.set, key, new_id()[:8], nx=True)
+            self._deployment = str(self._call(self.r.get, key))
+        return self._deployment
 
     # --- reads --------------------------------------------------------------------------------------
 
@@ -143,24 +165,44 @@ class Store:
         raws = self._call(self.r.mget, [self.key(i) for i in ids])
         return [LiveLesson.model_validate_json(r) for r in raws if r]
 
+    def page(self, *, limit: int = 100, before: float | None = None) -> tuple[list[LiveLesson], float | None]:
+        """Up to ``limit`` records, newest first, created before ``before`` (a cursor: the ``next`` this
+        returned last time). Returns the records and the next cursor (None: no more)."""
+        limit = max(1, min(limit, 1000))
+        top = f"({before}" if before is not None else "+inf"
+        rows = self._call(self.r.zrevrangebyscore, self._k("created"), top, "-inf", start=0, num=limit, withscores=True)
+        ids = [i for i, _ in rows]
+        records = {r.id: r for r in self.many(ids)}
+        gone = [i for i in ids if i not in records]
+        if gone:  # expired by Redis (terminal records keep a TTL): drop them from the index too
+            self._call(self.r.zrem, self._k("created"), *gone)
+        found = [records[i] for i in ids if i in records]
+        cursor = rows[-1][1] if len(rows) == limit else None
+        return found, cursor
+
     def all(self) -> list[LiveLesson]:
-        ids = [k.rsplit(":", 1)[1] for k in self.r.scan_iter(match=self._k("ll", "*"), count=500)]
-        return sorted(self.many(ids), key=lambda r: r.created_at)
+        """Every record, oldest first, read a page at a time (for tools; services use ``page``)."""
+        out: list[LiveLesson] = []
+        cursor: float | None = None
+        while True:
+            records, cursor = self.page(limit=500, before=cursor)
+            out += records
+            if cursor is None:
+                return sorted(out, key=lambda r: r.created_at)
 
     def active_count(self) -> int:
         return int(self._call(self.r.scard, self._k("active")))
 
     def status_counts(self) -> dict[str, int]:
-        """Active live lessons (provisioning, ready, deleting) by status."""
-        counts: dict[str, int] = {}
-        for record in self.many(self._call(self.r.smembers, self._k("active"))):
-            counts[record.status] = counts.get(record.status, 0) + 1
-        return counts
+        """Active live lessons (provisioning, ready, deleting) by status: one hash read, kept by each write."""
+        raw: dict[str, str] = self._call(self.r.hgetall, self._k("gauge", "status"))
+        return {status: int(count) for status, count in raw.items() if int(count) > 0}
 
     def due(self, which: str, at: datetime | None = None) -> list[str]:
         """Ids whose ``expiry``, ``deadline`` or ``lease`` score has passed."""
         score = (at or now()).timestamp()
-        return list(self._call(self.r.zrangebyscore, self._k(which), "-inf", score))
+        ids = self._call(self.r.zrangebyscore, self._k(which), "-inf", score)
+        return [i for i in ids if ID_PATTERN.fullmatch(i)]  # anything else was not written by us
 
     def ping(self) -> bool:
         return bool(self._call(self.r.ping))
@@ -180,7 +222,7 @@ class Store:
             namespace=f"{self.instance}-{livelesson}",
             created_at=t,
             updated_at=t,
-            expires_at=t + timedelta(seconds=self.ttl),
+            expires_at=t + timedelta(seconds=min(self.ttl, self.max_lifetime)),
         )
         keys = [
             self._k("pair", lesson, session),
@@ -190,6 +232,8 @@ class Store:
             self._k("expiry"),
             self._k("deadline"),
             self._k("lease"),
+            self._k("created"),
+            self._k("gauge", "status"),
         ]
         args = [
             livelesson,
@@ -200,6 +244,7 @@ class Store:
             (t + timedelta(seconds=self.provision_timeout)).timestamp(),
             (t + timedelta(seconds=self.lease)).timestamp(),
             self._k("ll", ""),
+            t.timestamp(),
         ]
         result = self._call(self._create, keys=keys, args=args)
         if result[0] == -1:
@@ -241,6 +286,11 @@ class Store:
 
     def _write(self, pipe: redis.client.Pipeline[str], before: LiveLesson, after: LiveLesson) -> None:
         key = self.key(after.id)
+        if after.status != before.status:  # the status gauges count non-terminal records
+            if before.status not in TERMINAL:
+                pipe.hincrby(self._k("gauge", "status"), before.status, -1)
+            if after.status not in TERMINAL:
+                pipe.hincrby(self._k("gauge", "status"), after.status, 1)
         if after.status in TERMINAL:
             # out of every index; the record itself stays for inspection until its TTL
             pair = self._k("pair", after.lesson, after.session)
@@ -278,7 +328,10 @@ class Store:
         def extend(rec: LiveLesson) -> LiveLesson | None:
             if rec.status not in ACTIVE:
                 return None
-            rec.expires_at = now() + timedelta(seconds=self.ttl)
+            # keepalives extend by the TTL, never past the lifetime cap (a tab left open does not hold
+            # a lesson for ever)
+            cap = rec.created_at + timedelta(seconds=self.max_lifetime)
+            rec.expires_at = min(now() + timedelta(seconds=self.ttl), cap)
             return rec
 
         record = self.update(livelesson, extend)

@@ -52,7 +52,8 @@ def unique(prefix: str = "t") -> str:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRedis]:
     needs(shutil.which("redis-server") is not None, "needs redis-server")
-    server = PrivateRedis(directory=tmp_path_factory.mktemp("redis"))
+    # with a password, as every deployment has one: every test's client, worker and API must carry it
+    server = PrivateRedis(directory=tmp_path_factory.mktemp("redis"), password=secrets.token_hex(16))
     server.start()
     yield server
     server.cleanup()

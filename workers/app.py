@@ -15,6 +15,7 @@ from celery.worker.consumer import Consumer
 
 from scheduler.logging import configure
 from scheduler.queue import celery_config, time_limits
+from scheduler.records import ID_PATTERN
 from scheduler.settings import get_settings
 
 __all__ = ["LessonsConsumer", "app"]
@@ -90,8 +91,10 @@ def _setup_logging(**_: Any) -> None:
 def _bind(task_id: str | None = None, task: Any = None, args: Any = None, **_: Any) -> None:
     structlog.contextvars.clear_contextvars()
     context: dict[str, Any] = {"task_id": task_id, "task": getattr(task, "name", None)}
-    if args and isinstance(args[0], str) and task is not None and task.name != "lessons.request":
-        context["livelesson"] = args[0]
+    if args and task is not None and task.name != "lessons.request":
+        # only a well-formed id: a hostile argument must not be echoed into every log line (the task
+        # itself logs its refusal, shortened)
+        context["livelesson"] = args[0] if isinstance(args[0], str) and ID_PATTERN.fullmatch(args[0]) else "(invalid)"
     structlog.contextvars.bind_contextvars(**context)
 
 

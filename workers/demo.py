@@ -7,6 +7,7 @@ each step as it finishes, tears the lesson down, checks that nothing is left, an
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -51,13 +52,17 @@ class Demo:
                 stack.callback(shutil.rmtree, workdir, ignore_errors=True)
             url = os.environ.get("LESSON_REDIS_URL")
             if url is None:
-                redis_server = PrivateRedis(directory=workdir / "redis")
+                # a password even on loopback: anyone on this host who reached it could send tasks to a root worker
+                redis_server = PrivateRedis(directory=workdir / "redis", password=secrets.token_hex(16))
                 redis_server.directory.mkdir(parents=True, exist_ok=True)
                 redis_server.start()
                 if not self.keep:
                     stack.callback(redis_server.cleanup)
                 url = redis_server.url
-                self.console.print(f"[dim]redis-server on {url} (private, pid {redis_server.proc.pid})[/dim]")  # type: ignore[union-attr]
+                pid = redis_server.proc.pid  # type: ignore[union-attr]
+                self.console.print(
+                    f"[dim]redis-server on 127.0.0.1:{redis_server.port} (private, password-protected, pid {pid})[/dim]"
+                )
             settings = self.settings.model_copy(update={"redis_url": url, "catalog": self.path})
             env = {k: v for k, v in os.environ.items() if k.startswith("LESSON_")}
             env.update({"LESSON_REDIS_URL": url, "LESSON_CATALOG": str(self.path), "LESSON_LOG_FORMAT": "json"})
@@ -138,7 +143,7 @@ class Demo:
                 break
             time.sleep(0.05)
         leftovers = []
-        backend = get_backend(settings)
+        backend = get_backend(settings, deployment=store.deployment())
         if livelesson in backend.list():
             leftovers.append(f"backend objects of {livelesson}")
         if settings.backend == "local":

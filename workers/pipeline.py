@@ -78,7 +78,12 @@ class Pipeline:
         if lesson is None:
             raise PermanentError(f"lesson {record.lesson!r} is no longer in the catalog")
         return make_plan(
-            lesson, record.id, record.session, instance=record.instance, subnet_pool=self.settings.subnet_pool
+            lesson,
+            record.id,
+            record.session,
+            instance=record.instance,
+            subnet_pool=self.settings.subnet_pool,
+            deployment=self.store.deployment(),
         )
 
     def deadline_passed(self, record: LiveLesson) -> bool:
@@ -299,9 +304,14 @@ class Pipeline:
     # --- teardown and GC ----------------------------------------------------------------------------
 
     def teardown(self, livelesson: str) -> None:
-        """Destroy and mark deleted. A failed record keeps its status and error for inspection."""
+        """Destroy and mark deleted. A failed record keeps its status and error for inspection. An id with no
+        record is destroyed only if the backend itself lists it (GC's orphans)."""
         record = self.store.get(livelesson)
         _bind(livelesson, record, "teardown")
+        if record is None and livelesson not in self.backend.list():
+            # no record and nothing the backend holds: an id from nowhere (or long gone) touches nothing
+            log.warning("teardown of an unknown live lesson: nothing to do")
+            return
         if record is not None and record.status in ACTIVE:
             self.store.transition(livelesson, ACTIVE, "deleting")
         self.backend.destroy(livelesson)

@@ -1,6 +1,8 @@
 """Thin Celery tasks: take an id, call one pipeline function, map its outcome to Celery.
 
-Task names are a contract (other services ``send_task`` them); see DESIGN.md.
+Task names are a contract (other services ``send_task`` them); see DESIGN.md. Anyone who can write to
+Redis can send one, with any arguments JSON can carry: every task checks its arguments before anything
+else, and refuses (a logged error, no retry, nothing touched) what is not a live-lesson id.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import structlog
 from celery import Task
 
 from scheduler.catalog import Catalog, load_catalog
-from scheduler.errors import SchedulerError
+from scheduler.errors import InvalidRequest, SchedulerError
+from scheduler.records import check_id
 from scheduler.service import request_lesson
 from scheduler.settings import get_settings
 from scheduler.state import Store
@@ -35,7 +38,17 @@ def catalog() -> Catalog:
 def pipeline() -> Pipeline:
     # built lazily, after the prefork pool has forked, so no connection is shared across processes
     settings = get_settings()
-    return Pipeline(settings, Store.from_settings(settings), get_backend(settings), catalog())
+    store = Store.from_settings(settings)
+    return Pipeline(settings, store, get_backend(settings, deployment=store.deployment()), catalog())
+
+
+def _checked(task: Task, livelesson: object) -> str | None:
+    """The id, or None after logging the refusal: a hostile argument never reaches Redis keys or paths."""
+    try:
+        return check_id(livelesson)
+    except InvalidRequest as exc:
+        log.error("task argument refused", task=task.name, task_id=task.request.id, error=str(exc))
+        return None
 
 
 def _send(task: str, livelesson: str) -> None:
@@ -61,34 +74,41 @@ def request(self: Task, lesson: str, session: str) -> dict[str, Any]:
     try:
         created = request_lesson(settings, pipeline().store, catalog(), lesson, session)
     except SchedulerError as exc:
+        log.warning("request refused", task_id=self.request.id, error=str(exc))
         return {"ok": False, "error": {"kind": type(exc).__name__, "message": str(exc)}}
     return {"ok": True, "new": created.new, "record": created.record.model_dump(mode="json")}
 
 
 @app.task(name="lessons.create_networks", bind=True)
 def create_networks(self: Task, livelesson: str) -> None:
-    _step(self, pipeline().create_networks(livelesson), livelesson)
+    if (checked := _checked(self, livelesson)) is not None:
+        _step(self, pipeline().create_networks(checked), checked)
 
 
 @app.task(name="lessons.schedule_pods", bind=True)
 def schedule_pods(self: Task, livelesson: str) -> None:
-    _step(self, pipeline().schedule_pods(livelesson), livelesson)
+    if (checked := _checked(self, livelesson)) is not None:
+        _step(self, pipeline().schedule_pods(checked), checked)
 
 
 @app.task(name="lessons.wait_ready", bind=True)
 def wait_ready(self: Task, livelesson: str) -> None:
-    _step(self, pipeline().wait_ready(livelesson), livelesson)
+    if (checked := _checked(self, livelesson)) is not None:
+        _step(self, pipeline().wait_ready(checked), checked)
 
 
 @app.task(name="lessons.verify_connectivity", bind=True)
 def verify_connectivity(self: Task, livelesson: str) -> None:
-    _step(self, pipeline().verify_connectivity(livelesson), livelesson)
+    if (checked := _checked(self, livelesson)) is not None:
+        _step(self, pipeline().verify_connectivity(checked), checked)
 
 
 @app.task(name="lessons.teardown", bind=True, max_retries=10)
 def teardown(self: Task, livelesson: str) -> None:
+    if (checked := _checked(self, livelesson)) is None:
+        return
     try:
-        pipeline().teardown(livelesson)
+        pipeline().teardown(checked)
     except SchedulerError as exc:
         if not exc.transient:
             raise

@@ -74,8 +74,10 @@ class Flower:
         self.log_file = log_file
         self._log = log_file.open("ab")
         argv = [sys.executable, "-m", "celery", "-A", "workers.app", "flower", f"--port={self.port}",
-                "--address=127.0.0.1", f"--basic-auth={auth[0]}:{auth[1]}"]  # fmt: skip
+                "--address=127.0.0.1"]  # fmt: skip
+        # credentials from the environment, as compose.yaml gives them: never on a command line
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
+        env["FLOWER_BASIC_AUTH"] = f"{auth[0]}:{auth[1]}"
         self.proc = subprocess.Popen(
             argv, env={**env, **settings_env(settings)}, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,

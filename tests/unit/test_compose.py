@@ -2,8 +2,9 @@
 
 compose.yaml is validated against the Compose specification's JSON schema (tests/data/compose-spec/, a copy
 of compose-spec/compose-spec's schema under its Apache-2.0 licence), both as written and after Compose's
-variable interpolation, and then held to the deployment rules: Flower never without basic auth, exactly
-one beat, Redis with AOF and noeviction. The healthcheck commands themselves run against real processes
+variable interpolation, and then held to the deployment rules: closed by default (a Redis password, an
+API token and Flower's credentials required, each secret only where it is needed and never on a command
+line), exactly one beat, Redis with AOF and noeviction. The healthcheck commands themselves run against real processes
 in tests/integration/test_ops.py.
 """
 
@@ -75,8 +76,11 @@ def load() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE.read_text())
 
 
+SECRETS = {"FLOWER_BASIC_AUTH": "admin:secret", "REDIS_PASSWORD": "0123abcd", "LESSON_API_TOKEN": "tok3n"}
+
+
 def resolved(**env: str) -> dict[str, Any]:
-    return interpolate(load(), {"FLOWER_BASIC_AUTH": "admin:secret", **env})
+    return interpolate(load(), {**SECRETS, **env})
 
 
 def validator() -> jsonschema.protocols.Validator:
@@ -164,30 +168,61 @@ def test_flower_has_basic_auth_from_the_environment() -> None:
     assert set(found) == {"flower"}
     for name, service in found.items():
         argv = command(service)
-        auth = [a for a in argv if a.startswith("--basic-auth=") or a.startswith("--basic_auth=")]
-        assert auth == ["--basic-auth=${FLOWER_BASIC_AUTH:?" + auth[0].split(":?", 1)[1]], (name, argv)
+        # Flower reads FLOWER_BASIC_AUTH from its environment: never on the command line, never a default
+        assert not [a for a in argv if "basic" in a], (name, argv)
+        assert environment(service)["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?"), name
         assert "FLOWER_UNAUTHENTICATED_API" not in environment(service)
-        assert "FLOWER_BASIC_AUTH" not in environment(service)  # never a default credential in the file
     assert "FLOWER_UNAUTHENTICATED_API" not in COMPOSE.read_text()
     assert not re.search(r"^FLOWER_UNAUTHENTICATED_API", (REPO / "config" / "lessonctl.env.example").read_text(), re.M)
 
 
+@pytest.mark.parametrize("secret", sorted(SECRETS))
 @pytest.mark.parametrize("value", [None, ""])
-def test_flower_cannot_start_without_credentials(value: str | None) -> None:
-    env = {} if value is None else {"FLOWER_BASIC_AUTH": value}
-    with pytest.raises(InterpolationError, match="FLOWER_BASIC_AUTH"):
+def test_compose_cannot_start_without_each_secret(secret: str, value: str | None) -> None:
+    env = {k: v for k, v in SECRETS.items() if k != secret}
+    if value is not None:
+        env[secret] = value
+    with pytest.raises(InterpolationError, match=secret):
         interpolate(load(), env)
-    flower = resolved(FLOWER_BASIC_AUTH="ops:pw")["services"]["flower"]
-    assert "--basic-auth=ops:pw" in command(flower)
+
+
+def test_secrets_reach_only_the_services_that_need_them_and_no_command_line() -> None:
+    doc = resolved()
+    needs = {"FLOWER_BASIC_AUTH": {"flower"}, "LESSON_API_TOKEN": {"api"}}
+    for name, service in doc["services"].items():
+        argv = " ".join(command(service))
+        env = environment(service)
+        for secret, value in SECRETS.items():
+            assert value not in argv, f"{secret} on the command line of {name}"
+            holders = {k for k, v in env.items() if value in v}
+            if secret in needs and name not in needs[secret]:
+                assert not holders, f"{name} receives {secret} ({holders})"
+        # no application container reads .env (which holds the secrets) as an env_file
+        files = [f["path"] if isinstance(f, dict) else f for f in service.get("env_file", [])]
+        assert ".env" not in files, name
+    assert environment(doc["services"]["flower"])["FLOWER_BASIC_AUTH"] == SECRETS["FLOWER_BASIC_AUTH"]
+    assert environment(doc["services"]["api"])["LESSON_API_TOKEN"] == SECRETS["LESSON_API_TOKEN"]
+
+
+def test_redis_requires_its_password_and_every_url_carries_it() -> None:
+    doc = resolved()
+    redis = doc["services"]["redis"]
+    argv = command(redis)
+    include = argv[argv.index("--include") + 1]
+    (mount,) = [c for c in redis["configs"] if c["target"] == include]
+    assert doc["configs"][mount["source"]]["content"].strip() == f"requirepass {SECRETS['REDIS_PASSWORD']}"
+    assert environment(redis)["REDISCLI_AUTH"] == SECRETS["REDIS_PASSWORD"]  # the healthcheck's redis-cli
+    for name in APP_SERVICES:
+        url = environment(doc["services"][name])["LESSON_REDIS_URL"]
+        assert url == f"redis://:{SECRETS['REDIS_PASSWORD']}@redis:6379/0", name
 
 
 def test_no_service_exposes_flower_without_basic_auth() -> None:
     doc = resolved()
     for name, service in doc["services"].items():
         published = " ".join(str(p) for p in service.get("ports", []))
-        exposes_flower = "5555" in published or name in dict(flower_services(doc))
-        if exposes_flower:
-            assert any(a.startswith("--basic-auth=") and ":" in a for a in command(service)), name
+        if "5555" in published or name in dict(flower_services(doc)):
+            assert ":" in environment(service).get("FLOWER_BASIC_AUTH", ""), name
 
 
 def test_exactly_one_beat() -> None:
@@ -210,6 +245,7 @@ def test_redis_keeps_its_data_and_never_evicts() -> None:
     argv = command(redis)
     assert argv[0] == "redis-server"
     options = dict(zip(argv[1::2], argv[2::2], strict=True))
+    assert options["--include"]  # the password file (test_redis_requires_its_password...)
     assert options["--appendonly"] == "yes"
     assert options["--maxmemory-policy"] == "noeviction"
     assert any(str(v).endswith(":/data") for v in redis["volumes"])
@@ -224,11 +260,11 @@ def test_application_services_share_image_env_file_restart_and_healthchecks() ->
     assert len(images) == 1
     for name in APP_SERVICES:
         service = services[name]
-        assert service["env_file"] == ".env", name
+        assert service["env_file"] == [{"path": "lesson.env", "required": False}], name
         assert service["restart"] in {"always", "unless-stopped", "on-failure"}, name
         assert service["healthcheck"]["test"][0] in {"CMD", "CMD-SHELL"}, name
         assert service["depends_on"]["redis"]["condition"] == "service_healthy", name
-        assert environment(service)["LESSON_REDIS_URL"] == "redis://redis:6379/0", name
+        assert environment(service)["LESSON_REDIS_URL"].endswith("@redis:6379/0"), name
     assert services["redis"]["healthcheck"]
 
 

@@ -11,12 +11,16 @@ if TYPE_CHECKING:
 __all__ = ["get_backend"]
 
 
-def get_backend(settings: Settings) -> Backend:
+def get_backend(settings: Settings, *, deployment: str) -> Backend:
+    """The configured backend, acting for ``deployment`` (``Store.deployment()``): it lists and destroys only
+    what that deployment made."""
     # imported lazily: the kubernetes client costs ~0.3 s to import and the local backend needs none of it
     if settings.backend == "kubernetes":
         from workers.backends.kubernetes import KubernetesBackend
 
-        return KubernetesBackend.from_settings(settings)
+        return KubernetesBackend.from_settings(settings, deployment=deployment)
     from workers.backends.local import LocalBackend
 
-    return LocalBackend(instance=settings.instance, state_dir=settings.state_dir, cni_path=settings.cni_path)
+    return LocalBackend(
+        instance=settings.instance, state_dir=settings.state_dir, cni_path=settings.cni_path, deployment=deployment
+    )

@@ -6,9 +6,14 @@ running the plan's CNI configuration through the real bridge and host-local plug
 Nothing is created in the host's root namespace.
 
 Ownership (containerlab's idea): before creating anything, the backend writes
-``<state>/<instance>/lessons/<id>/owner.json`` naming every namespace, bridge and attachment it will make.
-Bridges carry the mark in their alias and pod processes in their argv. Destroy reads that record and
-touches only objects that carry the same mark.
+``<state>/<instance>/lessons/<id>/owner.json`` naming every namespace, bridge and attachment it will make,
+and the deployment that made them. Bridges carry the mark in their alias and pod processes in their argv.
+Destroy reads that record and touches only objects that carry the same mark, and only for its own
+deployment; ``list`` reports only its own deployment's lessons, so two deployments that share an instance
+name (and this host) never collect each other's lessons as orphans.
+
+Ids arrive from the queue, where anyone with Redis access can write: every path built from one is checked
+(a live-lesson id, and a folder that resolves inside the state root) before it is created or removed.
 
 State directory layout::
 
@@ -49,6 +54,7 @@ import structlog
 
 from scheduler.errors import PermanentError, SchedulerError, TemporaryError
 from scheduler.plan import Interface, Plan, Pod
+from scheduler.records import ID_PATTERN, check_id
 from workers.backends import cni, netns
 from workers.backends.base import Backend, ExecResult, InterfaceStatus, Observation, PodStatus
 
@@ -107,8 +113,11 @@ def _stop(pid: int, still_ours: Callable[[], bool]) -> None:
 class LocalBackend(Backend):
     name = "local"
 
-    def __init__(self, *, instance: str, state_dir: Path, cni_path: Path = Path("/usr/lib/cni")) -> None:
+    def __init__(
+        self, *, instance: str, state_dir: Path, cni_path: Path = Path("/usr/lib/cni"), deployment: str = ""
+    ) -> None:
         self.instance = instance
+        self.deployment = deployment
         self.root = state_dir / instance
         self.ipam_dir = self.root / "ipam"
         self.cni_path = cni_path
@@ -121,7 +130,16 @@ class LocalBackend(Backend):
         return f"{MANAGED_BY}/{self.instance}/{livelesson}"
 
     def _dir(self, livelesson: str) -> Path:
-        return self.root / "lessons" / livelesson
+        return self._inside("lessons", livelesson)
+
+    def _inside(self, folder: str, livelesson: str, suffix: str = "") -> Path:
+        """``<root>/<folder>/<id><suffix>``, for a valid id only, and only if it resolves inside that folder
+        (a symlink planted there cannot lead a remove elsewhere)."""
+        base = self.root / folder
+        path = base / f"{check_id(livelesson)}{suffix}"
+        if path.resolve().parent != base.resolve():
+            raise PermanentError(f"{path} resolves outside {base}; refusing to use it")
+        return path
 
     def _pidfile(self, livelesson: str, endpoint: str) -> Path:
         return self._dir(livelesson) / "pods" / f"{endpoint}.pid"
@@ -141,7 +159,7 @@ class LocalBackend(Backend):
         """A shared hold on the lesson's lock: observe never sees an apply half done. No file, no lock
         (nothing was applied yet, or it was destroyed), and none is created, so nothing is left behind."""
         try:
-            fd = os.open(self.root / "locks" / f"{livelesson}.lock", os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self._inside("locks", livelesson, ".lock"), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             yield
             return
@@ -158,8 +176,8 @@ class LocalBackend(Backend):
         ``remove`` unlinks the lock file before releasing it (destroy leaves nothing); a waiter that then
         wakes up on the unlinked file sees that and takes a fresh one.
         """
-        path = self.root / "locks" / f"{livelesson}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        (self.root / "locks").mkdir(parents=True, exist_ok=True)
+        path = self._inside("locks", livelesson, ".lock")
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
@@ -196,6 +214,7 @@ class LocalBackend(Backend):
         doc = {
             "mark": self.mark(plan.livelesson),
             "instance": plan.instance,
+            "deployment": self.deployment,
             "livelesson": plan.livelesson,
             "lesson": plan.lesson,
             "session": plan.session,
@@ -409,9 +428,29 @@ class LocalBackend(Backend):
 
     # --- destroy and list --------------------------------------------------------------------------
 
-    def list(self) -> list[str]:
+    def _held(self) -> list[Path]:
+        """Every live-lesson folder of this instance, whichever deployment made it."""
         folder = self.root / "lessons"
-        return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+        if not folder.is_dir():
+            return []
+        return sorted(p for p in folder.iterdir() if ID_PATTERN.fullmatch(p.name) and p.is_dir() and not p.is_symlink())
+
+    def list(self) -> list[str]:
+        """This deployment's live lessons. A folder with no owner record (a crash before it was written)
+        counts as ours once it is a minute old, so it is cleaned up rather than kept for ever."""
+        ours = []
+        for folder in self._held():
+            owner = _read_json(folder / "owner.json")
+            if owner is None:
+                try:
+                    stale = time.time() - folder.stat().st_mtime > 60
+                except FileNotFoundError:
+                    continue
+                if stale:
+                    ours.append(folder.name)
+            elif isinstance(owner, dict) and owner.get("deployment", "") == self.deployment:
+                ours.append(folder.name)
+        return ours
 
     def destroy(self, livelesson: str) -> None:
         with self._lesson_lock(livelesson, remove=True):
@@ -424,8 +463,12 @@ class LocalBackend(Backend):
             shutil.rmtree(folder, ignore_errors=True)  # nothing was created before the record
             return
         mark = self.mark(livelesson)
-        if owner.get("mark") != mark:
-            raise PermanentError(f"{folder} is marked {owner.get('mark')!r}, not {mark!r}; refusing to destroy")
+        if not isinstance(owner, dict) or owner.get("mark") != mark:
+            raise PermanentError(f"{folder} is not marked {mark!r}; refusing to destroy")
+        if owner.get("deployment", "") != self.deployment:
+            # another deployment's lesson, on a shared host and instance name: not ours to touch
+            log.warning("destroy refused: another deployment's live lesson", owner=owner.get("deployment"))
+            return
         networks: dict[str, Any] = owner["networks"]
         pods: dict[str, str] = owner["pods"]
 
@@ -490,7 +533,7 @@ class LocalBackend(Backend):
     def prune(self) -> bool:
         """Remove the node namespace once no live lesson of this instance is left. True if removed."""
         with self._node_lock(exclusive=True):
-            if self.list() or not netns.exists(self.node_netns):
+            if self._held() or not netns.exists(self.node_netns):
                 return False
             prefix = f"{MANAGED_BY}/{self.instance}/"
             if any(alias.startswith(prefix) for alias in netns.bridges(self.node_netns).values()):
