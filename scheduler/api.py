@@ -2,32 +2,157 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any
 
 import redis
+import redis.asyncio
 import structlog
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from scheduler.catalog import Catalog, load_catalog
+from scheduler.catalog import Catalog, configured_catalog
 from scheduler.errors import InvalidRequest, LimitExceeded, NotFound, TemporaryError
 from scheduler.metrics import RedisCollector
 from scheduler.pages import add_pages
-from scheduler.records import ID_PATTERN, SESSION_PATTERN, LiveLesson
+from scheduler.records import ID_PATTERN, SESSION_PATTERN, TERMINAL, LiveLesson, Status
 from scheduler.service import delete_lesson, request_lesson
 from scheduler.settings import Settings, get_settings
-from scheduler.state import Store
+from scheduler.state import UNAVAILABLE, Store, parse_status_message
 
-__all__ = ["MAX_BODY_BYTES", "create_app"]
+__all__ = ["MAX_BODY_BYTES", "MAX_WAITERS", "MAX_WAIT_SECONDS", "StatusHub", "create_app"]
 
 log = structlog.get_logger(__name__)
 
 MAX_BODY_BYTES = 16 * 1024  # a request is two short strings; anything larger is not one
+
+# The long-poll (GET /v1/livelessons/{id}?wait_for=...): at most this long per request, and at most this many
+# waiting at once in one API process (past it: 503 with Retry-After). A waiter is a coroutine on the event
+# loop and an entry in a dict, not a thread nor a Redis connection, so the bound is about memory and fairness,
+# not the threadpool's 40 threads.
+MAX_WAIT_SECONDS = 60
+MAX_WAITERS = 2000
+# A waiter re-reads its record this often even without a message: the safety net for a message lost while
+# the subscription was reconnecting. Changes themselves arrive by push.
+RECHECK_SECONDS = 5.0
+
+_STATUSES: tuple[str, ...] = Status.__args__  # type: ignore[attr-defined]
+_STATUS = "(?:" + "|".join(_STATUSES) + ")"
+WAIT_FOR_PATTERN = f"^{_STATUS}(?:,{_STATUS})*$"
+
+
+class StatusHub:
+    """One subscription to the instance's status channel per API process, shared by every long-poll waiter.
+
+    Why async and shared: a sync route that blocked for its wait would hold one of the threadpool's 40
+    threads for up to a minute, so 40 waiting clients would stall every other sync route of the API. Here a
+    waiter is an ``asyncio.Event`` keyed by its live-lesson id; one background task reads the channel
+    (redis.asyncio) and sets the events of the ids it names. Reads of the record stay on the threadpool,
+    each a few milliseconds.
+
+    Lost messages: when the subscription drops (Redis restarted, a failover) every waiter is woken to
+    re-read, and so it is again once it is back; and each waiter re-reads every ``RECHECK_SECONDS`` anyway.
+    """
+
+    def __init__(self, url: str, channel: str) -> None:
+        self.url = url
+        self.channel = channel
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(events) for events in self._waiters.values())
+
+    def _ensure(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # first use, or a new event loop (a test client's): start over in it
+            self._loop, self._task, self._waiters = loop, None, {}
+            self._subscribed = asyncio.Event()
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._run(), name="status-hub")
+
+    def _wake(self, livelesson: str | None = None) -> None:
+        events = self._waiters.get(livelesson, set()) if livelesson else set().union(*self._waiters.values())
+        for event in events:
+            event.set()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                async with (
+                    redis.asyncio.Redis.from_url(
+                        self.url, decode_responses=True, socket_connect_timeout=2, health_check_interval=15
+                    ) as client,
+                    client.pubsub() as pubsub,
+                ):
+                    await pubsub.subscribe(self.channel)
+                    while True:
+                        message = await pubsub.get_message(timeout=RECHECK_SECONDS)
+                        if message is None:
+                            continue
+                        if message["type"] == "subscribe":
+                            self._subscribed.set()
+                            self._wake()  # (re)subscribed: whatever changed while we were not is read now
+                        elif message["type"] == "message":
+                            parsed = parse_status_message(message["data"])
+                            if parsed is not None:
+                                self._wake(parsed[0])
+            except (*UNAVAILABLE, OSError) as exc:
+                log.warning("status subscription lost; reconnecting", error=str(exc))
+            finally:
+                self._subscribed.clear()
+                self._wake()
+            await asyncio.sleep(1.0)
+
+    async def close(self) -> None:
+        if self._task is not None and self._loop is asyncio.get_running_loop():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._task = None
+
+    async def wait(
+        self,
+        livelesson: str,
+        read: Callable[[], Awaitable[LiveLesson | None]],
+        done: Callable[[LiveLesson], bool],
+        timeout: float,
+    ) -> LiveLesson | None:
+        """The record as soon as ``done(record)``, else the current one after ``timeout`` s; None: no record."""
+        self._ensure()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        event = asyncio.Event()
+        self._waiters.setdefault(livelesson, set()).add(event)
+        try:
+            # subscribed before the first read, so a change between the two is not missed; if Redis is not
+            # reachable, read anyway (the read answers 503) and rely on the re-reads
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._subscribed.wait(), max(0.0, min(timeout, 2.0)))
+            while True:
+                event.clear()  # a message from now on wakes the wait below, even one that lands during the read
+                record = await read()
+                left = deadline - loop.time()
+                if record is None or done(record) or left <= 0:
+                    return record
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), min(left, RECHECK_SECONDS))
+        finally:
+            events = self._waiters.get(livelesson)
+            if events is not None:
+                events.discard(event)
+                if not events:
+                    del self._waiters[livelesson]
 
 
 class _CountedBody:
@@ -111,10 +236,22 @@ class InvalidBody(BaseModel):
 
 def create_app(settings: Settings | None = None, catalog: Catalog | None = None) -> FastAPI:
     settings = settings or get_settings()
-    catalog = catalog or load_catalog(settings.catalog, image_registry=settings.image_registry)
+    catalog = catalog or configured_catalog(settings)
     store = Store.from_settings(settings)
-    app = FastAPI(title="lesson-scheduler", version="0.1.0", description="Schedules hands-on networking lessons.")
-    app.state.settings, app.state.catalog, app.state.store = settings, catalog, store
+    hub = StatusHub(settings.redis_url, store.channel)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await hub.close()
+
+    app = FastAPI(
+        title="lesson-scheduler",
+        version="0.1.0",
+        description="Schedules hands-on networking lessons.",
+        lifespan=lifespan,
+    )
+    app.state.settings, app.state.catalog, app.state.store, app.state.hub = settings, catalog, store, hub
 
     def authorize(request: Request) -> None:
         if settings.api_token is None:
@@ -175,12 +312,45 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
         structlog.contextvars.clear_contextvars()
         return created.record
 
-    @v1.get("/livelessons/{livelesson}", response_model=LiveLesson, responses=errors)
-    def read(livelesson: str) -> LiveLesson:
-        try:
-            return store.require(livelesson_id(livelesson))
-        except NotFound as exc:
-            raise HTTPException(404, str(exc)) from None
+    @v1.get(
+        "/livelessons/{livelesson}",
+        response_model=LiveLesson,
+        responses={**errors, 422: {"model": InvalidBody}, 503: {"model": Problem}},
+        description="The live lesson's record. With `wait_for`, a long-poll: the answer comes as soon as the "
+        "status is one of `wait_for` or terminal (`failed`, `deleted`: it will never change again), or after "
+        f"`timeout` seconds (0-{MAX_WAIT_SECONDS}, default 30) with the record as it is then; 200 either way, "
+        "so compare the status. Without `wait_for` it answers at once and `timeout` is ignored. A status change "
+        "is pushed to the API through Redis pub/sub: the answer follows it within milliseconds, no polling.",
+    )
+    async def read(
+        livelesson: str,
+        wait_for: Annotated[
+            list[Annotated[str, StringConstraints(pattern=WAIT_FOR_PATTERN)]] | None,
+            Query(
+                description="Statuses to wait for: comma-separated or the parameter repeated "
+                "(`wait_for=ready` or `wait_for=ready,failed`).",
+            ),
+        ] = None,
+        timeout: Annotated[
+            float, Query(ge=0, le=MAX_WAIT_SECONDS, description="Seconds to wait at most, with `wait_for`.")
+        ] = 30.0,
+    ) -> LiveLesson:
+        livelesson = livelesson_id(livelesson)
+
+        async def get() -> LiveLesson | None:
+            record: LiveLesson | None = await run_in_threadpool(store.get, livelesson)
+            return record
+
+        if not wait_for:
+            record = await get()
+        else:
+            wanted = {status for value in wait_for for status in value.split(",")}
+            if hub.waiting >= MAX_WAITERS:
+                raise HTTPException(503, "too many clients waiting; retry shortly", headers={"Retry-After": "5"})
+            record = await hub.wait(livelesson, get, lambda r: r.status in wanted or r.status in TERMINAL, timeout)
+        if record is None:
+            raise HTTPException(404, f"live lesson {livelesson!r} does not exist")
+        return record
 
     @v1.post("/livelessons/{livelesson}/keepalive", response_model=Keepalive, responses=errors)
     def keepalive(livelesson: str) -> Keepalive:

@@ -6,14 +6,19 @@ Every problem in every file is collected, so one run of ``lessonctl validate`` s
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import ipaddress
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from scheduler.errors import LessonError, Problem
+from scheduler.errors import LessonError, Problem, shorten
 from scheduler.lessons import Image, ResolvedLesson, parse_image, parse_lesson, resolve
 
-__all__ = ["MAX_FILE_BYTES", "Catalog", "load_catalog", "load_paths"]
+if TYPE_CHECKING:
+    from scheduler.settings import Settings
+
+__all__ = ["MAX_FILE_BYTES", "Catalog", "configured_catalog", "load_catalog", "load_paths"]
 
 MAX_FILE_BYTES = 256 * 1024  # the largest NRE Labs lesson is 6 KiB; anything near this is not a lesson
 
@@ -85,8 +90,17 @@ def _lesson_files(path: Path) -> tuple[list[Path], Path | None]:
     return sorted([*path.glob("*.yaml"), *path.glob("*.yml")]), None
 
 
-def load_paths(paths: Iterable[Path | str], *, image_registry: str = "antidotelabs") -> Catalog:
-    """Load and resolve every lesson under ``paths``; raise one LessonError with every problem."""
+def load_paths(
+    paths: Iterable[Path | str],
+    *,
+    image_registry: str = "antidotelabs",
+    reserved_subnets: Sequence[ipaddress.IPv4Network] = (),
+) -> Catalog:
+    """Load and resolve every lesson under ``paths``; raise one LessonError with every problem.
+
+    ``reserved_subnets`` (LESSON_RESERVED_SUBNETS) are ranges no lesson subnet may overlap.
+    """
+    reserved = tuple(reserved_subnets)
     lessons: dict[str, ResolvedLesson] = {}
     problems: list[Problem] = []
     for raw in paths:
@@ -109,13 +123,15 @@ def load_paths(paths: Iterable[Path | str], *, image_registry: str = "antidotela
         for file in files:
             try:
                 lesson = parse_lesson(_read(file), str(file))
-                resolved = resolve(lesson, str(file), images, image_registry=image_registry)
+                resolved = resolve(lesson, str(file), images, image_registry=image_registry, reserved_subnets=reserved)
             except LessonError as exc:
                 problems.extend(exc.problems)
                 continue
             first = lessons.get(lesson.slug)
             if first is not None and first.source != resolved.source:
-                problems.append(Problem(str(file), "slug", f"slug {lesson.slug!r} is already used by {first.source}"))
+                problems.append(
+                    Problem(str(file), "slug", f"slug {shorten(lesson.slug)} is already used by {first.source}")
+                )
                 continue
             lessons[lesson.slug] = resolved
     if problems:
@@ -123,5 +139,20 @@ def load_paths(paths: Iterable[Path | str], *, image_registry: str = "antidotela
     return Catalog(lessons)
 
 
-def load_catalog(path: Path | str, *, image_registry: str = "antidotelabs") -> Catalog:
-    return load_paths([path], image_registry=image_registry)
+def load_catalog(
+    path: Path | str,
+    *,
+    image_registry: str = "antidotelabs",
+    reserved_subnets: Sequence[ipaddress.IPv4Network] = (),
+) -> Catalog:
+    return load_paths([path], image_registry=image_registry, reserved_subnets=reserved_subnets)
+
+
+def configured_catalog(settings: Settings, paths: Sequence[Path] | None = None) -> Catalog:
+    """The deployment's catalog (or ``paths``), checked against its settings: every process that loads
+    lessons (API, workers, the CLI, the demo) loads them the same way."""
+    return load_paths(
+        [settings.catalog] if paths is None else paths,
+        image_registry=settings.image_registry,
+        reserved_subnets=settings.reserved,
+    )

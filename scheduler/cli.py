@@ -18,7 +18,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from scheduler.catalog import Catalog, load_catalog, load_paths
+from scheduler.catalog import Catalog, configured_catalog
 from scheduler.errors import InvalidRequest, LessonError, LimitExceeded, NotFound, SchedulerError
 from scheduler.logging import configure
 from scheduler.plan import make_plan
@@ -66,7 +66,7 @@ def _settings() -> Settings:
 
 
 def _catalog(settings: Settings) -> Catalog:
-    return load_catalog(settings.catalog, image_registry=settings.image_registry)
+    return configured_catalog(settings)
 
 
 def _store(settings: Settings) -> Any:
@@ -113,7 +113,7 @@ def _endpoints_table(record: LiveLesson) -> Table:
 
 def _ping_matrix(record: LiveLesson) -> Table:
     names = list(record.endpoints)
-    table = Table(title="pings (rows ping columns; average RTT)", title_justify="left")
+    table = Table(title="pings (rows ping columns; average RTT and loss of the burst)", title_justify="left")
     table.add_column("from \\ to")
     for name in names:
         table.add_column(name, justify="right")
@@ -125,9 +125,10 @@ def _ping_matrix(record: LiveLesson) -> Table:
             if c is None:
                 row.append("" if source != target else "-")
             elif c.ok:
-                row.append(f"[green]{c.rtt_avg_ms:.3f} ms[/green]" if c.rtt_avg_ms is not None else "[green]ok[/green]")
+                rtt = f"{c.rtt_avg_ms:.3f} ms" if c.rtt_avg_ms is not None else "ok"
+                row.append(f"[green]{rtt} {c.loss_pct:g}%[/green]")
             else:
-                row.append(f"[red]{c.received}/{c.sent}[/red]")
+                row.append(f"[red]{c.received}/{c.sent} {c.loss_pct:g}%[/red]")
         table.add_row(source, *row)
     return table
 
@@ -142,8 +143,9 @@ def main() -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 def validate(paths: tuple[Path, ...]) -> None:
     """Validate lesson files or catalog folders; problems go to stderr, one per line."""
+    settings = _settings()
     with _errors():
-        catalog = load_paths(paths)
+        catalog = configured_catalog(settings, paths)
     err.print(f"{len(catalog)} lesson(s) valid: {', '.join(sorted(catalog.lessons))}", highlight=False)
 
 
@@ -162,7 +164,7 @@ def render(path: Path, session: str, livelesson: str | None, slug: str | None) -
         validate_session(session)
         if livelesson is not None and not ID_PATTERN.match(livelesson):
             raise InvalidRequest(f"--id {livelesson!r} must be 10 lower-case letters or digits")
-        catalog = load_paths([path], image_registry=settings.image_registry)
+        catalog = configured_catalog(settings, [path])
         lesson = _pick(catalog, slug)
         plan = make_plan(
             lesson, livelesson or new_id(), session, instance=settings.instance, subnet_pool=settings.subnet_pool
@@ -342,7 +344,7 @@ def graph(path: Path | None, fmt: str, livelesson: str | None, slug: str | None)
     settings = _settings()
     with _errors():
         if path is not None:
-            lesson = _pick(load_paths([path], image_registry=settings.image_registry), slug)
+            lesson = _pick(configured_catalog(settings, [path]), slug)
             topology = draw.lesson_topology(lesson, subnet_pool=settings.subnet_pool)
         elif livelesson is not None:
             if not ID_PATTERN.match(livelesson):
@@ -368,7 +370,7 @@ def demo(path: Path | None, as_json: bool, keep: bool, slug: str | None) -> None
     settings = _settings()
     path = path or Path(__file__).resolve().parent.parent / "config" / "lessons" / "busybox-triangle.yaml"
     with _errors():
-        lesson = _pick(load_paths([path], image_registry=settings.image_registry), slug)
+        lesson = _pick(configured_catalog(settings, [path]), slug)
         console = err if as_json else out
         result = Demo(settings, path, lesson.slug, console=console, keep=keep).run()
     if as_json:

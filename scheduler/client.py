@@ -9,19 +9,27 @@ from __future__ import annotations
 
 import time
 from functools import lru_cache
+from typing import Any
 
+import redis
+import structlog
 from celery.exceptions import TimeoutError as CeleryTimeout
 
 from scheduler.errors import InvalidRequest, LimitExceeded, NotFound, SchedulerError, TemporaryError
 from scheduler.queue import sender
-from scheduler.records import LiveLesson
+from scheduler.records import LiveLesson, check_id
 from scheduler.service import delete_lesson
 from scheduler.settings import Settings, get_settings
-from scheduler.state import Store
+from scheduler.state import UNAVAILABLE, Store, parse_status_message
 
-__all__ = ["Client", "delete", "get", "keepalive", "request_lesson", "wait"]
+__all__ = ["RECHECK_SECONDS", "SETTLED", "Client", "delete", "get", "keepalive", "request_lesson", "wait"]
+
+log = structlog.get_logger(__name__)
 
 SETTLED = frozenset({"ready", "failed", "deleted"})
+# A waiter re-reads the record this often even without a message: the safety net for a message lost while the
+# subscription's connection was down (Redis restarted, a failover). Changes themselves arrive by push.
+RECHECK_SECONDS = 5.0
 _ERRORS: dict[str, type[SchedulerError]] = {
     "NotFound": NotFound,
     "LimitExceeded": LimitExceeded,
@@ -57,14 +65,84 @@ class Client:
     def delete(self, livelesson: str) -> LiveLesson:
         return delete_lesson(self.settings, self.store, livelesson)
 
-    def wait(self, livelesson: str, timeout: float, *, until: frozenset[str] = SETTLED) -> LiveLesson:
-        """Poll until the status is one of ``until`` (default: ready, failed or deleted) or time runs out."""
+    def wait(
+        self,
+        livelesson: str,
+        timeout: float,
+        *,
+        until: frozenset[str] = SETTLED,
+        recheck: float = RECHECK_SECONDS,
+    ) -> LiveLesson:
+        """The record once its status is one of ``until`` (default: ready, failed or deleted), or the current
+        record when ``timeout`` seconds have passed. NotFound if there is no such live lesson.
+
+        No polling: it subscribes to the instance's status channel (``Store.channel``) first, waits for the
+        subscription to be confirmed, and only then reads the record, so a change made between the read and
+        the subscription cannot be missed. Then it blocks on the subscription and re-reads the record when a
+        message names it, or every ``recheck`` seconds in case a message was lost to a reconnect.
+        """
+        check_id(livelesson)
         deadline = time.monotonic() + timeout
-        while True:
+        pubsub = self.store.r.pubsub()
+        try:
+            subscribed = self._subscribe(pubsub, self.store.channel, deadline)
             record = self.get(livelesson)
-            if record.status in until or time.monotonic() >= deadline:
-                return record
-            time.sleep(0.05)
+            reread = time.monotonic() + recheck
+            while record.status not in until:
+                now = time.monotonic()
+                if now >= deadline:
+                    return record
+                fresh = False
+                if subscribed:
+                    try:
+                        message = pubsub.get_message(timeout=max(0.0, min(deadline, reread) - now))
+                    except UNAVAILABLE as exc:
+                        # redis-py reconnects and re-subscribes on the next call; re-read now for what was missed
+                        log.warning("status subscription lost; re-reading", livelesson=livelesson, error=str(exc))
+                        subscribed, fresh = False, True
+                    else:
+                        fresh = _names(message, livelesson)
+                else:  # no subscription (Redis was unreachable): wait for the re-read, then try again
+                    time.sleep(max(0.0, min(deadline, reread, now + 1.0) - now))
+                    subscribed = self._subscribe(pubsub, self.store.channel, time.monotonic() + 1.0)
+                    fresh = True
+                if fresh or time.monotonic() >= reread:
+                    record = self._reread(livelesson, record)
+                    reread = time.monotonic() + recheck
+            return record
+        finally:
+            pubsub.close()
+
+    @staticmethod
+    def _subscribe(pubsub: redis.client.PubSub, channel: str, deadline: float) -> bool:
+        """SUBSCRIBE and wait for the server's confirmation (until then a PUBLISH may not reach us). False if
+        Redis cannot be reached before ``deadline``."""
+        try:
+            if not pubsub.subscribed:
+                pubsub.subscribe(channel)
+            while True:
+                left = deadline - time.monotonic()
+                message = pubsub.get_message(timeout=max(0.0, min(left, 1.0)))
+                if message is not None and message["type"] == "subscribe":
+                    return True
+                if left <= 0:
+                    return False
+        except UNAVAILABLE:
+            return False
+
+    def _reread(self, livelesson: str, last: LiveLesson) -> LiveLesson:
+        try:
+            return self.get(livelesson)
+        except TemporaryError:
+            return last  # Redis is down for a moment: keep waiting with what we know; the deadline still holds
+
+
+def _names(message: dict[str, Any] | None, livelesson: str) -> bool:
+    """Whether a pub/sub message is a status change of ``livelesson`` (subscribe confirmations are not)."""
+    if message is None or message.get("type") != "message":
+        return False
+    parsed = parse_status_message(message.get("data"))
+    return parsed is not None and parsed[0] == livelesson
 
 
 @lru_cache(maxsize=1)

@@ -30,16 +30,21 @@ __all__ = [
     "SchedulerError",
     "StillWaiting",
     "TemporaryError",
-    "shown",
+    "shorten",
 ]
 
-_SHORT = reprlib.Repr()  # Python 3.11's Repr takes no keyword arguments
-_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxlevel = 60, 60, 4, 4, 2
+_REPR = reprlib.Repr()  # Python 3.11's Repr takes no keyword arguments
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlong = 40
+_REPR.maxlevel = 2
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 4
 
 
-def shown(value: object) -> str:
-    """``repr`` of untrusted input, shortened: an error message never echoes a huge or expanded value."""
-    return _SHORT.repr(value)
+def shorten(value: object) -> str:
+    """``repr(value)`` cut to about 80 characters: untrusted input quoted in a message (a lesson file, a task
+    argument, a request) never floods a terminal or a log, and an expanded value is never echoed whole."""
+    text = _REPR.repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."  # reprlib bounds most types; this bounds the rest
 
 
 class SchedulerError(Exception):

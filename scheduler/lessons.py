@@ -27,11 +27,12 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from scheduler.errors import LessonError, Problem
+from scheduler.errors import LessonError, Problem, shorten
 
 __all__ = [
     "DNS1123_LABEL",
     "MIN_PREFIX",
+    "SPECIAL_SUBNETS",
     "Connection",
     "Endpoint",
     "Image",
@@ -39,15 +40,51 @@ __all__ = [
     "Presentation",
     "ResolvedEndpoint",
     "ResolvedLesson",
+    "check_reserved",
+    "check_special",
     "is_dns1123_label",
     "parse_image",
     "parse_lesson",
     "resolve",
+    "shorten",
 ]
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 PREVIEW_TIERS = frozenset({"ptr", "local"})
 MIN_PREFIX = 29  # a /29 leaves six hosts: enough for a link and its gateway-less peers
+
+# ranges no lesson link may use, whatever the deployment: what each one is, in words. Public ranges stay
+# allowed (labs use them on purpose); the deployment's own ranges come from LESSON_RESERVED_SUBNETS.
+SPECIAL_SUBNETS: tuple[tuple[ipaddress.IPv4Network, str], ...] = (
+    (ipaddress.IPv4Network("0.0.0.0/8"), '"this network" (RFC 1122: a source only, never a destination)'),
+    (ipaddress.IPv4Network("127.0.0.0/8"), "loopback"),
+    (ipaddress.IPv4Network("169.254.0.0/16"), "link-local"),
+    (ipaddress.IPv4Network("224.0.0.0/4"), "multicast"),
+    (ipaddress.IPv4Network("240.0.0.0/4"), "reserved (former class E, with the broadcast address 255.255.255.255)"),
+)
+
+def _names(names: Sequence[str], limit: int = 10) -> str:
+    """A list of known names for a message: the first ``limit``, then how many more."""
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def check_special(net: ipaddress.IPv4Network) -> str | None:
+    """Why ``net`` cannot carry a lesson link (default route, loopback, link-local, ...), or None."""
+    if net.prefixlen == 0:
+        return f"{net} is the default route (every IPv4 address); a link needs a unicast range such as 10.10.12.0/24"
+    for special, what in SPECIAL_SUBNETS:
+        if net.overlaps(special):
+            how = "is inside" if net.subnet_of(special) else "overlaps"
+            return f"{net} {how} {special}, which is {what}; a link needs a unicast range such as 10.10.12.0/24"
+    return None
+
+
+def check_reserved(
+    net: ipaddress.IPv4Network, reserved: Sequence[ipaddress.IPv4Network]
+) -> ipaddress.IPv4Network | None:
+    """The first of the deployment's ``reserved`` ranges (LESSON_RESERVED_SUBNETS) that ``net`` overlaps."""
+    return next((r for r in reserved if net.overlaps(r)), None)
 
 
 def is_dns1123_label(value: str) -> bool:
@@ -56,10 +93,10 @@ def is_dns1123_label(value: str) -> bool:
 
 def _label(value: str) -> str:
     if len(value) > 63:
-        raise ValueError(f"'{value[:20]}...' is {len(value)} characters; a DNS-1123 label has at most 63")
+        raise ValueError(f"{shorten(value[:20] + '...')} is {len(value)} characters; a DNS-1123 label has at most 63")
     if not DNS1123_LABEL.match(value):
         raise ValueError(
-            f"{value!r} is not a DNS-1123 label (lower-case letters, digits and '-', "
+            f"{shorten(value)} is not a DNS-1123 label (lower-case letters, digits and '-', "
             "starting and ending with a letter or digit)"
         )
     return value
@@ -121,15 +158,18 @@ class Connection(_Model):
         try:
             net = ipaddress.IPv4Network(value, strict=False)
         except ValueError:
-            raise ValueError(f"{value!r} is not an IPv4 CIDR such as 10.10.12.0/24") from None
+            raise ValueError(f"{shorten(value)} is not an IPv4 CIDR such as 10.10.12.0/24") from None
         if "/" not in value:
-            raise ValueError(f"{value!r} has no prefix length; write it as {net.network_address}/24")
+            raise ValueError(f"{shorten(value)} has no prefix length; write it as {net.network_address}/24")
         try:
             ipaddress.IPv4Network(value)
         except ValueError:
-            raise ValueError(f"{value!r} has host bits set; did you mean {net}?") from None
+            raise ValueError(f"{shorten(value)} has host bits set; did you mean {net}?") from None
         if net.prefixlen > MIN_PREFIX:
-            raise ValueError(f"{value!r} is smaller than /{MIN_PREFIX}; a link needs at least /{MIN_PREFIX}")
+            raise ValueError(f"{shorten(value)} is smaller than /{MIN_PREFIX}; a link needs at least /{MIN_PREFIX}")
+        special = check_special(net)
+        if special is not None:
+            raise ValueError(special)
         return str(net)
 
     @property
@@ -219,16 +259,44 @@ class ResolvedLesson:
 # --- parsing -------------------------------------------------------------------------------------------
 
 
+class _Refused(yaml.YAMLError):
+    """Well-formed YAML that a lesson file may not use (anchors, aliases, merge keys)."""
+
+    def __init__(self, problem: str, mark: Any) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.problem_mark = mark
+
+
 class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that refuses a key written twice: YAML keeps the last one, silently dropping the first
-    (a second ``connections:`` would erase the links above it)."""
+    (a second ``connections:`` would erase the links above it).
+
+    It also refuses anchors, aliases and merge keys before anything is built from them: nine anchors of
+    nine aliases each expand to 9**9 values from a few hundred bytes (the "billion laughs"), and the
+    Antidote format never needs them.
+    """
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent):
+            raise _Refused(
+                f"YAML aliases (*{shorten(event.anchor)[1:-1]}) are not allowed in lesson files", event.start_mark
+            )
+        anchor = getattr(event, "anchor", None)
+        if anchor is not None:
+            raise _Refused(
+                f"YAML anchors (&{shorten(anchor)[1:-1]}) and aliases are not allowed in lesson files",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
 
 
 def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
         if key_node.tag == "tag:yaml.org,2002:merge":
-            continue
+            raise _Refused("YAML merge keys (<<) are not allowed in lesson files", key_node.start_mark)
         key = loader.construct_object(key_node, deep=True)
         try:
             duplicate = key in seen
@@ -237,7 +305,7 @@ def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -
             continue
         if duplicate:
             raise yaml.constructor.ConstructorError(
-                "while reading a mapping", node.start_mark, f"the key {key!r} appears twice", key_node.start_mark
+                "while reading a mapping", node.start_mark, f"the key {shorten(key)} appears twice", key_node.start_mark
             )
     return loader.construct_mapping(node, deep=True)
 
@@ -248,10 +316,11 @@ _StrictLoader.add_constructor("tag:yaml.org,2002:map", _mapping_without_duplicat
 def _load_yaml(text: str | bytes, source: str) -> Mapping[str, Any]:
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except _Refused as exc:
+        raise LessonError([Problem(source, "", f"{_where(exc.problem_mark)}{exc.problem}")]) from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        where = _where(getattr(exc, "problem_mark", None))
+        problem = _cut(getattr(exc, "problem", None) or (str(exc).splitlines() or [""])[0])
         raise LessonError([Problem(source, "", f"malformed YAML: {where}{problem}")]) from None
     except UnicodeDecodeError as exc:  # undecodable bytes
         raise LessonError([Problem(source, "", f"not a text file: {exc}")]) from None
@@ -260,13 +329,22 @@ def _load_yaml(text: str | bytes, source: str) -> Mapping[str, Any]:
     except (ValueError, IndexError, KeyError, AttributeError, TypeError) as exc:
         # PyYAML's own scalar constructors fail like this on odd values: `!!int ''`, `!!bool ''`,
         # `!!timestamp x`, `!!float +`, an integer of 5000 digits
-        detail = (str(exc).splitlines() or [""])[0] or type(exc).__name__
+        detail = _cut((str(exc).splitlines() or [""])[0]) or type(exc).__name__
         raise LessonError([Problem(source, "", f"malformed YAML: a value cannot be read ({detail})")]) from None
     if data is None:
         raise LessonError([Problem(source, "", "the file is empty")])
     if not isinstance(data, dict):
         raise LessonError([Problem(source, "", f"the top level must be a mapping, not {_kind(data)}")])
     return data
+
+
+def _where(mark: Any) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+
+
+def _cut(text: str, limit: int = 200) -> str:
+    """A message from PyYAML or a constructor may quote the input (a tag, a scalar): keep it short."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _kind(value: object) -> str:
@@ -290,7 +368,7 @@ def _path(loc: Sequence[int | str]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         elif not _PLAIN_KEY.fullmatch(str(part)):  # a key with spaces or a newline: quoted, so it stays one line
-            out += f"[{str(part)!r}]"
+            out += f"[{shorten(str(part))}]"
         else:
             out += f".{part}" if out else str(part)
     return out
@@ -336,14 +414,14 @@ def _problems(exc: ValidationError, model: type[BaseModel], source: str, data: o
         if kind == "extra_forbidden":
             owner = _model_at(model, loc)
             allowed = ", ".join(sorted(f.alias or n for n, f in owner.model_fields.items())) if owner else ""
-            message = f"unknown key {loc[-1]!r}" + (f" (allowed: {allowed})" if allowed else "")
+            message = f"unknown key {shorten(loc[-1])}" + (f" (allowed: {allowed})" if allowed else "")
         elif kind == "missing":
             message = "required field is missing"
         elif kind in _EXPECTED:
             message = f"expected {_EXPECTED[kind]}, got {_kind(value)}"
         elif kind == "literal_error":
             expected = err.get("ctx", {}).get("expected", "")
-            message = f"{value!r} is not one of {expected}"
+            message = f"{shorten(value)} is not one of {expected}"
         elif kind == "too_short" and tuple(loc) == ("endpoints",):
             if value:  # endpoints were given but failed validation; their own problems say why
                 continue
@@ -351,7 +429,7 @@ def _problems(exc: ValidationError, model: type[BaseModel], source: str, data: o
         elif kind == "value_error":
             message = str(err.get("ctx", {}).get("error", err["msg"]))
         else:
-            message = err["msg"][0].lower() + err["msg"][1:]
+            message = _cut(err["msg"][0].lower() + err["msg"][1:])
         problems.append(Problem(source, _path(loc), message))
     return problems
 
@@ -382,9 +460,9 @@ def _consistency(lesson: Lesson, source: str) -> list[Problem]:
     names: list[str] = []
     for i, ep in enumerate(lesson.endpoints):
         if ep.name in names:
-            problems.append(Problem(source, f"endpoints[{i}].name", f"duplicate endpoint name {ep.name!r}"))
+            problems.append(Problem(source, f"endpoints[{i}].name", f"duplicate endpoint name {shorten(ep.name)}"))
         names.append(ep.name)
-    known = ", ".join(names)
+    known = _names(names)
     subnets: dict[str, list[tuple[int, ipaddress.IPv4Network]]] = {}
     for i, conn in enumerate(lesson.connections):
         for side in ("a", "b"):
@@ -394,11 +472,11 @@ def _consistency(lesson: Lesson, source: str) -> list[Problem]:
                     Problem(
                         source,
                         f"connections[{i}].{side}",
-                        f"endpoint {name!r} is not defined (known: {known})",
+                        f"endpoint {shorten(name)} is not defined (known: {known})",
                     )
                 )
         if conn.a == conn.b:
-            problems.append(Problem(source, f"connections[{i}]", f"endpoint {conn.a!r} is connected to itself"))
+            problems.append(Problem(source, f"connections[{i}]", f"endpoint {shorten(conn.a)} is connected to itself"))
         net = conn.network
         if net is None:
             continue
@@ -414,7 +492,7 @@ def _consistency(lesson: Lesson, source: str) -> list[Problem]:
                 Problem(
                     source,
                     f"connections[{i}].subnet",
-                    f"{net} overlaps {other} of connections[{j}] on endpoint {name!r}",
+                    f"{net} overlaps {other} of connections[{j}] on endpoint {shorten(name)}",
                 )
             )
         for name in {conn.a, conn.b}:
@@ -432,10 +510,13 @@ def resolve(
     images: Mapping[str, Image] | None,
     *,
     image_registry: str = "antidotelabs",
+    reserved_subnets: Sequence[ipaddress.IPv4Network] = (),
 ) -> ResolvedLesson:
-    """Attach concrete images.
+    """Attach concrete images and check the lesson against its deployment.
 
     With a catalog's ``images`` (even empty), every slug of a production lesson must be known there.
+    No connection's ``subnet`` may overlap one of ``reserved_subnets`` (the deployment's own ranges:
+    the cluster's pod and service networks, the management network; LESSON_RESERVED_SUBNETS).
     """
     problems = []
     endpoints = []
@@ -461,18 +542,35 @@ def resolve(
                 )
                 continue
             if image is None:
-                known = ", ".join(sorted(images)) or "none"
+                known = _names(sorted(images), limit=20) or "none"
                 problems.append(
                     Problem(
                         source,
                         f"endpoints[{i}].image",
-                        f"image {ep.image!r} is not in the catalog (known: {known})",
+                        f"image {shorten(ep.image)} is not in the catalog (known: {known})",
                     )
                 )
                 continue
             flavor, forwarding = image.flavor, image.enable_forwarding
             reference = _reference(image.slug, image_registry)
         endpoints.append(ResolvedEndpoint(ep.name, reference, flavor, ep.ports, ep.command, ep.args, forwarding))
+    problems += _reserved_problems(lesson, source, reserved_subnets)
     if problems:
         raise LessonError(problems)
     return ResolvedLesson(lesson, source, tuple(endpoints))
+
+
+def _reserved_problems(lesson: Lesson, source: str, reserved: Sequence[ipaddress.IPv4Network]) -> list[Problem]:
+    problems = []
+    for i, conn in enumerate(lesson.connections):
+        net = conn.network
+        clash = check_reserved(net, reserved) if net is not None else None
+        if clash is not None:
+            problems.append(
+                Problem(
+                    source,
+                    f"connections[{i}].subnet",
+                    f"{net} overlaps {clash}, a range this deployment reserves (LESSON_RESERVED_SUBNETS)",
+                )
+            )
+    return problems

@@ -27,6 +27,8 @@ COUNTERS = {
     "lessons_ready_total": ("Live lessons that became ready.", ()),
     "lessons_failed_total": ("Live lessons that failed, by the step that failed.", ("step",)),
     "gc_collected_total": ("Live lessons collected by GC, by reason.", ("reason",)),
+    "pings_sent_total": ("Connectivity pings sent (every try and every burst probe).", ()),
+    "pings_received_total": ("Connectivity ping replies received; 1 - received/sent is the loss.", ()),
 }
 HISTOGRAMS = {
     "lesson_step_seconds": ("Time each provisioning step took, by step.", ("step",)),

@@ -199,8 +199,15 @@ def _matrix(record: LiveLesson) -> str:
                 names.append(n)
     cells: dict[tuple[str, str], list[str]] = {}
     for c in record.checks:
-        rtt = f"{c.rtt_avg_ms:.3f} ms" if c.ok and c.rtt_avg_ms is not None else f"{c.received}/{c.sent}"
-        tip = f"{c.source} -> {c.target} {c.address or ''} over {c.network}: {c.received}/{c.sent} replies"
+        rtt = (
+            f"{c.rtt_avg_ms:.3f} ms, {c.loss_pct:g}% loss"
+            if c.ok and c.rtt_avg_ms is not None
+            else f"{c.received}/{c.sent}, {c.loss_pct:g}% loss"
+        )
+        spread = ""
+        if c.rtt_avg_ms is not None:
+            spread = f", rtt min/avg/max {c.rtt_min_ms}/{c.rtt_avg_ms}/{c.rtt_max_ms} ms"
+        tip = f"{c.source} -> {c.target} {c.address or ''} over {c.network}: {c.received}/{c.sent} replies{spread}"
         cells.setdefault((c.source, c.target), []).append(
             f'<span class="check" data-ok="{"true" if c.ok else "false"}" data-source="{escape(c.source)}" '
             f'data-target="{escape(c.target)}" data-network="{escape(c.network)}" title="{escape(tip)}">'
@@ -218,8 +225,8 @@ def _matrix(record: LiveLesson) -> str:
     passed = sum(c.ok for c in record.checks)
     head = "".join(f"<th>{escape(n)}</th>" for n in names)
     return (
-        f'<p class="meta">{passed}/{len(record.checks)} pings passed; rows ping columns (average RTT, '
-        f"or replies/sent when a ping failed).</p>"
+        f'<p class="meta">{passed}/{len(record.checks)} pings passed; rows ping columns (average RTT and loss '
+        f"of the burst, or replies/sent when a ping failed).</p>"
         f'<table class="pings"><thead><tr><th>from \\ to</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
     )
 

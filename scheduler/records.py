@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from scheduler.errors import InvalidRequest, shown
+from scheduler.errors import InvalidRequest, shorten
 
 __all__ = [
     "ACTIVE",
@@ -67,7 +67,7 @@ def check_id(value: object, what: str = "live lesson id") -> str:
     and state paths, so every boundary (task arguments, HTTP paths, the CLI, the backends) asks this."""
     if isinstance(value, str) and ID_PATTERN.fullmatch(value):
         return value
-    raise InvalidRequest(f"{what} {shown(value)} is not valid: 10 lower-case letters or digits")
+    raise InvalidRequest(f"{what} {shorten(value)} is not valid: 10 lower-case letters or digits")
 
 
 def new_id() -> str:
@@ -101,13 +101,19 @@ class Endpoint(_Model):
 
 
 class Check(_Model):
+    """One link direction, measured by a burst of pings once the first reply came back."""
+
     source: str
     target: str
     network: str
     address: str | None
+    by_name: bool = False  # pinged by the target's name rather than its address
     sent: int
     received: int
+    loss_pct: float = 100.0
+    rtt_min_ms: float | None = None
     rtt_avg_ms: float | None
+    rtt_max_ms: float | None = None
     ok: bool
 
 

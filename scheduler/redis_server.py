@@ -26,10 +26,17 @@ class PrivateRedis:
     """Start with :meth:`start` (or ``with``); :meth:`stop` ends only the process this object started."""
 
     def __init__(
-        self, *, port: int | None = None, directory: Path | None = None, aof: bool = False, password: str | None = None
+        self,
+        *,
+        port: int | None = None,
+        directory: Path | None = None,
+        aof: bool = False,
+        password: str | None = None,
+        tls: bool = False,
     ) -> None:
         self.port = port or free_port()
         self.password = password
+        self.tls = tls
         self._own_dir = directory is None
         self.directory = directory or Path(tempfile.mkdtemp(prefix="lessons-redis-"))
         self.aof = aof
@@ -38,7 +45,35 @@ class PrivateRedis:
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
+        if self.tls:
+            # redis-py, kombu and Celery's result backend all read these from the URL
+            query = f"ssl_cert_reqs=required&ssl_ca_certs={self.directory / 'tls' / 'ca.crt'}"
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?{query}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def _make_certificates(self) -> list[str]:
+        """A throw-away CA and a server certificate for 127.0.0.1 (openssl); the options that serve TLS only."""
+        folder = self.directory / "tls"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+        steps = [
+            ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+             "-subj", "/CN=lesson-scheduler test CA"],
+            ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+             "-subj", "/CN=127.0.0.1"],
+            ["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "server.crt", "-days", "2", "-extfile", "san.ext"],
+        ]  # fmt: skip
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            raise PrerequisiteMissing("openssl is not installed: apt-get install openssl")
+        for step in steps:
+            subprocess.run([openssl, *step], cwd=folder, check=True, capture_output=True, timeout=60)
+        return [
+            "--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(folder / "server.crt"),
+            "--tls-key-file", str(folder / "server.key"), "--tls-ca-cert-file", str(folder / "ca.crt"),
+            "--tls-auth-clients", "no",
+        ]  # fmt: skip
 
     def start(self, timeout: float = 10.0) -> PrivateRedis:
         binary = shutil.which("redis-server")
@@ -56,8 +91,11 @@ class PrivateRedis:
             auth.touch(mode=0o600)
             auth.write_text(f"requirepass {self.password}\n")
             argv += ["--include", str(auth)]
+        if self.tls:
+            argv = [a for i, a in enumerate(argv) if not (a == "--port" or (i > 0 and argv[i - 1] == "--port"))]
+            argv += self._make_certificates()
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.2)
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout
         while True:
             try:

@@ -10,13 +10,17 @@ import yaml
 from scheduler.plan import LABEL_LIVELESSON, Plan, Pod
 
 __all__ = [
+    "LESSON_ROLE",
     "NETWORKS_ANNOTATION",
     "NETWORK_STATUS_ANNOTATION",
+    "ROLE_BINDING",
     "namespace",
     "network_attachment_definitions",
     "network_policy",
     "pods",
     "render",
+    "role_binding",
+    "subject_for",
     "to_yaml",
 ]
 
@@ -24,6 +28,13 @@ NETWORKS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
 NETWORK_STATUS_ANNOTATION = "k8s.v1.cni.cncf.io/network-status"
 
 Obj = dict[str, Any]
+
+# The ClusterRole holding every namespaced verb the worker needs (config/k8s/rbac.yaml), and the name of the
+# RoleBinding that grants it to the worker inside one lesson namespace.
+LESSON_ROLE = "lesson-scheduler-lesson"
+ROLE_BINDING = "lesson-scheduler-worker"
+RBAC_GROUP = "rbac.authorization.k8s.io"
+_SERVICE_ACCOUNT = "system:serviceaccount:"
 
 # Lab images are small Linux boxes or virtual routers; these keep one node from being starved by one lesson.
 RESOURCES = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
@@ -139,9 +150,34 @@ def network_policy(plan: Plan) -> Obj:
     }
 
 
-def render(plan: Plan) -> list[Obj]:
-    """Every object, in the order they are applied."""
-    return [namespace(plan), *network_attachment_definitions(plan), network_policy(plan), *pods(plan)]
+def subject_for(username: str) -> Obj:
+    """The RBAC subject that names exactly this authenticated user: a ServiceAccount's username is
+    ``system:serviceaccount:<namespace>:<name>``, anything else a User."""
+    if username.startswith(_SERVICE_ACCOUNT):
+        sa_namespace, sep, name = username[len(_SERVICE_ACCOUNT) :].partition(":")
+        if sep and sa_namespace and name and ":" not in name:
+            return {"kind": "ServiceAccount", "name": name, "namespace": sa_namespace}
+    if not username:
+        raise ValueError("an RBAC subject needs a user name")
+    return {"kind": "User", "apiGroup": RBAC_GROUP, "name": username}
+
+
+def role_binding(plan: Plan, subject: Obj) -> Obj:
+    """The lesson namespace's grant of LESSON_ROLE to the worker (``subject``, from ``subject_for``)."""
+    return {
+        "apiVersion": f"{RBAC_GROUP}/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": ROLE_BINDING, "namespace": plan.namespace, "labels": dict(plan.labels)},
+        "roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": LESSON_ROLE},
+        "subjects": [dict(subject)],
+    }
+
+
+def render(plan: Plan, *, subject: Obj | None = None) -> list[Obj]:
+    """Every object, in the order they are applied. With ``subject`` (the worker's identity), the
+    RoleBinding that grants it the lesson role follows the namespace."""
+    grant = [role_binding(plan, subject)] if subject is not None else []
+    return [namespace(plan), *grant, *network_attachment_definitions(plan), network_policy(plan), *pods(plan)]
 
 
 def to_yaml(objects: list[Obj]) -> str:

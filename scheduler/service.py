@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from scheduler.catalog import Catalog
-from scheduler.errors import InvalidRequest, NotFound, shown
+from scheduler.errors import InvalidRequest, NotFound, shorten
 from scheduler.queue import enqueue_step
 from scheduler.records import ACTIVE, SESSION_PATTERN, LiveLesson, check_id
 from scheduler.settings import Settings
@@ -16,7 +16,7 @@ def validate_session(session: object) -> str:
     # fullmatch: `$` in the pattern would also accept a trailing newline ("x\n"), not a valid label value
     if not isinstance(session, str) or not SESSION_PATTERN.fullmatch(session):
         raise InvalidRequest(
-            f"session {shown(session)} is not valid: 1-63 letters, digits, '-', '_' or '.', "
+            f"session {shorten(session)} is not valid: 1-63 letters, digits, '-', '_' or '.', "
             "starting and ending with a letter or digit"
         )
     return session
@@ -25,7 +25,7 @@ def validate_session(session: object) -> str:
 def validate_slug(lesson: object) -> str:
     """A lesson slug as a request names it (a task argument may be anything JSON can carry)."""
     if not isinstance(lesson, str) or not 0 < len(lesson) <= 63:
-        raise InvalidRequest(f"lesson {shown(lesson)} is not valid: a slug of 1-63 characters")
+        raise InvalidRequest(f"lesson {shorten(lesson)} is not valid: a slug of 1-63 characters")
     return lesson
 
 
@@ -35,7 +35,7 @@ def request_lesson(settings: Settings, store: Store, catalog: Catalog, lesson: s
     validate_slug(lesson)
     if catalog.get(lesson) is None:
         known = ", ".join(sorted(catalog.lessons)) or "none"
-        raise NotFound(f"lesson {shown(lesson)} is not in the catalog (known: {known})")
+        raise NotFound(f"lesson {shorten(lesson)} is not in the catalog (known: {known})")
     created = store.create(lesson, session, backend=settings.backend)
     if created.new:
         store.metrics.inc("lessons_requested_total")

@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from scheduler.lessons import is_dns1123_label
+from scheduler.lessons import check_special, is_dns1123_label
 
 __all__ = ["Settings", "get_settings"]
 
@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     lease_seconds: int = Field(
         20, ge=2, description="A step with no progress for this long is re-driven by GC (its worker died)."
     )
+    ping_probes: int = Field(
+        5, ge=1, le=100, description="Pings per link direction once it answers; the record keeps their statistics."
+    )
+    ping_interval_ms: int = Field(20, ge=2, le=1000, description="Time between those pings, in milliseconds.")
+    ping_max_loss_pct: float = Field(
+        0.0, ge=0, lt=100, description="A link passes when at most this share of those pings is lost."
+    )
     max_lifetime_seconds: int = Field(
         4 * 3600, ge=10, description="A live lesson ends this long after its request, whatever its keepalives."
     )
@@ -84,6 +91,8 @@ class Settings(BaseSettings):
         net = ipaddress.IPv4Network(value)
         if net.prefixlen > 24:
             raise ValueError("must be /24 or larger")
+        if (why := check_special(net)) is not None:
+            raise ValueError(why)
         return str(net)
 
     @field_validator("reserved_subnets")

@@ -17,6 +17,11 @@ Keys, all under ``lessons:<instance>:`` so two instances sharing a Redis never s
     deployment                 this deployment's id, made once (SET NX): labels and marks carry it, and GC
                                touches only what its own deployment made
 
+and one pub/sub channel, ``lessons:<instance>:status``: every status change of a record (its creation
+included) is published there as ``{"id": ..., "status": ...}``, in the same MULTI/EXEC (or Lua script) as the
+write, so a subscriber that reads the record on a message sees the new status. ``Client.wait`` and the
+API's long-poll block on it instead of polling.
+
 Creation is one Lua script (so fifty identical concurrent requests give one live lesson); every later
 change is a WATCH/MULTI transition that re-reads the record, so a step that lost a race sees it.
 """
@@ -37,7 +42,7 @@ from scheduler.metrics import Metrics
 from scheduler.records import ACTIVE, ID_PATTERN, PROVISIONING, TERMINAL, LiveLesson, Status, check_id, new_id, now
 from scheduler.settings import Settings
 
-__all__ = ["LEASED", "Created", "Store", "connect"]
+__all__ = ["LEASED", "Created", "Store", "connect", "parse_status_message", "status_message"]
 
 # Redis cannot serve us right now, but may in a moment: down, slow, full (noeviction), a read-only replica
 # after a failover, or still loading its AOF after a restart.
@@ -71,8 +76,29 @@ redis.call('ZADD', KEYS[6], ARGV[6], ARGV[1])
 redis.call('ZADD', KEYS[7], ARGV[7], ARGV[1])
 redis.call('ZADD', KEYS[8], ARGV[9], ARGV[1])
 redis.call('HINCRBY', KEYS[9], 'requested', 1)
+redis.call('PUBLISH', ARGV[10], ARGV[11])
 return {1, ARGV[1], ARGV[2]}
 """
+
+
+def status_message(livelesson: str, status: str) -> str:
+    """What a status change publishes on ``Store.channel``."""
+    return json.dumps({"id": livelesson, "status": status}, separators=(",", ":"))
+
+
+def parse_status_message(data: object) -> tuple[str, str] | None:
+    """(id, status) of a message from ``Store.channel``; None for anything else (anyone with Redis access can
+    publish there, so a message is only a hint to re-read the record, never trusted as the record)."""
+    try:
+        message = json.loads(data) if isinstance(data, str | bytes) else None
+    except ValueError:
+        return None
+    if not isinstance(message, dict):
+        return None
+    livelesson, status = message.get("id"), message.get("status")
+    if isinstance(livelesson, str) and ID_PATTERN.fullmatch(livelesson) and isinstance(status, str):
+        return livelesson, status
+    return None
 
 
 def connect(url: str) -> redis.Redis[str]:
@@ -132,6 +158,17 @@ class Store:
 
     def _k(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
+
+    @property
+    def channel(self) -> str:
+        """The pub/sub channel of every status change of this instance's records.
+
+        One channel per instance rather than one per record: a process subscribes once and serves every
+        waiter it has (the API's long-poll shares one subscription among all of them), with no SUBSCRIBE
+        and UNSUBSCRIBE round trip per wait; the price, every subscriber seeing every change of the
+        instance, is small, since a live lesson changes status about eight times in its life.
+        """
+        return self._k("status")
 
     def key(self, livelesson: str) -> str:
         # every key built from an id passes here: a hostile id never reaches Redis as a key or a pattern
@@ -245,6 +282,8 @@ class Store:
             (t + timedelta(seconds=self.lease)).timestamp(),
             self._k("ll", ""),
             t.timestamp(),
+            self.channel,
+            status_message(livelesson, record.status),
         ]
         result = self._call(self._create, keys=keys, args=args)
         if result[0] == -1:
@@ -287,6 +326,8 @@ class Store:
     def _write(self, pipe: redis.client.Pipeline[str], before: LiveLesson, after: LiveLesson) -> None:
         key = self.key(after.id)
         if after.status != before.status:  # the status gauges count non-terminal records
+            # queued in the MULTI like the writes: delivered on EXEC, so a subscriber's read sees the new record
+            pipe.publish(self.channel, status_message(after.id, after.status))
             if before.status not in TERMINAL:
                 pipe.hincrby(self._k("gauge", "status"), before.status, -1)
             if after.status not in TERMINAL:

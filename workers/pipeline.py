@@ -35,7 +35,7 @@ from scheduler.records import (
 from scheduler.settings import Settings
 from scheduler.state import Store
 from workers.backends.base import Backend, Observation
-from workers.backends.ping import run_check
+from workers.backends.ping import Burst, run_check
 
 __all__ = ["Again", "Next", "Outcome", "Pipeline"]
 
@@ -246,7 +246,8 @@ class Pipeline:
                 self.store.update(livelesson, save)
                 if not ok:
                     failing = ", ".join(
-                        f"{c.source}->{c.target} ({c.address} over {c.network}: {c.received}/{c.sent} replies)"
+                        f"{c.source}->{c.target} ({c.address} over {c.network}: {c.received}/{c.sent} replies, "
+                        f"{c.loss_pct:g}% lost)"
                         for c in checks
                         if not c.ok
                     )
@@ -283,10 +284,12 @@ class Pipeline:
     def _checks(self, plan: Plan, record: LiveLesson) -> list[Check]:
         deadline = time.monotonic() + PING_BUDGET
         addresses = {(name, itf.name): itf.address for name, ep in record.endpoints.items() for itf in ep.interfaces}
+        s = self.settings
+        burst = Burst(s.ping_probes, s.ping_interval_ms / 1000, s.ping_max_loss_pct)
 
         def one(c: PlannedCheck) -> Check:
             address = addresses.get((c.target, c.interface))
-            result = run_check(self.backend, plan, c, address, deadline=deadline) if address else None
+            result = run_check(self.backend, plan, c, address, deadline=deadline, burst=burst) if address else None
             return Check(
                 source=c.source,
                 target=c.target,
@@ -294,12 +297,19 @@ class Pipeline:
                 address=address.split("/")[0] if address else None,
                 sent=result.sent if result else 0,
                 received=result.received if result else 0,
+                loss_pct=result.loss_pct if result else 100.0,
+                rtt_min_ms=result.rtt_min_ms if result else None,
                 rtt_avg_ms=result.rtt_avg_ms if result else None,
+                rtt_max_ms=result.rtt_max_ms if result else None,
                 ok=result.ok if result else False,
             )
 
         with ThreadPoolExecutor(max_workers=min(16, max(1, len(plan.checks)))) as pool:
-            return list(pool.map(one, plan.checks))
+            checks = list(pool.map(one, plan.checks))
+        sent, received = sum(c.sent for c in checks), sum(c.received for c in checks)
+        self.store.metrics.inc("pings_sent_total", sent)
+        self.store.metrics.inc("pings_received_total", received)
+        return checks
 
     # --- teardown and GC ----------------------------------------------------------------------------
 

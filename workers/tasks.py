@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 from celery import Task
 
-from scheduler.catalog import Catalog, load_catalog
+from scheduler.catalog import Catalog, configured_catalog
 from scheduler.errors import InvalidRequest, SchedulerError
 from scheduler.records import check_id
 from scheduler.service import request_lesson
@@ -31,7 +31,7 @@ log = structlog.get_logger(__name__)
 @lru_cache(maxsize=1)
 def catalog() -> Catalog:
     settings = get_settings()
-    return load_catalog(settings.catalog, image_registry=settings.image_registry)
+    return configured_catalog(settings)
 
 
 @lru_cache(maxsize=1)

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from scheduler.catalog import load_catalog, load_paths
-from scheduler.errors import LessonError, Problem
-from scheduler.lessons import check_reserved, check_special, parse_image, parse_lesson, resolve, shorten
+from scheduler.errors import LessonError, Problem, shorten
+from scheduler.lessons import check_reserved, check_special, parse_image, parse_lesson, resolve
 
 REPO = Path(__file__).resolve().parents[2]
 CURRICULUM = REPO / "tests" / "data" / "antidote-curriculum"

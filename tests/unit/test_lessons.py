@@ -241,6 +241,79 @@ REFUSALS = [
         "connections[1].subnet",
         ["overlaps", "endpoint 'r1'"],
     ),
+    # ranges no link may use (issue 11): each refusal says what the range is
+    (
+        "subnet-default-route",
+        HEAD + "connections:\n- {a: r1, b: r2}\n- {a: r2, b: r3, subnet: 0.0.0.0/0}\n",
+        "connections[1].subnet",
+        ["0.0.0.0/0 is the default route"],
+    ),
+    (
+        "subnet-this-network",
+        HEAD + "connections:\n- {a: r1, b: r2, subnet: 0.0.0.0/24}\n",
+        "connections[0].subnet",
+        ["0.0.0.0/24 is inside 0.0.0.0/8", '"this network"'],
+    ),
+    (
+        "subnet-loopback",
+        HEAD + "connections:\n- {a: r1, b: r2, subnet: 127.0.0.0/8}\n",
+        "connections[0].subnet",
+        ["127.0.0.0/8 is inside 127.0.0.0/8", "loopback"],
+    ),
+    (
+        "subnet-loopback-part",
+        HEAD + "connections:\n- {a: r1, b: r2, subnet: 127.0.1.0/24}\n",
+        "connections[0].subnet",
+        ["127.0.1.0/24 is inside 127.0.0.0/8", "loopback"],
+    ),
+    (
+        "subnet-containing-loopback",
+        HEAD + "connections:\n- {a: r1, b: r2, subnet: 126.0.0.0/7}\n",
+        "connections[0].subnet",
+        ["126.0.0.0/7 overlaps 127.0.0.0/8", "loopback"],
+    ),
+    (
+        "subnet-link-local",
+        HEAD + "connections:\n- {a: r1, b: r2, subnet: 169.254.10.0/24}\n",
+        "connections[0].subnet",
+        ["169.254.10.0/24 is inside 169.254.0.0/16", "link-local"],
+    ),
+    (
+        "subnet-containing-link-local",
+        HEAD + "connections:\n- {a: r1, b: r2, subnet: 169.0.0.0/8}\n",
+        "connections[0].subnet",
+        ["169.0.0.0/8 overlaps 169.254.0.0/16", "link-local"],
+    ),
+    (
+        "subnet-multicast",
+        HEAD + "connections:\n- {a: r1, b: r2, subnet: 224.0.0.0/24}\n",
+        "connections[0].subnet",
+        ["224.0.0.0/24 is inside 224.0.0.0/4", "multicast"],
+    ),
+    (
+        "subnet-multicast-high",
+        HEAD + "connections:\n- {a: r1, b: r2, subnet: 239.255.255.0/24}\n",
+        "connections[0].subnet",
+        ["224.0.0.0/4", "multicast"],
+    ),
+    (
+        "subnet-reserved",
+        HEAD + "connections:\n- {a: r1, b: r2, subnet: 240.0.0.0/24}\n",
+        "connections[0].subnet",
+        ["240.0.0.0/24 is inside 240.0.0.0/4", "reserved"],
+    ),
+    (
+        "subnet-broadcast",
+        HEAD + "connections:\n- {a: r1, b: r2, subnet: 255.255.255.248/29}\n",
+        "connections[0].subnet",
+        ["240.0.0.0/4", "broadcast"],
+    ),
+    (
+        "subnet-half-the-internet",
+        HEAD + "connections:\n- {a: r1, b: r2, subnet: 128.0.0.0/1}\n",
+        "connections[0].subnet",
+        ["128.0.0.0/1 overlaps 169.254.0.0/16", "link-local"],
+    ),
     (
         "name-upper",
         HEAD.replace("name: r2", "name: R2"),
@@ -377,6 +450,17 @@ def test_edges_that_are_accepted() -> None:
     assert lesson.endpoints[1].name == "r" * 63
     ports = parse_lesson(with_endpoint_extra("additionalPorts: [1, 65535]\n"))
     assert ports.endpoints[0].additional_ports == (1, 65535)
+
+
+@pytest.mark.parametrize(
+    "subnet",
+    ["8.8.8.0/24", "1.0.0.0/8", "100.64.0.0/29", "192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24",
+     "172.16.0.0/12", "192.168.0.0/16", "10.0.0.0/8", "126.0.0.0/8", "128.0.0.0/3", "223.255.255.248/29"],
+)  # fmt: skip
+def test_public_and_private_unicast_subnets_are_accepted(subnet: str) -> None:
+    """Labs use public ranges on purpose (an ISP lab, documentation ranges); only special ranges are refused."""
+    lesson = parse_lesson(HEAD + f"connections:\n- {{a: r1, b: r2, subnet: {subnet}}}\n")
+    assert lesson.connections[0].subnet == subnet
 
 
 def test_the_same_subnet_on_disjoint_endpoints_is_accepted() -> None:

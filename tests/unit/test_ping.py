@@ -14,7 +14,7 @@ import pytest
 from scheduler.errors import PermanentError, TemporaryError
 from scheduler.plan import Check, Plan
 from workers.backends.base import Backend, ExecResult, Observation
-from workers.backends.ping import PingResult, parse_ping, ping_argv, run_check
+from workers.backends.ping import Burst, PingResult, parse_ping, ping_argv, run_check
 
 IPUTILS_OK = """\
 PING 10.10.12.3 (10.10.12.3) 56(84) bytes of data.
@@ -87,14 +87,14 @@ PING 10.10.31.9 (10.10.31.9): 56 data bytes
 @pytest.mark.parametrize(
     ("output", "expected"),
     [
-        (IPUTILS_OK, PingResult(1, 1, 0.041)),
-        (IPUTILS_PARTIAL, PingResult(3, 2, 0.059)),
-        (IPUTILS_ALL_LOST, PingResult(1, 0, None)),
-        (IPUTILS_ERRORS, PingResult(3, 0, None)),
-        (IPUTILS_DUPLICATES, PingResult(2, 2, 1.25)),
-        (BUSYBOX_OK, PingResult(2, 2, 0.072)),
-        (BUSYBOX_PARTIAL, PingResult(3, 1, 0.101)),
-        (BUSYBOX_ALL_LOST, PingResult(1, 0, None)),
+        (IPUTILS_OK, PingResult(1, 1, 0.041, 0.041, 0.041)),
+        (IPUTILS_PARTIAL, PingResult(3, 2, 0.058, 0.059, 0.061)),
+        (IPUTILS_ALL_LOST, PingResult(1, 0)),
+        (IPUTILS_ERRORS, PingResult(3, 0)),
+        (IPUTILS_DUPLICATES, PingResult(2, 2, 0.03, 1.25, 2.5)),
+        (BUSYBOX_OK, PingResult(2, 2, 0.06, 0.072, 0.085)),
+        (BUSYBOX_PARTIAL, PingResult(3, 1, 0.101, 0.101, 0.101)),
+        (BUSYBOX_ALL_LOST, PingResult(1, 0)),
     ],
     ids=[
         "iputils-ok",
@@ -116,7 +116,7 @@ def test_parse_ping(output: str, expected: PingResult) -> None:
     [(IPUTILS_OK, True), (BUSYBOX_OK, True), (IPUTILS_PARTIAL, False), (BUSYBOX_PARTIAL, False),
      (IPUTILS_ALL_LOST, False), (IPUTILS_ERRORS, False), (IPUTILS_DUPLICATES, True)],
 )  # fmt: skip
-def test_ok_means_every_packet_answered(output: str, ok: bool) -> None:
+def test_ok_means_every_packet_answered_by_default(output: str, ok: bool) -> None:
     assert parse_ping(output).ok is ok
 
 
@@ -137,12 +137,12 @@ def test_ok_means_every_packet_answered(output: str, ok: bool) -> None:
 )
 def test_garbage_is_a_failed_ping_not_an_exception(garbage: str) -> None:
     result = parse_ping(garbage)
-    assert result == PingResult(0, 0, None)
-    assert not result.ok
+    assert result == PingResult(0, 0)
+    assert not result.ok and result.loss_pct == 100.0
 
 
 def test_zero_sent_is_never_ok() -> None:
-    assert not PingResult(0, 0, None).ok
+    assert not PingResult(0, 0).ok
 
 
 def test_ping_argv_is_bounded_and_quiet() -> None:
@@ -193,22 +193,53 @@ CHECK = Check(source="bb1", target="bb2", network="bb1-bb2", interface="net1")
 PLAN = None  # run_check only hands the plan through to exec
 
 
-def test_run_check_retries_until_a_reply() -> None:
-    backend = ScriptedBackend([IPUTILS_ALL_LOST, IPUTILS_ALL_LOST, IPUTILS_OK])
-    result = run_check(backend, PLAN, CHECK, "10.10.12.3/24", deadline=time.monotonic() + 5)  # type: ignore[arg-type]
-    assert result == PingResult(1, 1, 0.041)
-    assert len(backend.calls) == 3
+IPUTILS_BURST = """\
+--- 10.10.12.3 ping statistics ---
+5 packets transmitted, 5 received, 0% packet loss, time 82ms
+rtt min/avg/max/mdev = 0.031/0.045/0.072/0.014 ms
+"""
+
+IPUTILS_BURST_ONE_LOST = """\
+--- 10.10.12.3 ping statistics ---
+5 packets transmitted, 4 received, 20% packet loss, time 82ms
+rtt min/avg/max/mdev = 0.031/0.045/0.072/0.014 ms
+"""
+
+
+def test_loss_is_computed_from_counts_and_bounded_by_the_setting() -> None:
+    assert parse_ping(IPUTILS_BURST_ONE_LOST).loss_pct == 20.0
+    assert not parse_ping(IPUTILS_BURST_ONE_LOST).ok  # default bound: nothing lost
+    assert parse_ping(IPUTILS_BURST_ONE_LOST, max_loss_pct=20).ok
+    assert not parse_ping(IPUTILS_ALL_LOST, max_loss_pct=99).ok  # nothing received never passes
+
+
+def test_run_check_retries_until_a_reply_then_records_the_burst() -> None:
+    backend = ScriptedBackend([IPUTILS_ALL_LOST, IPUTILS_ALL_LOST, IPUTILS_OK, IPUTILS_BURST])
+    burst = Burst(probes=5, interval=0.02)
+    result = run_check(backend, PLAN, CHECK, "10.10.12.3/24", deadline=time.monotonic() + 5, burst=burst)  # type: ignore[arg-type]
+    # the record keeps the burst's figures, not the last single try
+    assert result == PingResult(5, 5, 0.031, 0.045, 0.072)
+    assert result.loss_pct == 0.0 and result.ok
+    assert len(backend.calls) == 4
     endpoint, argv = backend.calls[0]
     assert endpoint == "bb1" and argv[-1] == "10.10.12.3"  # the prefix length is stripped
+    _, burst_argv = backend.calls[3]
+    assert burst_argv[burst_argv.index("-c") + 1] == "5" and burst_argv[burst_argv.index("-i") + 1] == "0.02"
 
 
-def test_run_check_gives_up_at_the_deadline_with_the_last_result() -> None:
+def test_run_check_fails_on_a_lossy_burst() -> None:
+    backend = ScriptedBackend([IPUTILS_OK, IPUTILS_BURST_ONE_LOST])
+    result = run_check(backend, PLAN, CHECK, "10.10.12.3", deadline=time.monotonic() + 5)  # type: ignore[arg-type]
+    assert (result.sent, result.received, result.loss_pct, result.ok) == (5, 4, 20.0, False)
+
+
+def test_run_check_gives_up_at_the_deadline_with_every_try_counted() -> None:
     backend = ScriptedBackend([IPUTILS_ALL_LOST])
     started = time.monotonic()
     result = run_check(backend, PLAN, CHECK, "10.10.12.3/24", deadline=started + 0.3)  # type: ignore[arg-type]
-    assert result == PingResult(1, 0, None)
-    assert 0.3 <= time.monotonic() - started < 2
-    assert len(backend.calls) >= 2
+    assert result.received == 0 and result.sent == len(backend.calls) >= 2
+    assert result.loss_pct == 100.0 and not result.ok
+    assert time.monotonic() - started >= 0.3
 
 
 def test_run_check_retries_transient_exec_errors() -> None:

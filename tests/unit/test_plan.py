@@ -99,8 +99,15 @@ def lesson_documents(draw: st.DrawFn, max_endpoints: int = 8, max_connections: i
     return doc
 
 
+class _NoAliases(yaml.SafeDumper):
+    """Writes a repeated object out again instead of as an anchor and alias (lesson files refuse those)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def to_lesson(doc: dict[str, Any]) -> ResolvedLesson:
-    lesson = parse_lesson(yaml.safe_dump(doc), "generated.yaml")
+    lesson = parse_lesson(yaml.dump(doc, Dumper=_NoAliases), "generated.yaml")
     return resolve(lesson, "generated.yaml", None)
 
 
@@ -362,7 +369,11 @@ def test_the_triangle_plan() -> None:
         "lessons.io/livelesson": "abcde12345",
         "lessons.io/lesson": "busybox-triangle",
         "lessons.io/session": "s1",
+        "lessons.io/deployment": "",
     }
+    deployed = make_plan(triangle, "abcde12345", "s1", instance="lessons", deployment="d3ploy01")
+    assert deployed.labels["lessons.io/deployment"] == "d3ploy01" and deployed.deployment == "d3ploy01"
+    assert all(p.labels["lessons.io/deployment"] == "d3ploy01" for p in deployed.pods)
 
 
 # --- fuzz: the parser answers with a Lesson or a LessonError, nothing else ---------------------------------

@@ -18,11 +18,21 @@ from packaging.version import Version
 
 from scheduler.catalog import load_catalog
 from scheduler.plan import CNI_VERSION, Plan, make_plan
-from scheduler.render import NETWORKS_ANNOTATION, RESOURCES, render, to_yaml
+from scheduler.render import (
+    LESSON_ROLE,
+    NETWORKS_ANNOTATION,
+    RESOURCES,
+    ROLE_BINDING,
+    render,
+    role_binding,
+    subject_for,
+    to_yaml,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 CURRICULUM = REPO / "tests" / "data" / "antidote-curriculum"
 CRD = REPO / "config" / "k8s" / "network-attachment-definition-crd.yaml"
+RBAC = REPO / "config" / "k8s" / "rbac.yaml"
 LIVELESSON = "abcde12345"
 
 K8S_VERSIONS = ["1.31", kubernetes_validate.latest_version()]
@@ -385,3 +395,65 @@ def test_rendering_is_pure(triangle: Plan) -> None:
 
     assert len(bridges(render(triangle))) == 3
     assert not bridges(render(triangle)) & bridges(other)
+
+
+# --- the per-namespace grant (config/k8s/rbac.yaml) -------------------------------------------------------
+
+WORKER = {"kind": "ServiceAccount", "name": "lesson-scheduler-worker", "namespace": "lesson-scheduler"}
+
+
+@pytest.mark.parametrize(
+    ("username", "subject"),
+    [
+        ("system:serviceaccount:lesson-scheduler:lesson-scheduler-worker", WORKER),
+        ("system:serviceaccount:ns:a", {"kind": "ServiceAccount", "name": "a", "namespace": "ns"}),
+        ("kube-admin", {"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "kube-admin"}),
+        # not a well-formed ServiceAccount name: the user of exactly that name, never a ServiceAccount
+        ("system:serviceaccount:ns", {"kind": "User", "apiGroup": "rbac.authorization.k8s.io",
+                                      "name": "system:serviceaccount:ns"}),
+        ("system:serviceaccount:ns:a:b", {"kind": "User", "apiGroup": "rbac.authorization.k8s.io",
+                                          "name": "system:serviceaccount:ns:a:b"}),
+    ],
+)  # fmt: skip
+def test_the_subject_names_exactly_the_authenticated_user(username: str, subject: dict[str, str]) -> None:
+    assert subject_for(username) == subject
+
+
+def test_a_subject_needs_a_user_name() -> None:
+    with pytest.raises(ValueError):
+        subject_for("")
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_the_role_binding_grants_the_lesson_role_to_the_worker_in_its_namespace(triangle: Plan, version: str) -> None:
+    binding = role_binding(triangle, WORKER)
+    kubernetes_validate.validate(binding, version, strict=True)
+    assert binding["metadata"]["name"] == ROLE_BINDING
+    assert binding["metadata"]["namespace"] == triangle.namespace
+    assert binding["metadata"]["labels"] == dict(triangle.labels)
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": LESSON_ROLE}
+    assert binding["subjects"] == [WORKER]
+    # the role it names is the one config/k8s/rbac.yaml defines, and the only one the worker may bind
+    docs = [d for d in yaml.safe_load_all(RBAC.read_text()) if d]
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ClusterRole"}
+    assert LESSON_ROLE in roles
+    binds = [r for r in roles["lesson-scheduler-worker"]["rules"] if "bind" in r["verbs"]]
+    assert binds == [{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"],
+                      "resourceNames": [LESSON_ROLE], "verbs": ["bind"]}]  # fmt: skip
+    policy = next(d for d in docs if d["kind"] == "ValidatingAdmissionPolicy")
+    assert f"object.roleRef.name == '{LESSON_ROLE}'" in json.dumps(policy)
+
+
+def test_render_with_a_subject_grants_right_after_the_namespace(triangle: Plan) -> None:
+    plain = render(triangle)
+    granted = render(triangle, subject=WORKER)
+    assert [o["kind"] for o in granted] == ["Namespace", "RoleBinding", *[o["kind"] for o in plain[1:]]]
+    assert granted[1] == role_binding(triangle, WORKER)
+    assert "RoleBinding" not in {o["kind"] for o in plain}
+
+
+def test_every_object_carries_the_deployment() -> None:
+    lesson = LESSONS["busybox-triangle"]
+    plan = make_plan(lesson, LIVELESSON, "s1", instance="lessons", deployment="d1")
+    for obj in render(plan, subject=WORKER):
+        assert obj["metadata"]["labels"]["lessons.io/deployment"] == "d1", obj["kind"]
