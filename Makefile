@@ -11,7 +11,7 @@ TEST_APT_PACKAGES := chromium fonts-dejavu-core openssl
 # a stamp per input, so `make` reinstalls only when pyproject.toml changes
 STAMP := $(VENV)/.installed
 
-.PHONY: help deps apt venv demo test lint typecheck pytest bench soak clean
+.PHONY: help deps apt venv demo test test-prereqs lint typecheck pytest bench soak clean
 
 help:
 	@echo "make demo   run the seed's triangle on the local backend (as root)"
@@ -57,8 +57,17 @@ pytest: venv
 	@$(MAKE) --no-print-directory apt EXTRA_APT="$(TEST_APT_PACKAGES)"
 	$(PY) -m pytest
 
+# what `make test` needs and apt cannot give: said at once, before minutes of work
+GO_MIN := 1.24
+test-prereqs:
+	@command -v go >/dev/null 2>&1 || { echo "make test needs Go $(GO_MIN) or newer on PATH to build the test Kubernetes cluster (https://go.dev/dl/); everything else it installs itself"; exit 1; }
+	@v=$$(go env GOVERSION | sed 's/^go//'); \
+	  if [ "$$(printf '%s\n%s\n' "$(GO_MIN)" "$$v" | sort -V | head -1)" != "$(GO_MIN)" ]; then \
+	    echo "make test needs Go $(GO_MIN) or newer (found $$v) to build the test Kubernetes cluster (https://go.dev/dl/)"; exit 1; fi
+	@$(MAKE) --no-print-directory apt EXTRA_APT="$(TEST_APT_PACKAGES)"
+
 # the test cluster's binaries are built once (minutes) and cached outside the repo
-test: lint typecheck k8s-tools pytest
+test: test-prereqs lint typecheck k8s-tools pytest
 
 bench: deps
 	$(PY) bench/local_backend.py

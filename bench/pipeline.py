@@ -1,23 +1,43 @@
-"""The scheduler's overhead: request -> ready through API + Redis + Celery, next to the local backend alone.
+"""The scheduler's overhead: request -> ready through API + Redis + Celery, next to the local backend alone;
+and how soon a waiting client learns that a lesson is ready.
 
-Run as root: `.venv/bin/python bench/pipeline.py [--runs 10] [--concurrent 20]`. Prints a table.
-- "backend alone": the same four steps called in one process (apply networks, apply pods, observe,
-  pings), no queue, no Redis;
+Run as root: `.venv/bin/python bench/pipeline.py [--runs 20] [--warmup 1] [--settle 0.3] [--concurrent 20]`.
+Prints tables (the ones docs/benchmarks.md records).
+
+- "backend alone": the same four steps called in one process (apply networks, apply pods, observe, pings),
+  no queue, no Redis;
 - "pipeline": POST /v1/livelessons to status ready, measured by the record's own created_at/ready_at
-  (server clocks, no polling error), with the HTTP round trip measured by the client beside it;
-- throughput: N lessons requested at once on one worker with 2 pool processes.
+  (server clocks, no waiting error), with the client's own time beside it (POST -> ``Client.wait`` returned).
+
+Fair by construction: both series get the same unrecorded warm-up runs first and the same settle pause
+before every measured run (after the previous run's teardown has finished: the kernel's asynchronous
+cleanup of deleted namespaces holds the RTNL lock), and the runs are interleaved in pairs, the order
+alternating from pair to pair (pipeline then alone, alone then pipeline, ...) so that neither series
+always runs just after the other's teardown. Overhead is the median of the paired differences
+(pipeline record - backend alone, pair by pair), not a difference of two medians.
+
+"client learns of ready": for each pipeline run, the time from the record's ``ready_at`` (set by the
+worker in the transaction that marks it ready) to the moment the waiting client has the ready record in
+hand: ``Client.wait`` (Redis pub/sub, no polling) and, beside it in a thread, the HTTP long-poll
+``GET /v1/livelessons/{id}?wait_for=ready``. Same host, same clock.
+
+Throughput: N lessons requested at once on one worker with 2 pool processes, until all are ready.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import platform
 import secrets
 import shutil
+import statistics
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -26,8 +46,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from scheduler.catalog import load_paths  # noqa: E402
+from scheduler.client import Client  # noqa: E402
+from scheduler.lessons import ResolvedLesson  # noqa: E402
 from scheduler.plan import make_plan  # noqa: E402
-from scheduler.records import new_id  # noqa: E402
+from scheduler.records import LiveLesson, new_id  # noqa: E402
 from scheduler.redis_server import PrivateRedis  # noqa: E402
 from scheduler.settings import Settings  # noqa: E402
 from scheduler.state import Store  # noqa: E402
@@ -38,6 +60,7 @@ from workers.backends.ping import run_check  # noqa: E402
 from workers.launcher import CeleryProcess  # noqa: E402
 
 TRIANGLE = REPO / "config" / "lessons" / "busybox-triangle.yaml"
+READY = frozenset({"ready", "failed"})
 
 
 def pct(values: list[float], p: float) -> float:
@@ -45,55 +68,99 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-def backend_alone(runs: int, instance: str, state: Path) -> list[float]:
-    lesson = load_paths([TRIANGLE]).get("busybox-triangle")
-    assert lesson is not None
-    backend = LocalBackend(instance=instance, state_dir=state)
-    out = []
-    for _ in range(runs):
-        plan = make_plan(lesson, new_id(), "bench", instance=instance)
-        t0 = time.perf_counter()
-        backend.apply_networks(plan)
-        backend.apply_pods(plan)
-        obs = backend.observe(plan, wait=10)
-        deadline = time.monotonic() + 10
-        results = _parallel(
-            lambda c, plan=plan, obs=obs, deadline=deadline: run_check(
-                backend, plan, c, obs.address(c.target, c.interface) or "", deadline=deadline
-            ),
-            list(plan.checks),
+def alone_run(backend: LocalBackend, lesson: ResolvedLesson, instance: str) -> float:
+    """One triangle through the backend's four operations in this process; milliseconds to all pings passing."""
+    plan = make_plan(lesson, new_id(), "bench", instance=instance)
+    t0 = time.perf_counter()
+    backend.apply_networks(plan)
+    backend.apply_pods(plan)
+    obs = backend.observe(plan, wait=10)
+    deadline = time.monotonic() + 10
+    results = _parallel(
+        lambda c: run_check(backend, plan, c, obs.address(c.target, c.interface) or "", deadline=deadline),
+        list(plan.checks),
+    )
+    elapsed = (time.perf_counter() - t0) * 1000
+    if not all(r.ok for r in results):
+        raise RuntimeError(f"pings failed: {results}")
+    backend.destroy(plan.livelesson)  # synchronous: the teardown is over when it returns
+    return elapsed
+
+
+class Pipeline:
+    def __init__(self, api: ApiServer, client: Client) -> None:
+        self.api, self.client = api, client
+
+    def request(self, session: str) -> str:
+        response = httpx.post(
+            f"{self.api.url}/v1/livelessons", json={"lesson": "busybox-triangle", "session": session}, timeout=30
         )
-        out.append((time.perf_counter() - t0) * 1000)
-        assert all(r.ok for r in results)
-        backend.destroy(plan.livelesson)
-    return out
+        response.raise_for_status()
+        return str(response.json()["id"])
 
+    def ready(self, livelesson: str, timeout: float = 120) -> LiveLesson:
+        record = self.client.wait(livelesson, timeout, until=READY)
+        if record.status != "ready":
+            raise RuntimeError(f"{livelesson} is {record.status}: {record.error}")
+        return record
 
-def wait_ready(store: Store, livelesson: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        record = store.get(livelesson)
-        if record is not None and record.status in {"ready", "failed"}:
-            if record.status != "ready":
-                raise RuntimeError(f"{livelesson} failed: {record.error}")
-            return
-        time.sleep(0.005)
-    raise RuntimeError(f"{livelesson} not ready in {timeout}s")
+    def teardown(self, livelesson: str) -> None:
+        """DELETE, then wait (by push) until the worker has torn it down: the next run starts on a quiet host."""
+        httpx.delete(f"{self.api.url}/v1/livelessons/{livelesson}", timeout=30).raise_for_status()
+        final = self.client.wait(livelesson, 60, until=frozenset({"deleted", "failed"}))
+        if final.status != "deleted":
+            raise RuntimeError(f"{livelesson} teardown: {final.status} {final.error}")
+
+    def run(self, session: str) -> dict[str, float]:
+        """One measured run: request -> ready, with the client's and the long-poll's view of it."""
+        polled: dict[str, float] = {}
+        t0 = time.perf_counter()
+        livelesson = self.request(session)
+
+        def long_poll() -> None:
+            response = httpx.get(
+                f"{self.api.url}/v1/livelessons/{livelesson}", params={"wait_for": "ready", "timeout": 60}, timeout=90
+            )
+            polled["at"] = time.time()
+            polled["ok"] = float(response.status_code == 200 and response.json()["status"] == "ready")
+
+        poller = threading.Thread(target=long_poll, daemon=True)
+        poller.start()
+        record = self.ready(livelesson)
+        learned_at = time.time()
+        client_ms = (time.perf_counter() - t0) * 1000
+        poller.join(90)
+        assert record.ready_at is not None
+        ready_at = record.ready_at.timestamp()
+        if not polled.get("ok"):
+            raise RuntimeError(f"{livelesson}: the long-poll did not answer ready")
+        self.teardown(livelesson)
+        return {
+            "record": (record.ready_at - record.created_at).total_seconds() * 1000,
+            "client": client_ms,
+            "learn_wait": (learned_at - ready_at) * 1000,
+            "learn_http": (polled["at"] - ready_at) * 1000,
+        }
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=10)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=20, help="measured pairs (pipeline + backend alone)")
+    parser.add_argument("--warmup", type=int, default=1, help="unrecorded runs of each series first")
+    parser.add_argument("--settle", type=float, default=0.3, help="pause before every measured run (s)")
     parser.add_argument("--concurrent", type=int, default=20)
     args = parser.parse_args()
+    if args.runs < 5:
+        parser.error("--runs must be at least 5")
     if os.geteuid() != 0:
         print("needs root (the local backend makes network namespaces)", file=sys.stderr)
         return 2
+    load_before = os.getloadavg()[0]
     instance = "bp" + secrets.token_hex(3)
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     state = work / "state"
-    redis_server = PrivateRedis(directory=work / "redis")
     (work / "redis").mkdir()
+    redis_server = PrivateRedis(directory=work / "redis", password=secrets.token_hex(16))
     redis_server.start()
     procs: list[CeleryProcess] = []
     api = None
@@ -102,64 +169,86 @@ def main() -> int:
             redis_url=redis_server.url, instance=instance, state_dir=state, catalog=REPO / "config" / "lessons",
             log_format="json", log_level="WARNING", max_per_session=100, max_active=1000,
         )  # fmt: skip
-        alone = backend_alone(args.runs, instance, state)
+        lesson = load_paths([TRIANGLE]).get("busybox-triangle")
+        assert lesson is not None
+        # the same instance and state directory as the worker's: both series share one node namespace
+        backend = LocalBackend(instance=instance, state_dir=state)
         worker = CeleryProcess(env=settings_env(settings), log_file=work / "worker.log", concurrency=2)
         procs.append(worker.start())
         api = ApiServer(settings, work / "api.log")
         store = Store.from_settings(settings)
-        # warm-up: the worker's first task imports and builds its pipeline
-        first = httpx.post(f"{api.url}/v1/livelessons", json={"lesson": "busybox-triangle", "session": "warm"}).json()
-        wait_ready(store, first["id"])
-        httpx.delete(f"{api.url}/v1/livelessons/{first['id']}")
+        pipeline = Pipeline(api, Client(settings))
 
-        server_ms, client_ms = [], []
+        # the same warm-up for both: imports, the worker's pipeline, the node namespace, the page cache
+        for i in range(args.warmup):
+            pipeline.run(f"warm{i}")
+            alone_run(backend, lesson, instance)
+
+        alone: list[float] = []
+        runs: list[dict[str, float]] = []
         for i in range(args.runs):
-            t0 = time.perf_counter()
-            resp = httpx.post(f"{api.url}/v1/livelessons", json={"lesson": "busybox-triangle", "session": f"s{i}"})
-            livelesson = resp.json()["id"]
-            wait_ready(store, livelesson)
-            client_ms.append((time.perf_counter() - t0) * 1000)
-            record = store.get(livelesson)
-            assert record is not None and record.ready_at is not None
-            server_ms.append((record.ready_at - record.created_at).total_seconds() * 1000)
-            httpx.delete(f"{api.url}/v1/livelessons/{livelesson}")
-            time.sleep(0.3)  # let the teardown finish so runs do not overlap
+            order = ("pipeline", "alone") if i % 2 == 0 else ("alone", "pipeline")
+            for which in order:
+                time.sleep(args.settle)
+                if which == "pipeline":
+                    runs.append(pipeline.run(f"s{i}"))
+                else:
+                    alone.append(alone_run(backend, lesson, instance))
 
         sessions = [f"c{i}" for i in range(args.concurrent)]
+        time.sleep(args.settle)
         t0 = time.perf_counter()
         with ThreadPoolExecutor(max_workers=args.concurrent) as pool:
-            ids = list(
-                pool.map(
-                    lambda s: httpx.post(
-                        f"{api.url}/v1/livelessons", json={"lesson": "busybox-triangle", "session": s}, timeout=30
-                    ).json()["id"],
-                    sessions,
-                )
-            )
+            ids = list(pool.map(pipeline.request, sessions))
         for livelesson in ids:
-            wait_ready(store, livelesson, timeout=300)
+            pipeline.ready(livelesson, timeout=300)
         burst_s = time.perf_counter() - t0
         for livelesson in ids:
-            httpx.delete(f"{api.url}/v1/livelessons/{livelesson}")
+            httpx.delete(f"{api.url}/v1/livelessons/{livelesson}", timeout=30)
+        deadline = time.monotonic() + 120
+        while store.active_count() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        load_after = os.getloadavg()[0]
 
-        rows = [
+        record = [r["record"] for r in runs]
+        client = [r["client"] for r in runs]
+        learn_wait = [r["learn_wait"] for r in runs]
+        learn_http = [r["learn_http"] for r in runs]
+        paired = [r - a for r, a in zip(record, alone, strict=True)]
+        print(
+            f"\n# bench/pipeline.py --runs {args.runs} --warmup {args.warmup} --settle {args.settle:g} "
+            f"--concurrent {args.concurrent}: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, "
+            f"Linux {platform.release()}, load average {load_before:.1f} before / {load_after:.1f} after"
+        )
+        print(f"\nrequest -> ready, {args.runs} interleaved pairs, {args.warmup} warm-up run(s) and a "
+              f"{args.settle:g} s settle pause before every run, both series")  # fmt: skip
+        print(f"| {'path':<44} | {'p50 ms':>7} | {'p95 ms':>7} | {'min ms':>7} |")
+        print(f"|{'-' * 46}|{'-' * 8}:|{'-' * 8}:|{'-' * 8}:|")
+        for name, values in (
             ("triangle, local backend alone", alone),
-            ("triangle, API+Redis+Celery (record)", server_ms),
-            ("triangle, API+Redis+Celery (client)", client_ms),
-        ]
-        print(f"\nrequest -> ready, {args.runs} runs each, {os.cpu_count()} cores")
-        print(f"{'path':<40} {'p50 ms':>8} {'p95 ms':>8} {'min ms':>8}")
-        for name, values in rows:
-            print(f"{name:<40} {pct(values, 50):8.1f} {pct(values, 95):8.1f} {min(values):8.1f}")
-        overhead = pct(server_ms, 50) - pct(alone, 50)
-        print(f"{'scheduler overhead (p50 record - alone)':<40} {overhead:8.1f}")
+            ("triangle, API+Redis+Celery (record)", record),
+            ("triangle, API+Redis+Celery (client)", client),
+        ):
+            print(f"| {name:<44} | {pct(values, 50):7.1f} | {pct(values, 95):7.1f} | {min(values):7.1f} |")
+        print(
+            f"| {'scheduler overhead: paired record - alone':<44} | {statistics.median(paired):7.1f} | "
+            f"{pct(paired, 95):7.1f} | {min(paired):7.1f} |"
+        )
+        print("(overhead p50 is the median of the per-pair differences, not p50 record - p50 alone)")
+        print(
+            f"\nclient learns of ready: record's ready_at -> the waiting client has the ready record, {args.runs} runs"
+        )
+        print(f"| {'waiter':<44} | {'p50 ms':>7} | {'p95 ms':>7} | {'max ms':>7} |")
+        print(f"|{'-' * 46}|{'-' * 8}:|{'-' * 8}:|{'-' * 8}:|")
+        for name, values in (
+            ("scheduler.client.Client.wait (pub/sub)", learn_wait),
+            ("GET /v1/livelessons/{id}?wait_for=ready", learn_http),
+        ):
+            print(f"| {name:<44} | {pct(values, 50):7.1f} | {pct(values, 95):7.1f} | {max(values):7.1f} |")
         print(
             f"\nthroughput: {args.concurrent} triangles at once on 1 worker x 2 processes: all ready in "
             f"{burst_s:.2f} s = {args.concurrent / burst_s:.2f} lessons/s"
         )
-        deadline = time.monotonic() + 60
-        while store.active_count() and time.monotonic() < deadline:
-            time.sleep(0.2)
         return 0
     finally:
         if api is not None:

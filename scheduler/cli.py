@@ -22,7 +22,7 @@ from scheduler.catalog import Catalog, configured_catalog
 from scheduler.errors import InvalidRequest, LessonError, LimitExceeded, NotFound, SchedulerError
 from scheduler.logging import configure
 from scheduler.plan import make_plan
-from scheduler.records import LiveLesson, new_id, now
+from scheduler.records import EMULATED_NOTE, LiveLesson, new_id, now
 from scheduler.render import render as render_objects
 from scheduler.render import to_yaml
 from scheduler.settings import Settings, get_settings
@@ -94,7 +94,8 @@ def _status(status: str) -> str:
 
 
 def _endpoints_table(record: LiveLesson) -> Table:
-    table = Table(title=f"endpoints (node {record.node or '-'})", title_justify="left")
+    kind = f"; {EMULATED_NOTE}" if record.pods == "emulated" else ""
+    table = Table(title=f"endpoints (node {record.node or '-'}{kind})", title_justify="left")
     for column in ("endpoint", "pod", "ready", "interface", "network", "address"):
         table.add_column(column)
     for name, ep in record.endpoints.items():
@@ -287,6 +288,8 @@ def gc() -> None:
             counts = pipeline.gc(lambda task, livelesson: sender(settings).send_task(task, args=[livelesson]))
         finally:
             lock.release()
+    if counts.get("node_removed"):
+        out.print("the node namespace was removed: no live lesson was left on it")
     out.print(" ".join(f"{k}={v}" for k, v in counts.items()))
 
 

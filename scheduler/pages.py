@@ -27,7 +27,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from scheduler.catalog import Catalog
 from scheduler.errors import TemporaryError
 from scheduler.graph import livelesson_topology, to_svg
-from scheduler.records import ID_PATTERN, PROVISIONING, STEPS, LiveLesson, now
+from scheduler.records import EMULATED_NOTE, ID_PATTERN, PROVISIONING, STEPS, LiveLesson, now
 from scheduler.settings import Settings
 from scheduler.state import Store
 
@@ -160,7 +160,8 @@ def _endpoints(record: LiveLesson) -> str:
             rows.append(f'<tr data-endpoint="{escape(name)}">{lead}{cells}</tr>')
     if not rows:
         return "<p>No endpoints scheduled yet.</p>"
-    return _table(("endpoint", "pod", "ready", "interface", "network", "address"), rows, "endpoints")
+    note = f'<p class="meta emulated">{escape(EMULATED_NOTE)}.</p>' if record.pods == "emulated" else ""
+    return note + _table(("endpoint", "pod", "ready", "interface", "network", "address"), rows, "endpoints")
 
 
 def _timeline(record: LiveLesson) -> str:

@@ -14,6 +14,7 @@ from scheduler.errors import InvalidRequest, shorten
 
 __all__ = [
     "ACTIVE",
+    "EMULATED_NOTE",
     "ID_PATTERN",
     "PROVISIONING",
     "SESSION_PATTERN",
@@ -24,6 +25,7 @@ __all__ = [
     "Endpoint",
     "Interface",
     "LiveLesson",
+    "PodKind",
     "Status",
     "StepError",
     "StepTiming",
@@ -55,6 +57,9 @@ STEP_STATUS: dict[str, Status] = {
 PROVISIONING: frozenset[Status] = frozenset({"requested", *STEP_STATUS.values()})
 ACTIVE: frozenset[Status] = PROVISIONING | {"ready"}
 TERMINAL: frozenset[Status] = frozenset({"failed", "deleted"})
+
+PodKind = Literal["container", "emulated"]
+EMULATED_NOTE = "emulated pods: stand-in processes on the declared ports; the images and commands do not run"
 
 ID_ALPHABET = string.ascii_lowercase + string.digits
 ID_PATTERN = re.compile(r"^[a-z0-9]{10}$")
@@ -136,6 +141,9 @@ class LiveLesson(_Model):
     expires_at: datetime
     updated_at: datetime
     steps: dict[str, StepTiming] = Field(default_factory=dict)
+    # what a pod is: a container running the endpoint's image, or an emulated stand-in (a process that
+    # listens on the declared ports; the image and command are not run). Known once pods are scheduled.
+    pods: PodKind | None = None
     endpoints: dict[str, Endpoint] = Field(default_factory=dict)
     checks: list[Check] = Field(default_factory=list)
     error: StepError | None = None

@@ -194,7 +194,12 @@ class Pipeline:
     def schedule_pods(self, livelesson: str) -> Outcome:
         def body(record: LiveLesson) -> Outcome:
             self.backend.apply_pods(self.plan(record))
-            ok = self._finish("schedule_pods", livelesson, "booting")
+            pods = self.backend.pods
+
+            def edit(rec: LiveLesson) -> None:
+                rec.pods = pods
+
+            ok = self._finish("schedule_pods", livelesson, "booting", edit)
             return Next("lessons.wait_ready") if ok else None
 
         return self.run("schedule_pods", livelesson, body)
@@ -331,7 +336,7 @@ class Pipeline:
 
     def gc(self, enqueue: Callable[[str, str], None]) -> dict[str, int]:
         """One pass; the caller holds the GC lock. Reads only expired, overdue and stalled records."""
-        counts = {"expired": 0, "stuck": 0, "redriven": 0, "orphan": 0}
+        counts = {"expired": 0, "stuck": 0, "redriven": 0, "orphan": 0, "node_removed": 0}
         for livelesson in self.store.due("expiry"):
             _bind(livelesson, self.store.get(livelesson), "gc")
             if self.store.transition(livelesson, ACTIVE, "deleting") is not None:
@@ -376,12 +381,12 @@ class Pipeline:
                 self.backend.destroy(livelesson)
                 counts["orphan"] += 1
                 log.info("orphan destroyed", livelesson=livelesson, record=record.status if record else None)
-        prune = getattr(self.backend, "prune", None)
-        if prune is not None and not held:
-            prune()
+        # the node (the local backend's node namespace) stays while any lesson holds it, like a Kubernetes
+        # node; the pass that leaves none on it removes it (prune checks under the node's lock), and says so
+        counts["node_removed"] = int(self.backend.prune())
         structlog.contextvars.unbind_contextvars("livelesson", "lesson", "session", "step")
         for reason, count in counts.items():
-            if count:
+            if count and reason != "node_removed":
                 self.store.metrics.inc("gc_collected_total", count, reason=reason)
         return counts
 

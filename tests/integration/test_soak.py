@@ -53,4 +53,6 @@ def test_short_soak_loses_nothing_and_leaks_nothing(tmp_path: Path) -> None:
     ]
     assert errors == [], result["counters"]
     assert result["counters"].get("api transport errors", 0) == 0, result["counters"]
-    assert result["final_gc"] and result["final_gc"][-1].split() == ["expired=0", "stuck=0", "redriven=0", "orphan=0"]
+    assert result["final_gc"] and result["final_gc"][-1].split() == [
+        "expired=0", "stuck=0", "redriven=0", "orphan=0", "node_removed=0"
+    ]  # fmt: skip

@@ -352,7 +352,9 @@ def pages(settings_for: Callable[..., Settings]) -> Callable[..., tuple[TestClie
 
 
 def put(store: Store, record: LiveLesson) -> None:
+    """A record as the store keeps it: the key, and its place in the listing index (newest first)."""
     store.r.set(store.key(record.id), record.to_json())
+    store.r.zadd(store._k("created"), {record.id: record.created_at.timestamp()})
 
 
 def triangle_record(**kwargs: Any) -> LiveLesson:

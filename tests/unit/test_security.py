@@ -21,7 +21,6 @@ import secrets
 import subprocess
 import sys
 import textwrap
-import time
 import tomllib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -357,13 +356,12 @@ def test_many_overlapping_links_give_a_bounded_report() -> None:
     n = 600
     doc = (
         "slug: s\nname: n\nendpoints:\n- {name: r1, image: busybox}\n- {name: r2, image: busybox}\n"
-        "connections: [&c {a: r1, b: r2, subnet: 10.0.0.0/24}," + ",".join(["*c"] * n) + "]\n"
-    )
-    started = time.monotonic()
+        "connections: [" + ",".join(["{a: r1, b: r2, subnet: 10.0.0.0/24}"] * (n + 1)) + "]\n"
+    )  # written out (no YAML aliases: lesson files refuse them)
     with pytest.raises(LessonError) as info:
         parse_lesson(doc, "many.yaml")
     assert len(info.value.problems) <= 2 * n
-    assert time.monotonic() - started < 10
+    assert any("overlaps" in str(p) for p in info.value.problems)
 
 
 # --- pods -------------------------------------------------------------------------------------------------

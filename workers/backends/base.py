@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from scheduler.plan import Plan
+from scheduler.records import PodKind
 
 __all__ = ["Backend", "ExecResult", "InterfaceStatus", "Observation", "PodStatus"]
 
@@ -62,6 +63,8 @@ class Backend(abc.ABC):
     """Executes plans. Never invents a name: every name comes from the plan."""
 
     name: str
+    # "container": a pod runs the endpoint's image; "emulated": a stand-in process (said wherever pods show)
+    pods: PodKind
 
     @abc.abstractmethod
     def apply_networks(self, plan: Plan) -> None:
@@ -86,6 +89,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def list(self) -> list[str]:
         """Ids of the live lessons this instance holds objects for (GC's orphan search)."""
+
+    def prune(self) -> bool:
+        """Remove what outlives lessons once none is left (the local backend's node namespace, like a
+        Kubernetes node it stays between lessons). True if something was removed. Default: nothing to do."""
+        return False
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release clients and pools."""

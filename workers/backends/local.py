@@ -112,6 +112,7 @@ def _stop(pid: int, still_ours: Callable[[], bool]) -> None:
 
 class LocalBackend(Backend):
     name = "local"
+    pods = "emulated"  # a stand-in process per pod: the image and command are not run (yet)
 
     def __init__(
         self, *, instance: str, state_dir: Path, cni_path: Path = Path("/usr/lib/cni"), deployment: str = ""
