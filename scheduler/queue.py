@@ -12,18 +12,7 @@ from celery import Celery
 
 from scheduler.settings import Settings
 
-__all__ = ["TASK_FOR_STATUS", "celery_config", "enqueue_step", "sender"]
-
-
-# Which task carries a provisioning record forward from each status (GC's re-drive uses it).
-TASK_FOR_STATUS = {
-    "requested": "lessons.create_networks",
-    "creating_networks": "lessons.create_networks",
-    "scheduling_pods": "lessons.schedule_pods",
-    "booting": "lessons.wait_ready",
-    "verifying": "lessons.verify_connectivity",
-    "deleting": "lessons.teardown",
-}
+__all__ = ["celery_config", "enqueue_step", "sender"]
 
 
 def time_limits(settings: Settings) -> tuple[int, int]:

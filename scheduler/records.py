@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from scheduler.errors import InvalidRequest, shorten
+from scheduler.steps import ACTIVE, PROVISIONING, STEP_STATUS, STEPS, TERMINAL, Status
 
 __all__ = [
     "ACTIVE",
@@ -34,29 +35,6 @@ __all__ = [
     "now",
 ]
 
-Status = Literal[
-    "requested",
-    "creating_networks",
-    "scheduling_pods",
-    "booting",
-    "verifying",
-    "ready",
-    "failed",
-    "deleting",
-    "deleted",
-]
-
-# The provisioning steps in order, and the status a record carries while each one runs.
-STEPS = ("create_networks", "schedule_pods", "wait_ready", "verify_connectivity")
-STEP_STATUS: dict[str, Status] = {
-    "create_networks": "creating_networks",
-    "schedule_pods": "scheduling_pods",
-    "wait_ready": "booting",
-    "verify_connectivity": "verifying",
-}
-PROVISIONING: frozenset[Status] = frozenset({"requested", *STEP_STATUS.values()})
-ACTIVE: frozenset[Status] = PROVISIONING | {"ready"}
-TERMINAL: frozenset[Status] = frozenset({"failed", "deleted"})
 
 PodKind = Literal["container", "emulated"]
 EMULATED_NOTE = "emulated pods: stand-in processes on the declared ports; the images and commands do not run"

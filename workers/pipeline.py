@@ -19,7 +19,6 @@ from scheduler.catalog import Catalog
 from scheduler.errors import PermanentError, SchedulerError
 from scheduler.plan import Check as PlannedCheck
 from scheduler.plan import Plan, make_plan
-from scheduler.queue import TASK_FOR_STATUS
 from scheduler.records import (
     ACTIVE,
     PROVISIONING,
@@ -34,6 +33,7 @@ from scheduler.records import (
 )
 from scheduler.settings import Settings
 from scheduler.state import Store
+from scheduler.steps import WAITING_STEPS, next_task, step_at, task_for_status
 from workers.backends.base import Backend, Observation
 from workers.backends.ping import Burst, run_check
 
@@ -44,7 +44,6 @@ log = structlog.get_logger(__name__)
 OBSERVE_SLICE = 2.0  # a waiting step watches this long, then gives its worker slot back
 WAIT_COUNTDOWN = 0.5
 PING_BUDGET = 10.0  # per verification attempt; the first packet of a link waits for ARP
-WAITING_STEPS = frozenset({"wait_ready", "verify_connectivity"})
 
 
 @dataclass(frozen=True)
@@ -187,7 +186,7 @@ class Pipeline:
         def body(record: LiveLesson) -> Outcome:
             self.backend.apply_networks(self.plan(record))
             ok = self._finish("create_networks", livelesson, "scheduling_pods")
-            return Next("lessons.schedule_pods") if ok else None
+            return Next(next_task("create_networks")) if ok else None
 
         return self.run("create_networks", livelesson, body)
 
@@ -200,7 +199,7 @@ class Pipeline:
                 rec.pods = pods
 
             ok = self._finish("schedule_pods", livelesson, "booting", edit)
-            return Next("lessons.wait_ready") if ok else None
+            return Next(next_task("schedule_pods")) if ok else None
 
         return self.run("schedule_pods", livelesson, body)
 
@@ -227,7 +226,7 @@ class Pipeline:
                 rec.node = nodes[0] if len(nodes) == 1 else ",".join(nodes)
 
             ok = self._finish("wait_ready", livelesson, "verifying", edit)
-            return Next("lessons.verify_connectivity") if ok else None
+            return Next(next_task("wait_ready")) if ok else None
 
         return self.run("wait_ready", livelesson, body)
 
@@ -282,7 +281,7 @@ class Pipeline:
                 self.store.metrics.observe("lesson_request_to_ready_seconds", elapsed)
                 self.store.metrics.inc("lessons_ready_total")
                 log.info("live lesson ready", request_to_ready_s=round(elapsed, 3))
-            return Next(None)
+            return Next(next_task("verify_connectivity"))
 
         return self.run("verify_connectivity", livelesson, body)
 
@@ -351,7 +350,7 @@ class Pipeline:
             if record is None:
                 self.store.forget(livelesson)
             elif record.status in PROVISIONING:
-                step = next((s for s, st in STEP_STATUS.items() if st == record.status), "create_networks")
+                step = step_at(record.status) or "create_networks"
                 self.fail(
                     livelesson,
                     step,
@@ -365,7 +364,7 @@ class Pipeline:
             if record is None:
                 self.store.forget(livelesson)
                 continue
-            task = TASK_FOR_STATUS.get(record.status)
+            task = task_for_status(record.status)
             if task is not None:
                 # the worker that held this step died (or its message was lost): send the step again
                 self.store.renew_lease(livelesson)
