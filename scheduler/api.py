@@ -19,7 +19,17 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from scheduler.catalog import Catalog, configured_catalog
-from scheduler.errors import InvalidRequest, LimitExceeded, NotFound, TemporaryError
+from scheduler.errors import (
+    AtCapacity,
+    InvalidRequest,
+    LessonError,
+    LimitExceeded,
+    NotFound,
+    PrerequisiteMissing,
+    SchedulerError,
+    TemporaryError,
+    shorten,
+)
 from scheduler.metrics import RedisCollector
 from scheduler.pages import add_pages
 from scheduler.records import ID_PATTERN, SESSION_PATTERN, TERMINAL, LiveLesson, Status
@@ -234,6 +244,22 @@ class InvalidBody(BaseModel):
     detail: str | list[dict[str, Any]]
 
 
+# The error tree's HTTP status codes, most specific first: the one place a code is chosen.
+STATUS_FOR: tuple[tuple[type[SchedulerError], int], ...] = (
+    (NotFound, 404),
+    (InvalidRequest, 422),
+    (LessonError, 422),
+    (AtCapacity, 503),
+    (LimitExceeded, 429),
+    (TemporaryError, 503),
+    (PrerequisiteMissing, 503),
+)
+
+
+def status_for(exc: SchedulerError) -> int:
+    return next((code for kind, code in STATUS_FOR if isinstance(exc, kind)), 500)
+
+
 def create_app(settings: Settings | None = None, catalog: Catalog | None = None) -> FastAPI:
     settings = settings or get_settings()
     catalog = catalog or configured_catalog(settings)
@@ -267,8 +293,8 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     errors: dict[int | str, dict[str, Any]] = {401: {"model": Problem}, 404: {"model": Problem}}
 
     def livelesson_id(livelesson: str) -> str:
-        if not ID_PATTERN.match(livelesson):
-            raise HTTPException(404, f"live lesson {livelesson[:40]!r} does not exist")
+        if not ID_PATTERN.fullmatch(livelesson):
+            raise NotFound(f"live lesson {shorten(livelesson)} does not exist")
         return livelesson
 
     @app.middleware("http")
@@ -280,11 +306,18 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
 
     app.add_middleware(_CountedBody)
 
-    @app.exception_handler(TemporaryError)
-    async def unavailable(_: Request, exc: TemporaryError) -> JSONResponse:
-        log.warning("service unavailable", error=str(exc))
-        return JSONResponse({"detail": "the scheduler's store is unavailable; retry shortly"}, 503,
-                            headers={"Retry-After": "5"})  # fmt: skip
+    @app.exception_handler(SchedulerError)
+    async def refused(_: Request, exc: SchedulerError) -> JSONResponse:
+        """The one mapping from the error tree to HTTP: a route raises, this answers."""
+        status = status_for(exc)
+        if isinstance(exc, TemporaryError):
+            log.warning("service unavailable", error=str(exc))
+            return JSONResponse({"detail": "the scheduler's store is unavailable; retry shortly"}, 503,
+                                headers={"Retry-After": "5"})  # fmt: skip
+        if status >= 500 and not isinstance(exc, LimitExceeded):
+            log.error("request failed", error=str(exc), kind=type(exc).__name__)
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, LimitExceeded) else None
+        return JSONResponse({"detail": str(exc)}, status, headers=headers)
 
     @v1.post(
         "/livelessons",
@@ -294,15 +327,7 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
                    422: {"model": InvalidBody}, 429: {"model": Problem}, 503: {"model": Problem}},
     )  # fmt: skip
     def create(body: LessonRequest, response: Response) -> LiveLesson:
-        try:
-            created = request_lesson(settings, store, catalog, body.lesson, body.session)
-        except NotFound as exc:
-            raise HTTPException(404, str(exc)) from None
-        except InvalidRequest as exc:
-            raise HTTPException(422, str(exc)) from None
-        except LimitExceeded as exc:
-            code = 503 if "capacity" in str(exc) else 429
-            raise HTTPException(code, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
+        created = request_lesson(settings, store, catalog, body.lesson, body.session)
         if not created.new:
             response.status_code = 200
         structlog.contextvars.bind_contextvars(
@@ -349,23 +374,17 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
                 raise HTTPException(503, "too many clients waiting; retry shortly", headers={"Retry-After": "5"})
             record = await hub.wait(livelesson, get, lambda r: r.status in wanted or r.status in TERMINAL, timeout)
         if record is None:
-            raise HTTPException(404, f"live lesson {livelesson!r} does not exist")
+            raise NotFound(f"live lesson {livelesson!r} does not exist")
         return record
 
     @v1.post("/livelessons/{livelesson}/keepalive", response_model=Keepalive, responses=errors)
     def keepalive(livelesson: str) -> Keepalive:
-        try:
-            record = store.keepalive(livelesson_id(livelesson))
-        except NotFound as exc:
-            raise HTTPException(404, str(exc)) from None
+        record = store.keepalive(livelesson_id(livelesson))
         return Keepalive(id=record.id, expires_at=record.expires_at.isoformat())
 
     @v1.delete("/livelessons/{livelesson}", status_code=202, response_model=LiveLesson, responses=errors)
     def delete(livelesson: str) -> LiveLesson:
-        try:
-            return delete_lesson(settings, store, livelesson_id(livelesson))
-        except NotFound as exc:
-            raise HTTPException(404, str(exc)) from None
+        return delete_lesson(settings, store, livelesson_id(livelesson))
 
     @v1.get("/lessons", response_model=list[LessonSummary], responses={401: {"model": Problem}})
     def lessons() -> list[LessonSummary]:

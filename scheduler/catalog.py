@@ -50,7 +50,7 @@ def _read(path: Path) -> bytes:
         with path.open("rb") as handle:
             data = handle.read(MAX_FILE_BYTES + 1)  # the size may change between stat and read
     except OSError as exc:
-        raise LessonError([Problem(str(path), "", f"cannot read: {exc.strerror}")]) from None
+        raise LessonError([Problem(str(path), "", f"cannot read: {exc.strerror}")]) from exc
     if len(data) > MAX_FILE_BYTES:
         raise too_big(f"more than {MAX_FILE_BYTES}")
     return data

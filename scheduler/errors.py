@@ -3,15 +3,21 @@
     SchedulerError                 base; ``transient`` says whether retrying can help
     ├── PermanentError             retrying cannot help: fail the step now
     │   ├── LessonError            a lesson file or catalog is invalid (carries every problem)
-    │   ├── InvalidRequest         a request's own fields are wrong (a session name, say)
+    │   ├── InvalidRequest         a request's own fields are wrong (a session name, an id)
     │   ├── NotFound               an unknown lesson or live lesson
-    │   ├── LimitExceeded          a session or capacity limit; ``retry_after`` for clients
-    │   └── PrerequisiteMissing    root, a capability or a CNI plugin is missing
+    │   ├── LimitExceeded          a session's limit; ``retry_after`` for clients
+    │   │   └── AtCapacity         the whole deployment is full (503, where a session's limit is 429)
+    │   ├── PrerequisiteMissing    root, a capability or a CNI plugin is missing
+    │   ├── CniError               a CNI plugin refused (workers/backends/cni.py)
+    │   └── ApiError               the Kubernetes API refused; ``status`` (workers/backends/kubernetes.py)
     └── TemporaryError             retrying may help; ``delay`` is a hint in seconds
-        └── StillWaiting           a waiting step saw no failure, only "not yet"
+        ├── CniRace                a CNI call lost a race with a concurrent one (workers/backends/cni.py)
+        └── NetlinkRace            a netlink change lost a race (workers/backends/netns.py)
 
-Backend and client errors are translated at the boundary (``raise TemporaryError(...) from exc``), so
-retry policy reads ``transient`` instead of guessing from exception types it does not own.
+Backend and client errors are translated at the boundary, always keeping the cause
+(``raise TemporaryError(...) from exc``), so retry policy reads ``transient`` instead of guessing from
+exception types it does not own. The HTTP API maps this tree to status codes in one place
+(``scheduler/api.py``: ``STATUS_FOR``).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import reprlib
 from dataclasses import dataclass
 
 __all__ = [
+    "AtCapacity",
     "InvalidRequest",
     "LessonError",
     "LimitExceeded",
@@ -28,7 +35,6 @@ __all__ = [
     "PrerequisiteMissing",
     "Problem",
     "SchedulerError",
-    "StillWaiting",
     "TemporaryError",
     "shorten",
 ]
@@ -63,10 +69,6 @@ class TemporaryError(SchedulerError):
         self.delay = delay
 
 
-class StillWaiting(TemporaryError):
-    """Nothing failed; the observed state is just not there yet."""
-
-
 @dataclass(frozen=True)
 class Problem:
     """One validation problem: where (file and path inside it) and what, in words."""
@@ -98,6 +100,10 @@ class LimitExceeded(PermanentError):
     def __init__(self, message: str, *, retry_after: int = 30) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class AtCapacity(LimitExceeded):
+    """The deployment holds as many live lessons as it may; another session's end makes room."""
 
 
 class PrerequisiteMissing(PermanentError):

@@ -497,5 +497,5 @@ RENDERERS = {"mermaid": to_mermaid, "dot": to_dot, "svg": to_svg}
 def render(topology: Topology, fmt: str = "mermaid") -> str:
     try:
         return RENDERERS[fmt](topology)
-    except KeyError:
-        raise ValueError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})") from None
+    except KeyError as exc:
+        raise ValueError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})") from exc

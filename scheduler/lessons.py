@@ -317,20 +317,20 @@ def _load_yaml(text: str | bytes, source: str) -> Mapping[str, Any]:
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except _Refused as exc:
-        raise LessonError([Problem(source, "", f"{_where(exc.problem_mark)}{exc.problem}")]) from None
+        raise LessonError([Problem(source, "", f"{_where(exc.problem_mark)}{exc.problem}")]) from exc
     except yaml.YAMLError as exc:
         where = _where(getattr(exc, "problem_mark", None))
         problem = _cut(getattr(exc, "problem", None) or (str(exc).splitlines() or [""])[0])
-        raise LessonError([Problem(source, "", f"malformed YAML: {where}{problem}")]) from None
+        raise LessonError([Problem(source, "", f"malformed YAML: {where}{problem}")]) from exc
     except UnicodeDecodeError as exc:  # undecodable bytes
-        raise LessonError([Problem(source, "", f"not a text file: {exc}")]) from None
-    except RecursionError:
-        raise LessonError([Problem(source, "", "malformed YAML: nested too deeply")]) from None
+        raise LessonError([Problem(source, "", f"not a text file: {exc}")]) from exc
+    except RecursionError as exc:
+        raise LessonError([Problem(source, "", "malformed YAML: nested too deeply")]) from exc
     except (ValueError, IndexError, KeyError, AttributeError, TypeError) as exc:
         # PyYAML's own scalar constructors fail like this on odd values: `!!int ''`, `!!bool ''`,
         # `!!timestamp x`, `!!float +`, an integer of 5000 digits
         detail = _cut((str(exc).splitlines() or [""])[0]) or type(exc).__name__
-        raise LessonError([Problem(source, "", f"malformed YAML: a value cannot be read ({detail})")]) from None
+        raise LessonError([Problem(source, "", f"malformed YAML: a value cannot be read ({detail})")]) from exc
     if data is None:
         raise LessonError([Problem(source, "", "the file is empty")])
     if not isinstance(data, dict):
@@ -440,7 +440,7 @@ def parse_lesson(text: str | bytes, source: str = "<lesson>") -> Lesson:
     try:
         lesson = Lesson.model_validate(data)
     except ValidationError as exc:
-        raise LessonError(_problems(exc, Lesson, source, data)) from None
+        raise LessonError(_problems(exc, Lesson, source, data)) from exc
     problems = _consistency(lesson, source)
     if problems:
         raise LessonError(problems)
@@ -452,7 +452,7 @@ def parse_image(text: str | bytes, source: str = "<image>") -> Image:
     try:
         return Image.model_validate(data)
     except ValidationError as exc:
-        raise LessonError(_problems(exc, Image, source, data)) from None
+        raise LessonError(_problems(exc, Image, source, data)) from exc
 
 
 def _consistency(lesson: Lesson, source: str) -> list[Problem]:

@@ -37,7 +37,7 @@ from typing import Any
 import redis
 import structlog
 
-from scheduler.errors import LimitExceeded, NotFound, TemporaryError
+from scheduler.errors import AtCapacity, LimitExceeded, NotFound, TemporaryError
 from scheduler.metrics import Metrics
 from scheduler.records import ACTIVE, ID_PATTERN, PROVISIONING, TERMINAL, LiveLesson, Status, check_id, new_id, now
 from scheduler.settings import Settings
@@ -289,7 +289,7 @@ class Store:
         if result[0] == -1:
             raise LimitExceeded(f"session {session!r} already holds {self.max_per_session} live lessons (the limit)")
         if result[0] == -2:
-            raise LimitExceeded(f"this scheduler is at capacity ({self.max_active} live lessons)", retry_after=60)
+            raise AtCapacity(f"this scheduler is at capacity ({self.max_active} live lessons)", retry_after=60)
         return Created(LiveLesson.model_validate_json(result[2]), new=result[0] == 1)
 
     def update(

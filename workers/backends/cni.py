@@ -112,8 +112,8 @@ def _call(
             proc = _netns.run(argv, netns=node_netns, input=stdin, env=env, timeout=CALL_TIMEOUT)
         else:
             proc = subprocess.run(argv, input=stdin, env=env, capture_output=True, timeout=CALL_TIMEOUT, check=False)
-    except subprocess.TimeoutExpired:
-        raise TemporaryError(f"CNI {command} of {ifname} timed out after {CALL_TIMEOUT:.0f}s") from None
+    except subprocess.TimeoutExpired as exc:
+        raise TemporaryError(f"CNI {command} of {ifname} timed out after {CALL_TIMEOUT:.0f}s") from exc
     if proc.returncode == 0:
         out = proc.stdout.strip()
         return json.loads(out) if out else {}

@@ -421,10 +421,10 @@ class LocalBackend(Backend):
             raise PermanentError(f"pod {endpoint} does not exist (no namespace {pod.netns})")
         try:
             proc = netns.run(argv, netns=pod.netns, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise TemporaryError(f"`{' '.join(argv)}` in {endpoint} timed out after {timeout}s") from None
+        except subprocess.TimeoutExpired as exc:
+            raise TemporaryError(f"`{' '.join(argv)}` in {endpoint} timed out after {timeout}s") from exc
         except FileNotFoundError as exc:
-            raise PermanentError(f"`{argv[0]}` cannot run in {endpoint}: {exc.strerror}") from None
+            raise PermanentError(f"`{argv[0]}` cannot run in {endpoint}: {exc.strerror}") from exc
         return ExecResult(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
 
     # --- destroy and list --------------------------------------------------------------------------

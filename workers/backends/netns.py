@@ -183,7 +183,7 @@ def _create(path: Path, loopback: bool) -> bool:
         except BaseException as exc:
             path.unlink(missing_ok=True)
             if isinstance(exc, OSError):
-                raise PermanentError(f"cannot create network namespace {path.name!r}: {exc}") from None
+                raise PermanentError(f"cannot create network namespace {path.name!r}: {exc}") from exc
             raise
         return True
     return False
@@ -237,7 +237,7 @@ def delete(name: str) -> None:
     except FileNotFoundError:
         pass
     except OSError as exc:
-        raise TemporaryError(f"cannot delete network namespace {name!r}: {exc.strerror}") from None
+        raise TemporaryError(f"cannot delete network namespace {name!r}: {exc.strerror}") from exc
 
 
 def in_netns(name: str, fn: Callable[[], T], timeout: float = 10.0) -> T:
@@ -246,8 +246,8 @@ def in_netns(name: str, fn: Callable[[], T], timeout: float = 10.0) -> T:
     def body() -> T:
         try:
             fd = os.open(NETNS_DIR / name, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise PermanentError(f"network namespace {name!r} does not exist") from None
+        except FileNotFoundError as exc:
+            raise PermanentError(f"network namespace {name!r} does not exist") from exc
         try:
             if _libc.setns(fd, CLONE_NEWNET) != 0:
                 raise PermanentError(f"setns({name}): {os.strerror(ctypes.get_errno())}")
