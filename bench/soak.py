@@ -55,7 +55,7 @@ sys.path.insert(0, str(REPO))
 
 from scheduler.catalog import load_catalog  # noqa: E402
 from scheduler.errors import SchedulerError  # noqa: E402
-from scheduler.plan import bridge_name  # noqa: E402
+from scheduler.naming import bridge_name  # noqa: E402
 from scheduler.redis_server import PrivateRedis  # noqa: E402
 from scheduler.settings import Settings  # noqa: E402
 from scheduler.state import Store  # noqa: E402

@@ -6,58 +6,31 @@ Backends execute a plan; they never invent names.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from scheduler import naming
 from scheduler.errors import LessonError, Problem
 from scheduler.lessons import ResolvedLesson
+from scheduler.naming import (
+    LABEL_DEPLOYMENT,
+    LABEL_ENDPOINT,
+    LABEL_INSTANCE,
+    LABEL_LESSON,
+    LABEL_LIVELESSON,
+    LABEL_MANAGED_BY,
+    LABEL_SESSION,
+    MANAGED_BY,
+    bridge_name,
+    network_name,
+)
 
-__all__ = [
-    "CNI_VERSION",
-    "LABEL_DEPLOYMENT",
-    "LABEL_INSTANCE",
-    "LABEL_LIVELESSON",
-    "LABEL_MANAGED_BY",
-    "MANAGED_BY",
-    "Check",
-    "Interface",
-    "Network",
-    "Plan",
-    "Pod",
-    "bridge_name",
-    "make_plan",
-    "network_name",
-]
+__all__ = ["CNI_VERSION", "Check", "Interface", "Network", "Plan", "Pod", "make_plan"]
 
 CNI_VERSION = "0.4.0"
-MANAGED_BY = "lesson-scheduler"
-
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-LABEL_INSTANCE = "lessons.io/instance"
-LABEL_LIVELESSON = "lessons.io/livelesson"
-LABEL_LESSON = "lessons.io/lesson"
-LABEL_SESSION = "lessons.io/session"
-LABEL_ENDPOINT = "lessons.io/endpoint"
-# which deployment made it: two deployments sharing an instance name never collect each other's objects
-LABEL_DEPLOYMENT = "lessons.io/deployment"
-
-
-def _digest(instance: str, livelesson: str, index: int) -> str:
-    return hashlib.sha256(f"{instance}/{livelesson}/{index}".encode()).hexdigest()
-
-
-def bridge_name(instance: str, livelesson: str, index: int) -> str:
-    """Linux allows 15 characters; 48 bits of hash keep two live lessons off one bridge."""
-    return "lsb" + _digest(instance, livelesson, index)[:12]
-
-
-def network_name(instance: str, livelesson: str, index: int) -> str:
-    """host-local keys its allocations on this name, so it must be as unique as the bridge."""
-    return "lsn" + _digest(instance, livelesson, index)[:12]
 
 
 @dataclass(frozen=True)
@@ -176,7 +149,7 @@ def make_plan(
     subnet_pool: str = "10.10.0.0/16",
     deployment: str = "",
 ) -> Plan:
-    namespace = f"{instance}-{livelesson}"
+    namespace = naming.namespace(instance, livelesson)
     labels = {
         LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_INSTANCE: instance,
@@ -217,7 +190,7 @@ def make_plan(
             Pod(
                 endpoint=ep.name,
                 name=ep.name,
-                netns=f"{namespace}-{ep.name}",
+                netns=naming.pod_netns(instance, livelesson, ep.name),
                 image=ep.image,
                 flavor=ep.flavor,
                 ports=ep.ports,
@@ -245,6 +218,6 @@ def make_plan(
         networks=tuple(networks),
         pods=tuple(pods),
         checks=tuple(checks),
-        node_netns=f"{instance}-node",
+        node_netns=naming.node_netns(instance),
         deployment=deployment,
     )

@@ -7,7 +7,8 @@ from typing import Any
 
 import yaml
 
-from scheduler.plan import LABEL_LIVELESSON, Plan, Pod
+from scheduler.naming import LABEL_LIVELESSON
+from scheduler.plan import Plan, Pod
 
 __all__ = [
     "LESSON_ROLE",

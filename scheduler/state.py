@@ -37,6 +37,7 @@ from typing import Any
 import redis
 import structlog
 
+from scheduler import naming
 from scheduler.errors import AtCapacity, LimitExceeded, NotFound, TemporaryError
 from scheduler.metrics import Metrics
 from scheduler.records import ACTIVE, ID_PATTERN, PROVISIONING, TERMINAL, LiveLesson, Status, check_id, new_id, now
@@ -256,7 +257,7 @@ class Store:
             session=session,
             instance=self.instance,
             backend=backend,
-            namespace=f"{self.instance}-{livelesson}",
+            namespace=naming.namespace(self.instance, livelesson),
             created_at=t,
             updated_at=t,
             expires_at=t + timedelta(seconds=min(self.ttl, self.max_lifetime)),

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from scheduler import naming
 from scheduler.redis_server import PrivateRedis
 from scheduler.settings import Settings
 from workers.backends import netns
@@ -75,7 +76,7 @@ def cleanup_instance(name: str, state_dir: Path) -> None:
         with contextlib.suppress(Exception):  # the sweep below removes what destroy could not
             backend.destroy(livelesson)
     # stop pod processes of this instance (their argv carries the mark), by PID
-    mark = f"lesson-scheduler/{name}/".encode()
+    mark = naming.instance_mark(name).encode()
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:

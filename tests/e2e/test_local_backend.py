@@ -27,6 +27,7 @@ from typing import TypeVar
 
 import pytest
 
+from scheduler import naming
 from scheduler.catalog import load_paths
 from scheduler.errors import PrerequisiteMissing
 from scheduler.lessons import ResolvedLesson
@@ -330,7 +331,7 @@ def test_teardown_leaves_nothing_and_touches_only_its_own(backend: LocalBackend)
     backend.destroy(neighbour.livelesson)
     assert backend.prune()
     assert not [n for n in netns.names() if n.startswith(f"{backend.instance}-")]
-    assert not marked_processes(f"lesson-scheduler/{backend.instance}/")
+    assert not marked_processes(naming.instance_mark(backend.instance))
     assert backend.list() == []
     assert not list((backend.root / "lessons").iterdir())
     assert not list(backend.ipam_dir.iterdir())
@@ -341,7 +342,7 @@ def test_destroy_never_touches_a_bridge_without_its_mark(backend: LocalBackend) 
     up(backend, plan)
     node = backend.node_netns
     # strangers in the node namespace: no mark at all, and the mark of a live lesson whose id extends ours
-    strangers = {"lsbstranger01": "", "lsbstranger02": f"lesson-scheduler/{backend.instance}/{plan.livelesson}x/0"}
+    strangers = {"lsbstranger01": "", "lsbstranger02": f"{naming.mark(backend.instance, plan.livelesson)}x/0"}
     for name, alias in strangers.items():
         netns.ip("link", "add", name, "type", "bridge", netns=node)
         if alias:
@@ -523,7 +524,7 @@ def test_damage_after_ready_is_repaired_by_applying_again(backend: LocalBackend,
     assert_converged(backend, plan)
     backend.destroy(plan.livelesson)
     assert snapshot(backend, plan.livelesson)["netns"] == set()
-    assert not marked_processes(f"lesson-scheduler/{backend.instance}/")
+    assert not marked_processes(naming.instance_mark(backend.instance))
 
 
 def test_applying_twice_is_harmless(backend: LocalBackend) -> None:

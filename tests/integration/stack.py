@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 
+from scheduler import naming
 from scheduler.records import LiveLesson
 from scheduler.redis_server import free_port
 from scheduler.settings import Settings
@@ -76,15 +77,15 @@ def leftovers(instance: str, livelesson: str, state_dir: Path) -> list[str]:
     """Everything of one live lesson still in the kernel, on disk, or running."""
     from workers.backends import netns
 
-    found = [f"netns {n}" for n in netns.names() if n.startswith(f"{instance}-{livelesson}")]
-    node = f"{instance}-node"
+    found = [f"netns {n}" for n in netns.names() if n.startswith(naming.namespace(instance, livelesson))]
+    node = naming.node_netns(instance)
     if netns.exists(node):
-        mark = f"lesson-scheduler/{instance}/{livelesson}/"
+        mark = f"{naming.mark(instance, livelesson)}/"
         found += [f"bridge {b}" for b, alias in netns.bridges(node).items() if alias.startswith(mark)]
         found += [f"link {link['ifname']}" for link in netns.links(node) if link.get("ifname", "").startswith("veth")]
     if (state_dir / instance / "lessons" / livelesson).exists():
         found.append("state dir")
-    mark_bytes = f"lesson-scheduler/{instance}/{livelesson}/".encode()
+    mark_bytes = f"{naming.mark(instance, livelesson)}/".encode()
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from scheduler import naming
 from scheduler.catalog import load_paths
 from scheduler.lessons import ResolvedLesson
 from scheduler.plan import Plan, make_plan
@@ -161,7 +162,7 @@ def test_a_pod_cannot_reach_the_host_root_namespace(backend: LocalBackend, trian
     new = set(after) - set(before)
     ours = {n.bridge for n in plan.networks}
     assert not ours & set(after)
-    assert not [name for name, alias in after.items() if alias.startswith(f"lesson-scheduler/{backend.instance}/")]
+    assert not [name for name, alias in after.items() if alias.startswith(naming.instance_mark(backend.instance))]
     assert not [name for name in new if name.startswith(("lsb", "veth"))], new
 
     # a listener on the root namespace's loopback: reachable from the root namespace, never from a pod

@@ -52,6 +52,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from scheduler import naming
 from scheduler.errors import PermanentError, SchedulerError, TemporaryError
 from scheduler.plan import Interface, Plan, Pod
 from scheduler.records import ID_PATTERN, check_id
@@ -63,7 +64,6 @@ __all__ = ["LocalBackend"]
 log = structlog.get_logger(__name__)
 
 PODPROC = Path(__file__).with_name("podproc.py")
-MANAGED_BY = "lesson-scheduler"
 T = TypeVar("T")
 
 
@@ -122,13 +122,13 @@ class LocalBackend(Backend):
         self.root = state_dir / instance
         self.ipam_dir = self.root / "ipam"
         self.cni_path = cni_path
-        self.node_netns = f"{instance}-node"
+        self.node_netns = naming.node_netns(instance)
         self._checked = False
 
     # --- marks and paths ---------------------------------------------------------------------------
 
     def mark(self, livelesson: str) -> str:
-        return f"{MANAGED_BY}/{self.instance}/{livelesson}"
+        return naming.mark(self.instance, livelesson)
 
     def _dir(self, livelesson: str) -> Path:
         return self._inside("lessons", livelesson)
@@ -536,7 +536,7 @@ class LocalBackend(Backend):
         with self._node_lock(exclusive=True):
             if self._held() or not netns.exists(self.node_netns):
                 return False
-            prefix = f"{MANAGED_BY}/{self.instance}/"
+            prefix = naming.instance_mark(self.instance)
             if any(alias.startswith(prefix) for alias in netns.bridges(self.node_netns).values()):
                 return False
             netns.delete(self.node_netns)

@@ -1,0 +1,77 @@
+"""Every name and mark this project gives what it creates, written once. Isolation depends on them: two
+live lessons (or two deployments) must never share a namespace, bridge, CNI network or mark, and cleanup
+finds exactly its own objects by them. The plan, the store and the backends ask here; none composes a
+name itself. Pure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+__all__ = [
+    "LABEL_DEPLOYMENT",
+    "LABEL_ENDPOINT",
+    "LABEL_INSTANCE",
+    "LABEL_LESSON",
+    "LABEL_LIVELESSON",
+    "LABEL_MANAGED_BY",
+    "LABEL_SESSION",
+    "MANAGED_BY",
+    "bridge_name",
+    "instance_mark",
+    "mark",
+    "namespace",
+    "network_name",
+    "node_netns",
+    "pod_netns",
+]
+
+MANAGED_BY = "lesson-scheduler"
+
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_INSTANCE = "lessons.io/instance"
+LABEL_LIVELESSON = "lessons.io/livelesson"
+LABEL_LESSON = "lessons.io/lesson"
+LABEL_SESSION = "lessons.io/session"
+LABEL_ENDPOINT = "lessons.io/endpoint"
+# which deployment made it: two deployments sharing an instance name never collect each other's objects
+LABEL_DEPLOYMENT = "lessons.io/deployment"
+
+
+def namespace(instance: str, livelesson: str) -> str:
+    """The live lesson's Kubernetes namespace, and the local backend's prefix for its pods."""
+    return f"{instance}-{livelesson}"
+
+
+def pod_netns(instance: str, livelesson: str, endpoint: str) -> str:
+    """The local backend's network namespace of one pod."""
+    return f"{namespace(instance, livelesson)}-{endpoint}"
+
+
+def node_netns(instance: str) -> str:
+    """The local backend's node: the network namespace that holds the bridges."""
+    return f"{instance}-node"
+
+
+def instance_mark(instance: str) -> str:
+    """What every mark of an instance starts with (bridge aliases, pod process argv)."""
+    return f"{MANAGED_BY}/{instance}/"
+
+
+def mark(instance: str, livelesson: str) -> str:
+    """The ownership mark of one live lesson's local objects; a bridge adds ``/<link>``, a pod ``/<endpoint>``."""
+    return f"{instance_mark(instance)}{livelesson}"
+
+
+def _digest(instance: str, livelesson: str, index: int) -> str:
+    return hashlib.sha256(f"{instance}/{livelesson}/{index}".encode()).hexdigest()
+
+
+def bridge_name(instance: str, livelesson: str, index: int) -> str:
+    """Linux allows 15 characters; 48 bits of hash keep two live lessons off one bridge."""
+    return "lsb" + _digest(instance, livelesson, index)[:12]
+
+
+def network_name(instance: str, livelesson: str, index: int) -> str:
+    """host-local keys its allocations on this name, so it must be as unique as the bridge."""
+    return "lsn" + _digest(instance, livelesson, index)[:12]
