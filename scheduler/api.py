@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
@@ -18,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from scheduler.auth import token_ok
 from scheduler.catalog import Catalog, configured_catalog
 from scheduler.errors import (
     AtCapacity,
@@ -280,13 +280,7 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     app.state.settings, app.state.catalog, app.state.store, app.state.hub = settings, catalog, store, hub
 
     def authorize(request: Request) -> None:
-        if settings.api_token is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        token = token if scheme.lower() == "bearer" else request.cookies.get("lesson_token", "")
-        # constant time, so the token cannot be guessed a character at a time from response timings
-        if not secrets.compare_digest(token.encode(), settings.api_token.encode()):
+        if not token_ok(request, settings.api_token):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])

@@ -275,6 +275,7 @@ def gc() -> None:
     """Run one garbage-collection pass now (expired, stuck and orphaned live lessons)."""
     from scheduler.queue import sender
     from workers.backends import get_backend
+    from workers.gc import collect
     from workers.pipeline import Pipeline
 
     settings = _settings()
@@ -285,7 +286,7 @@ def gc() -> None:
         if not lock.acquire():
             _fail("another GC pass is running", 1)
         try:
-            counts = pipeline.gc(lambda task, livelesson: sender(settings).send_task(task, args=[livelesson]))
+            counts = collect(pipeline, lambda task, livelesson: sender(settings).send_task(task, args=[livelesson]))
         finally:
             lock.release()
     if counts.get("node_removed"):

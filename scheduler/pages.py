@@ -24,6 +24,7 @@ import redis
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from scheduler.auth import COOKIE, COOKIE_MAX_AGE, token_ok
 from scheduler.catalog import Catalog
 from scheduler.errors import TemporaryError
 from scheduler.graph import livelesson_topology, to_svg
@@ -33,8 +34,6 @@ from scheduler.state import Store
 
 __all__ = ["COOKIE", "add_pages"]
 
-COOKIE = "lesson_token"
-COOKIE_MAX_AGE = 12 * 3600
 MAX_FORM_BYTES = 4096
 
 HEADERS = {
@@ -305,12 +304,7 @@ def add_pages(app: FastAPI, store: Store, catalog: Catalog, settings: Settings) 
     token = settings.api_token
 
     def allowed(request: Request) -> bool:
-        if token is None:
-            return True
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer":
-            given = request.cookies.get(COOKIE, "")
-        return secrets.compare_digest(given.encode(), token.encode())
+        return token_ok(request, token)
 
     def login_wall(request: Request) -> HTMLResponse:
         return login_html(401, "Log in with the API token to see this page.", request.url.path)

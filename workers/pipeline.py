@@ -1,4 +1,4 @@
-"""The provisioning steps, teardown and GC, free of Celery: tasks call these and map the outcome.
+"""The provisioning steps and teardown, free of Celery: tasks call these and map the outcome.
 
 Each step loads the record, checks that the record is at this step (a redelivered or re-driven step
 that finds the record past it does nothing), calls the backend, and moves the record on atomically.
@@ -21,7 +21,6 @@ from scheduler.plan import Check as PlannedCheck
 from scheduler.plan import Plan, make_plan
 from scheduler.records import (
     ACTIVE,
-    PROVISIONING,
     STEP_STATUS,
     Check,
     Endpoint,
@@ -33,11 +32,11 @@ from scheduler.records import (
 )
 from scheduler.settings import Settings
 from scheduler.state import Store
-from scheduler.steps import WAITING_STEPS, next_task, step_at, task_for_status
+from scheduler.steps import WAITING_STEPS, next_task
 from workers.backends.base import Backend, Observation
 from workers.backends.ping import Burst, run_check
 
-__all__ = ["Again", "Next", "Outcome", "Pipeline"]
+__all__ = ["Again", "Next", "Outcome", "Pipeline", "bind_context"]
 
 log = structlog.get_logger(__name__)
 
@@ -103,7 +102,7 @@ class Pipeline:
             return rec
 
         record = self.store.update(livelesson, change)
-        _bind(livelesson, record, step)
+        bind_context(livelesson, record, step)
         if record is None or record.status != status or step not in record.steps:
             return None
         return record
@@ -321,7 +320,7 @@ class Pipeline:
         """Destroy and mark deleted. A failed record keeps its status and error for inspection. An id with no
         record is destroyed only if the backend itself lists it (GC's orphans)."""
         record = self.store.get(livelesson)
-        _bind(livelesson, record, "teardown")
+        bind_context(livelesson, record, "teardown")
         if record is None and livelesson not in self.backend.list():
             # no record and nothing the backend holds: an id from nowhere (or long gone) touches nothing
             log.warning("teardown of an unknown live lesson: nothing to do")
@@ -332,62 +331,6 @@ class Pipeline:
         if record is not None and record.status != "failed":
             self.store.transition(livelesson, {*ACTIVE, "deleting"}, "deleted")
         log.info("live lesson torn down", livelesson=livelesson)
-
-    def gc(self, enqueue: Callable[[str, str], None]) -> dict[str, int]:
-        """One pass; the caller holds the GC lock. Reads only expired, overdue and stalled records."""
-        counts = {"expired": 0, "stuck": 0, "redriven": 0, "orphan": 0, "node_removed": 0}
-        for livelesson in self.store.due("expiry"):
-            _bind(livelesson, self.store.get(livelesson), "gc")
-            if self.store.transition(livelesson, ACTIVE, "deleting") is not None:
-                log.info("expired: tearing down")
-                enqueue("lessons.teardown", livelesson)
-                counts["expired"] += 1
-            elif self.store.get(livelesson) is None:
-                self.store.forget(livelesson)
-        for livelesson in self.store.due("deadline"):
-            record = self.store.get(livelesson)
-            _bind(livelesson, record, "gc")
-            if record is None:
-                self.store.forget(livelesson)
-            elif record.status in PROVISIONING:
-                step = step_at(record.status) or "create_networks"
-                self.fail(
-                    livelesson,
-                    step,
-                    f"provisioning did not finish within {self.settings.provision_timeout_seconds}s "
-                    f"(stuck in {record.status})",
-                )
-                counts["stuck"] += 1
-        for livelesson in self.store.due("lease"):
-            record = self.store.get(livelesson)
-            _bind(livelesson, record, "gc")
-            if record is None:
-                self.store.forget(livelesson)
-                continue
-            task = task_for_status(record.status)
-            if task is not None:
-                # the worker that held this step died (or its message was lost): send the step again
-                self.store.renew_lease(livelesson)
-                enqueue(task, livelesson)
-                counts["redriven"] += 1
-                log.warning("re-driving a stalled step", livelesson=livelesson, status=record.status, task=task)
-        held = self.backend.list()
-        records = {r.id: r for r in self.store.many(held)}
-        for livelesson in held:
-            record = records.get(livelesson)
-            _bind(livelesson, record, "gc")
-            if record is None or record.status in {"deleted", "failed"}:
-                self.backend.destroy(livelesson)
-                counts["orphan"] += 1
-                log.info("orphan destroyed", livelesson=livelesson, record=record.status if record else None)
-        # the node (the local backend's node namespace) stays while any lesson holds it, like a Kubernetes
-        # node; the pass that leaves none on it removes it (prune checks under the node's lock), and says so
-        counts["node_removed"] = int(self.backend.prune())
-        structlog.contextvars.unbind_contextvars("livelesson", "lesson", "session", "step")
-        for reason, count in counts.items():
-            if count and reason != "node_removed":
-                self.store.metrics.inc("gc_collected_total", count, reason=reason)
-        return counts
 
 
 def _endpoints(observation: Observation) -> dict[str, Endpoint]:
@@ -408,7 +351,7 @@ def _with_endpoints(record: LiveLesson, endpoints: dict[str, Endpoint]) -> LiveL
     return record
 
 
-def _bind(livelesson: str, record: LiveLesson | None, step: str) -> None:
+def bind_context(livelesson: str, record: LiveLesson | None, step: str) -> None:
     """Every log line about a live lesson carries its id, lesson, session and step."""
     structlog.contextvars.bind_contextvars(
         livelesson=livelesson,

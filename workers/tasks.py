@@ -21,6 +21,7 @@ from scheduler.settings import get_settings
 from scheduler.state import Store
 from workers.app import app
 from workers.backends import get_backend
+from workers.gc import collect
 from workers.pipeline import Again, Next, Outcome, Pipeline
 
 __all__ = ["create_networks", "gc", "request", "schedule_pods", "teardown", "verify_connectivity", "wait_ready"]
@@ -123,7 +124,7 @@ def gc(self: Task) -> dict[str, int] | None:
         log.info("gc skipped: another pass holds the lock")
         return None
     try:
-        counts = p.gc(_send)
+        counts = collect(p, _send)
     finally:
         try:
             lock.release()
