@@ -1,33 +1,75 @@
 """``lessonctl demo``: the whole system in one command, on the embedded local backend by default.
 
-Starts a private Redis (unless LESSON_REDIS_URL is set) and a worker process, requests the lesson, shows
-each step as it finishes, tears the lesson down, checks that nothing is left, and stops what it started.
+Starts a private Redis (unless LESSON_REDIS_URL is set) and a worker process, waits until the worker answers
+a control ping, requests the lesson, shows each step as it finishes, tears the lesson down, checks that
+nothing is left, and stops what it started.
+
+Output for people goes through rich (it may wrap). The worker's log is machine output: its lines are written
+to stderr as they are, one JSON event per line, whatever the terminal's width and whether or not there is one.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
+import sys
 import tempfile
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from celery import Celery
 from rich.console import Console
 
 from scheduler.catalog import load_catalog
 from scheduler.errors import TemporaryError
+from scheduler.queue import sender
 from scheduler.records import STEPS, LiveLesson, new_id
 from scheduler.redis_server import PrivateRedis
 from scheduler.service import delete_lesson, request_lesson
 from scheduler.settings import Settings
 from scheduler.state import Store
 from workers.backends import get_backend, netns
-from workers.launcher import CeleryProcess
+from workers.launcher import CeleryProcess, WorkerNotReady
 
-__all__ = ["Demo", "DemoResult"]
+__all__ = ["Demo", "DemoResult", "json_events"]
+
+LOG_TAIL_LINES = 15
+LOG_SETTLE_TIMEOUT = 5.0
+WORKER_READY_TIMEOUT = 60.0
+
+
+def json_events(lines: list[str]) -> list[str]:
+    """The worker's log lines as one JSON event per line.
+
+    The worker logs JSON (LESSON_LOG_FORMAT=json), but a process can write to its stderr before its logging
+    is set up (Celery's warning about running as root, a traceback at import): each run of such lines
+    becomes one event that carries them, so whoever parses the tail reads JSON on every line.
+    """
+    events: list[str] = []
+    raw: list[str] = []
+
+    def flush() -> None:
+        if raw:
+            event = {"event": "worker output outside its log format", "output": "\n".join(raw)}
+            events.append(json.dumps({**event, "level": "warning", "logger": "lessonctl.demo"}))
+            raw.clear()
+
+    for line in lines:
+        try:
+            parsed = json.loads(line)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            flush()
+            events.append(line.strip())
+        elif line.strip():
+            raw.append(line.rstrip())
+    flush()
+    return events
 
 
 @dataclass
@@ -44,6 +86,26 @@ class Demo:
         self.slug = slug
         self.console = console
         self.keep = keep
+
+    def _print_log_tail(self, worker: CeleryProcess, lines: int = LOG_TAIL_LINES, app: Celery | None = None) -> int:
+        """The worker's last log lines to stderr, written directly: never through rich (which would wrap them at
+        the console's width and read ``[...]`` inside them as markup). Returns how many lines were written.
+
+        With ``app``, first waits (briefly) until the worker runs no task: a step saves the record before it
+        logs why it failed, so the tail read at once could miss that line.
+        """
+        if app is not None and worker.alive():
+            deadline = time.monotonic() + LOG_SETTLE_TIMEOUT
+            while time.monotonic() < deadline:
+                active = app.control.inspect(destination=[worker.nodename], timeout=0.5).active() or {}
+                if active.get(worker.nodename) == []:
+                    break
+        events = json_events(worker.log_tail(lines).splitlines())
+        self.console.file.flush()  # what rich printed so far comes first
+        for event in events:
+            sys.stderr.write(event + "\n")
+        sys.stderr.flush()
+        return len(events)
 
     def run(self) -> DemoResult:
         workdir = Path(tempfile.mkdtemp(prefix="lessonctl-demo-"))
@@ -66,10 +128,24 @@ class Demo:
             settings = self.settings.model_copy(update={"redis_url": url, "catalog": self.path})
             env = {k: v for k, v in os.environ.items() if k.startswith("LESSON_")}
             env.update({"LESSON_REDIS_URL": url, "LESSON_CATALOG": str(self.path), "LESSON_LOG_FORMAT": "json"})
-            worker = CeleryProcess(env=env, log_file=workdir / "worker.log", name=f"demo-{new_id()}").start()
+            worker = CeleryProcess(env=env, log_file=workdir / "worker.log", name=f"demo-{new_id()}")
+            spawned = time.monotonic()
+            worker.start()
             if not self.keep:
                 stack.callback(worker.stop)
             self.console.print(f"[dim]worker pid {worker.pid}, log {worker.log_file}[/dim]")
+            # the request goes out only once the worker takes tasks, so that "ready in" is request -> ready
+            try:
+                worker.wait_ready(sender(settings), timeout=WORKER_READY_TIMEOUT)
+            except WorkerNotReady as exc:
+                self._print_log_tail(worker)
+                raise TemporaryError(f"{exc}; the worker's last log lines are on stderr") from None
+            startup = (time.monotonic() - spawned) * 1000
+            self.console.print(
+                f"worker {worker.nodename} started in {startup:.0f} ms (answers a control ping; not part of "
+                "the figures below)",
+                highlight=False,
+            )
             return self._drive(settings, worker)
         raise AssertionError("unreachable")
 
@@ -86,15 +162,27 @@ class Demo:
         )
         record = self._follow(store, livelesson, settings.provision_timeout_seconds + 15, worker)
         elapsed = (time.monotonic() - started) * 1000
-        ok = record.status == "ready" and bool(record.checks) and all(c.ok for c in record.checks)
+        links = len(lesson.connections) if (lesson := catalog.get(self.slug)) is not None else 0
+        # a lesson without connections is ready with nothing to ping; one with connections needs every check
+        pinged = bool(record.checks) or links == 0
+        ok = record.status == "ready" and pinged and all(c.ok for c in record.checks)
         notes = []
         if ok:
-            passed = sum(c.ok for c in record.checks)
-            notes.append(f"[green]ready[/green] in {elapsed:.0f} ms: {passed}/{len(record.checks)} pings passed")
+            # request -> ready as the record has it (created by the request above, ready_at set by the worker)
+            ready_ms = ((record.ready_at - record.created_at).total_seconds() * 1000) if record.ready_at else elapsed
+            if record.checks:
+                passed = sum(c.ok for c in record.checks)
+                notes.append(f"[green]ready[/green] in {ready_ms:.0f} ms: {passed}/{len(record.checks)} pings passed")
+            else:
+                notes.append(f"[green]ready[/green] in {ready_ms:.0f} ms: no links to ping")
         else:
-            message = record.error.message if record.error else f"status {record.status}"
+            if record.status == "ready" and not pinged:
+                message = f"ready with {links} link(s) but no ping results"
+            else:
+                message = record.error.message if record.error else f"status {record.status}"
             notes.append(f"[red]not ready[/red] after {elapsed:.0f} ms: {message}")
-            notes.append("[dim]worker log (last lines):[/dim]\n" + worker.log_tail(15))
+            count = self._print_log_tail(worker, app=sender(settings))
+            notes.append(f"[dim]the worker's last {count} log events are on stderr, one JSON event per line[/dim]")
         if self.keep:
             notes.append(
                 f"kept: LESSON_REDIS_URL={settings.redis_url} lessonctl status {livelesson}; "
@@ -131,7 +219,8 @@ class Demo:
                 if record.status in {"ready", "failed", "deleted"} or time.monotonic() > deadline:
                     return record
                 if not worker.alive():
-                    raise TemporaryError(f"the worker exited: {worker.log_tail(10)}")
+                    self._print_log_tail(worker)
+                    raise TemporaryError("the worker exited; its last log lines are on stderr")
                 time.sleep(0.02)
 
     def _teardown(self, settings: Settings, store: Store, livelesson: str) -> list[str]:

@@ -7,11 +7,19 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
-__all__ = ["CeleryProcess"]
+from celery import Celery
+from celery.utils.nodenames import host_format
+
+__all__ = ["CeleryProcess", "WorkerNotReady"]
+
+
+class WorkerNotReady(Exception):
+    """The worker exited, or did not answer a control ping in time."""
 
 
 class CeleryProcess:
@@ -28,6 +36,7 @@ class CeleryProcess:
         extra: list[str] | None = None,
     ) -> None:
         self.kind = kind
+        self.name = name
         self.env = {**os.environ, **env}
         self.log_file = log_file
         argv = [sys.executable, "-m", "celery", "-A", "workers.app", "--quiet", kind, "--loglevel", "INFO"]
@@ -47,6 +56,34 @@ class CeleryProcess:
             self.argv, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
         return self
+
+    @property
+    def nodename(self) -> str:
+        """The worker's Celery node name, ``<name>@<hostname>``, as the worker expands ``%h``."""
+        return str(host_format(f"{self.name}@%h"))
+
+    def wait_ready(self, app: Celery, timeout: float = 60.0) -> float:
+        """Block until this worker answers a control ping (Celery's control API, to its node name only).
+
+        A worker answers once its consumer's event loop runs, which is when it takes tasks from the queue
+        (the pool and the task consumer start before the control consumer). Returns the seconds waited;
+        WorkerNotReady if the process exits or ``timeout`` passes first.
+        """
+        if self.kind != "worker":
+            raise ValueError("only a worker answers control pings")
+        started = time.monotonic()
+        node = self.nodename
+        while True:
+            if not self.alive():
+                code = self.proc.returncode if self.proc else None
+                raise WorkerNotReady(f"worker {node} exited (code {code}) before it was ready")
+            left = timeout - (time.monotonic() - started)
+            if left <= 0:
+                raise WorkerNotReady(f"worker {node} did not answer a control ping within {timeout:.0f} s")
+            # a ping sent before the worker declared its control queue is lost: ask again, briefly each time
+            replies = app.control.ping(destination=[node], timeout=min(0.25, left))
+            if any(node in reply for reply in replies or ()):
+                return time.monotonic() - started
 
     @property
     def pid(self) -> int | None:

@@ -1,0 +1,131 @@
+"""The whole NRE Labs curriculum (tests/data/antidote-curriculum, a copy of ../shared/antidote-curriculum) on the
+local backend, as a user would run it, as root:
+
+- every lesson through ``lessonctl demo CATALOG --lesson SLUG`` (its own private Redis and worker each time):
+  exit 0, ``ready``, every link pinged both ways, or "no links to ping" for a lesson without connections;
+- every lesson through the HTTP API (``lessonctl serve`` and a real Celery worker, one stack): POST, ready,
+  DELETE, deleted, and nothing left in the kernel, on disk or running.
+
+On the local backend pods are stand-in processes (emulated), so the curriculum's images (vqfx, crpd, ...)
+need not run here. tests/k8s/test_curriculum_k8s.py walks the same corpus through the API on the
+kubernetes backend.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from scheduler.catalog import load_catalog
+from scheduler.lessons import ResolvedLesson
+from scheduler.settings import Settings
+from tests.conftest import CURRICULUM
+from tests.integration.stack import ApiServer, leftovers
+from workers.launcher import CeleryProcess
+
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.usefixtures("root")]
+
+LESSONCTL = Path(sys.executable).with_name("lessonctl")
+LESSONS: dict[str, ResolvedLesson] = dict(sorted(load_catalog(CURRICULUM).lessons.items()))
+
+
+def test_the_corpus_is_the_whole_curriculum() -> None:
+    """Every lesson folder loads (none is dropped on the way), with and without connections."""
+    folders = sorted(p.parent.name for p in (CURRICULUM / "lessons").glob("*/lesson.meta.yaml"))
+    assert sorted(LESSONS) == folders
+    assert len(folders) == 17
+    assert any(not lesson.connections for lesson in LESSONS.values())
+    assert any(lesson.connections for lesson in LESSONS.values())
+
+
+@pytest.mark.parametrize("slug", list(LESSONS))
+def test_every_curriculum_lesson_passes_lessonctl_demo(slug: str, tmp_path: Path, instance: str) -> None:
+    lesson = LESSONS[slug]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LESSON_")}
+    env.update({"LESSON_INSTANCE": instance, "LESSON_STATE_DIR": str(tmp_path / "state"), "COLUMNS": "200"})
+    proc = subprocess.run(
+        [str(LESSONCTL), "demo", str(CURRICULUM), "--lesson", slug],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    pings = 2 * len(lesson.connections)
+    summary = "no links to ping" if pings == 0 else f"{pings}/{pings} pings passed"
+    assert re.search(rf"^ready in \d+ ms: {re.escape(summary)}$", proc.stdout, re.MULTILINE), proc.stdout
+    assert "torn down: status deleted, nothing left behind" in proc.stdout, proc.stdout
+    for endpoint in lesson.endpoints:
+        assert endpoint.name in proc.stdout, (endpoint.name, proc.stdout)
+
+
+# --- through the HTTP API ----------------------------------------------------------------------------------
+
+
+def wait_status(api: httpx.Client, livelesson: str, statuses: set[str], timeout: float) -> dict[str, Any]:
+    """GET the live lesson until its status is one of ``statuses`` (a deadline only against hanging)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = api.get(f"/v1/livelessons/{livelesson}")
+        assert response.status_code == 200, response.text
+        record: dict[str, Any] = response.json()
+        if record["status"] in statuses:
+            return record
+        assert time.monotonic() < deadline, f"{livelesson} not in {statuses} after {timeout} s: {record}"
+        time.sleep(0.05)
+
+
+def walk_through_api(
+    api: httpx.Client, lessons: dict[str, ResolvedLesson], *, backend: str, timeout: float
+) -> list[dict[str, Any]]:
+    """Each lesson in turn: POST -> ready (every link pinged both ways) -> DELETE -> deleted. The final records."""
+    finals = []
+    for i, (slug, lesson) in enumerate(lessons.items()):
+        created = api.post("/v1/livelessons", json={"lesson": slug, "session": f"curriculum{i}"})
+        assert created.status_code == 202, (slug, created.status_code, created.text)
+        livelesson = created.json()["id"]
+        record = wait_status(api, livelesson, {"ready", "failed"}, timeout)
+        assert record["status"] == "ready", (slug, record["error"])
+        assert record["backend"] == backend and record["lesson"] == slug
+        assert sorted(record["endpoints"]) == sorted(e.name for e in lesson.endpoints), slug
+        assert all(ep["ready"] for ep in record["endpoints"].values()), (slug, record["endpoints"])
+        assert len(record["checks"]) == 2 * len(lesson.connections), (slug, record["checks"])
+        assert all(c["ok"] for c in record["checks"]), (slug, record["checks"])
+        deleted = api.delete(f"/v1/livelessons/{livelesson}")
+        assert deleted.status_code == 202, (slug, deleted.status_code, deleted.text)
+        final = wait_status(api, livelesson, {"deleted", "failed"}, timeout)
+        assert final["status"] == "deleted", (slug, final["error"])
+        finals.append(final)
+    return finals
+
+
+def test_every_curriculum_lesson_through_the_http_api(
+    settings_for: Callable[..., Settings],
+    start_worker: Callable[..., CeleryProcess],
+    instance: str,
+    tmp_path: Path,
+) -> None:
+    settings = settings_for(catalog=CURRICULUM)
+    start_worker(settings)
+    server = ApiServer(settings, tmp_path / "api.log")
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as api:
+            listed = api.get("/v1/lessons")
+            assert listed.status_code == 200
+            assert sorted(item["slug"] for item in listed.json()) == sorted(LESSONS)
+            finals = walk_through_api(api, LESSONS, backend="local", timeout=90)
+    finally:
+        server.stop()
+    assert len(finals) == len(LESSONS)
+    for final in finals:
+        assert leftovers(instance, final["id"], settings.state_dir) == [], final["lesson"]
