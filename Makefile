@@ -74,9 +74,12 @@ bench: deps
 	$(PY) bench/pipeline.py
 
 # the long soak of docs/reliability.md: 200 lessons over 10 minutes under worker kills and a Redis restart
+# docs/reliability.md cites bench/results/soak.txt and fuzz.jsonl, both committed
 soak: deps
 	mkdir -p bench/results
-	$(PY) bench/soak.py --duration 600 --count 200 --json bench/results/soak.json --logs bench/results/soak-logs
+	set -o pipefail; $(PY) bench/soak.py --duration 600 --count 200 --json bench/results/soak.json \
+	  --logs bench/results/soak-logs | tee bench/results/soak.txt
+	rm -f bench/results/fuzz.jsonl
 	FUZZ_EXAMPLES=10000 FUZZ_REPORT=bench/results/fuzz.jsonl $(PY) -m pytest -q tests/unit/test_fuzz_loader.py
 	API_FUZZ_EXAMPLES=1000 FUZZ_REPORT=bench/results/fuzz.jsonl $(PY) -m pytest -q tests/integration/test_api_schema.py
 
