@@ -9,9 +9,11 @@ with a private redis-server and a real Celery worker running as the worker's Ser
 1. requests: each lesson once through tests/k8s/api_proxy.py, which counts every API request the worker
    makes by verb and resource, from the request to ready ("provision") and from delete to deleted
    ("teardown"). The goal: no polling loops, and a count that grows linearly with endpoints (E) plus
-   connections (C). What the backend should need: namespace + NetworkPolicy + C NADs + E pods (creates),
-   a list and a watch of the pods (one more pair per 2-second slice that wait_ready needs), and one exec
-   per ping, 2C: 4 + E + 3C. Teardown: get, delete, list, watch of the namespace: 4.
+   connections (C). What the backend should need: namespace + the RoleBinding that grants the lesson role
+   there + NetworkPolicy + C NADs + E pods (creates), a list and a watch of the pods (one more pair per
+   2-second slice that wait_ready needs), and one exec per ping, 2C: 5 + E + 3C. Counted apart ("self"):
+   the SelfSubjectReview (once per backend) and the SelfSubjectAccessReviews that wait for the grant to
+   take effect (usually one). Teardown: get, delete, list, watch of the namespace: 4.
 2. timing: ``--runs`` live lessons of each of the triangle and a 10-node ring, straight to the API server
    (no proxy), one at a time: request -> ready from the record (created_at -> ready_at) and per step.
    A pause (``--settle``) follows each teardown: the test cluster's node agent (standing in for Multus and
@@ -24,6 +26,7 @@ Everything runs under a unique instance and is removed, even on failure.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -48,6 +51,7 @@ from scheduler.redis_server import PrivateRedis  # noqa: E402
 from scheduler.settings import Settings  # noqa: E402
 from scheduler.state import Store  # noqa: E402
 from tests.k8s.api_proxy import ApiProxy, write_token_kubeconfig  # noqa: E402
+from tests.k8s.conftest import INSTANCES_CONFIGMAP, WORKER_SA, probe_namespace  # noqa: E402
 from workers.launcher import CeleryProcess  # noqa: E402
 
 CLUSTER = REPO / "tests" / "k8s" / "cluster.py"
@@ -55,6 +59,7 @@ STATE = REPO / ".k8s"
 DEFAULT_LESSONS = ["busybox-line", "busybox-triangle", "busybox-hub", "ring-10", "ring-20"]
 TIMED = ["busybox-triangle", "ring-10"]
 VERBS = ["create", "get", "list", "watch", "delete", "exec"]
+SELF_REVIEWS = {"selfsubjectreviews", "selfsubjectaccessreviews"}
 
 
 def ring(n: int) -> str:
@@ -146,27 +151,34 @@ def request_table(bench: Bench, proxy: ApiProxy, settings: Settings, lessons: li
         # the mark between provisioning and teardown: requests that started before the delete
         requests = proxy.requests[before:]
         cut = bench.mark
-        provision = Counter(r.verb for r in requests if r.started < cut)
-        teardown = Counter(r.verb for r in requests if r.started >= cut)
-        rows.append({"lesson": slug, "E": e, "C": c, "provision": provision, "teardown": teardown})
+        provision = Counter(r.verb for r in requests if r.started < cut and r.resource not in SELF_REVIEWS)
+        teardown = Counter(r.verb for r in requests if r.started >= cut and r.resource not in SELF_REVIEWS)
+        reviews = sum(r.resource in SELF_REVIEWS for r in requests)
+        rows.append({"lesson": slug, "E": e, "C": c, "provision": provision, "teardown": teardown, "self": reviews})
     return rows
 
 
 def print_requests(rows: list[dict[str, Any]]) -> None:
     print("\nAPI requests per lesson, counted at the proxy (worker as its ServiceAccount)")
     head = " | ".join(f"{v:>6}" for v in VERBS)
-    print(f"| {'lesson':<17} | {'E':>2} | {'C':>2} | {head} | {'total':>5} | {'4+E+3C':>6} | {'teardown':>8} |")
-    print(f"|{'-' * 19}|{'-' * 4}|{'-' * 4}|" + "|".join("-" * 8 for _ in VERBS) + f"|{'-' * 7}|{'-' * 8}|{'-' * 10}|")
+    print(
+        f"| {'lesson':<17} | {'E':>2} | {'C':>2} | {head} | {'total':>5} | {'5+E+3C':>6} | {'self':>4} "
+        f"| {'teardown':>8} |"
+    )
+    print(
+        f"|{'-' * 19}|{'-' * 4}|{'-' * 4}|" + "|".join("-" * 8 for _ in VERBS)
+        + f"|{'-' * 7}|{'-' * 8}|{'-' * 6}|{'-' * 10}|"
+    )  # fmt: skip
     for row in rows:
         p, t = row["provision"], row["teardown"]
         counts = " | ".join(f"{p.get(v, 0):>6}" for v in VERBS)
-        model = 4 + row["E"] + 3 * row["C"]
+        model = 5 + row["E"] + 3 * row["C"]
         extra = sorted(set(p) - set(VERBS))
         note = f" (+{', '.join(f'{k} {p[k]}' for k in extra)})" if extra else ""
         total = sum(p.values())
         print(
             f"| {row['lesson']:<17} | {row['E']:>2} | {row['C']:>2} | {counts} | {total:>5} | {model:>6} "
-            f"| {sum(t.values()):>8} |{note}"
+            f"| {row['self']:>4} | {sum(t.values()):>8} |{note}"
         )
     td = rows[0]["teardown"] if rows else Counter()
     print("teardown by verb (each lesson): " + ", ".join(f"{k} {v}" for k, v in sorted(td.items())))
@@ -241,6 +253,14 @@ def main() -> int:
     try:
         kubectl("apply", "-f", str(REPO / "config" / "k8s" / "rbac.yaml"))
         token = kubectl("create", "token", "lesson-scheduler-worker", "-n", "lesson-scheduler", "--duration=2h").strip()
+        # the admission policy lets the worker make namespaces only of the instances its ConfigMap lists
+        kubectl("patch", "configmap", INSTANCES_CONFIGMAP, "-n", WORKER_SA[0], "--type=merge",
+                "-p", json.dumps({"data": {instance: ""}}))  # fmt: skip
+        deadline = time.monotonic() + 30
+        while probe_namespace(token, instance) != 201:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the admission policy does not allow instance {instance}")
+            time.sleep(0.1)
         ca = STATE / "pki" / "ca.crt"
         port = json.loads((STATE / "ports.json").read_text())["apiserver"]
         direct = write_token_kubeconfig(workdir / "direct", f"https://127.0.0.1:{port}", token=token, ca=ca)
@@ -262,6 +282,9 @@ def main() -> int:
         if leftover:
             print(f"removing leftovers: {' '.join(leftover)}", file=sys.stderr)
             kubectl("delete", "--wait=true", *leftover)
+        with contextlib.suppress(subprocess.CalledProcessError):
+            kubectl("patch", "configmap", INSTANCES_CONFIGMAP, "-n", WORKER_SA[0], "--type=merge",
+                    "-p", json.dumps({"data": {instance: None}}))  # fmt: skip
         redis_server.cleanup()
         shutil.rmtree(workdir, ignore_errors=True)
         if started_cluster and not args.keep_cluster:

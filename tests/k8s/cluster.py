@@ -40,9 +40,18 @@ NODE_PREFIX = "kwok-node-"
 # The pod network namespace's name reaches the wrapper commands through this variable (per-pod Exec).
 NETNS_ENV = "LESSON_K8S_NETNS"
 # Commands that `kubectl exec` can run in a wired pod. kwok resolves cmd[0] on its own PATH, which is
-# only the wrapper directory: anything else is "not found" instead of running in the root namespace.
-WRAPPED = ("ping", "ip", "sh", "bash", "ss", "cat", "ls", "hostname", "sleep", "true", "arp", "nc", "tcpdump")
+# only the wrapper directory: anything else is "not found" instead of running in the root namespace. No
+# shell: nothing needs one, and a shell turns any gap in the confinement below into arbitrary commands.
+WRAPPED = ("ping", "ip", "ss", "cat", "ls", "hostname", "sleep", "true", "arp", "nc", "tcpdump")
 REAL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Each wrapped command runs confined, as a container's process would: in the pod's network namespace, as
+# nobody, with no supplementary groups, no_new_privs, and CAP_NET_RAW (ping, tcpdump) as its only
+# capability (bounding, permitted, effective and ambient sets). Without CAP_SYS_ADMIN it cannot enter
+# another namespace (`nsenter --net=/proc/1/ns/net`, `ip netns attach/exec`), without CAP_NET_ADMIN it
+# cannot move links to the host, and as nobody it cannot read root's files (/proc/1/environ, the
+# cluster's keys). Its PATH holds links to the wrapped commands only.
+CONFINED_UID = 65534
+CONFINED_CAPS = "net_raw"
 # Start order; `down` stops in reverse.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "node-agent")
 SERVICE_CIDR = "10.96.0.0/16"
@@ -260,6 +269,8 @@ def make_pki() -> None:
         "-extfile",
         "admin.ext",
     )
+    for key in pki.glob("*.key"):  # root's alone: an exec'd command (confined to nobody) must not read them
+        key.chmod(0o600)
 
 
 def write_kubeconfig(api_port: int) -> Path:
@@ -295,24 +306,47 @@ def write_kubeconfig(api_port: int) -> Path:
 def write_wrappers() -> Path:
     wrappers = STATE / "wrappers"
     wrappers.mkdir(parents=True, exist_ok=True)
+    # what a confined command finds on its PATH: the real wrapped commands, nothing else
+    confined = STATE / "confined-path"
+    confined.mkdir(parents=True, exist_ok=True)
+    for name in WRAPPED:
+        real = shutil.which(name, path=REAL_PATH)
+        link = confined / name
+        if real is not None and not link.is_symlink():
+            link.symlink_to(real)
+    for stale in wrappers.iterdir():  # a wrapper no longer in WRAPPED (sh, bash) goes
+        if stale.is_symlink() and stale.name not in WRAPPED:
+            stale.unlink()
+    caps = ",".join(f"+{c}" for c in CONFINED_CAPS.split(","))
     script = wrappers / "netns-exec"
     script.write_text(f"""#!/bin/sh
 # `kubectl exec POD -- CMD` on a kwok node: the kwok controller runs CMD from this directory, with the
 # env of the pod's Exec resource (written by tests/k8s/node_agent.py). Run CMD in the pod's network
-# namespace, never in the root one.
+# namespace, never in the root one, and confined like a container's process: as nobody, no_new_privs,
+# CAP_NET_RAW only, with a PATH of wrapped commands only.
 PATH={REAL_PATH}
 export PATH
 name=${{0##*/}}
-if [ -z "${{{NETNS_ENV}:-}}" ]; then
-  echo "$name: this pod has no network namespace (the node agent wires pods that have" \
-       "a k8s.v1.cni.cncf.io/networks annotation)" >&2
+netns=${{{NETNS_ENV}:-}}
+case "$netns" in
+  "")
+    echo "$name: this pod has no network namespace (the node agent wires pods that have" \
+         "a k8s.v1.cni.cncf.io/networks annotation)" >&2
+    exit 126 ;;
+  */*|.*)
+    echo "$name: bad network namespace name" >&2
+    exit 126 ;;
+esac
+if [ ! -e "/run/netns/$netns" ]; then
+  echo "$name: network namespace $netns is gone" >&2
   exit 126
 fi
-if [ ! -e "/run/netns/${{{NETNS_ENV}}}" ]; then
-  echo "$name: network namespace ${{{NETNS_ENV}}} is gone" >&2
-  exit 126
-fi
-exec nsenter --net="/run/netns/${{{NETNS_ENV}}}" -- "$name" "$@"
+real=$(command -v "$name") || {{ echo "$name: not found" >&2; exit 127; }}
+cd /
+exec nsenter --net="/run/netns/$netns" -- \
+  setpriv --reuid={CONFINED_UID} --regid={CONFINED_UID} --clear-groups \
+          --inh-caps=-all,{caps} --ambient-caps=-all,{caps} --bounding-set=-all,{caps} --no-new-privs -- \
+  env -i PATH={confined} LANG=C.UTF-8 "$real" "$@"
 """)
     script.chmod(0o755)
     for name in WRAPPED:
@@ -409,7 +443,7 @@ def up() -> int:
     missing = missing_binaries()
     if missing:
         raise ClusterError(f"missing {', '.join(missing)} in {versions()['tools_dir']}: run `make k8s-tools`")
-    for tool in ("openssl", "nsenter", "ip"):
+    for tool in ("openssl", "nsenter", "setpriv", "ip"):
         if shutil.which(tool) is None:
             raise ClusterError(f"`{tool}` is not on PATH")
     v = versions()

@@ -48,7 +48,7 @@ def _prerequisites() -> None:
         _unavailable(f"test cluster binaries missing ({', '.join(missing)}): run `make k8s-tools`")
     if os.geteuid() != 0:
         _unavailable("the test cluster's node agent needs root (network namespaces)")
-    for tool in ("ip", "nsenter", "openssl"):
+    for tool in ("ip", "nsenter", "setpriv", "openssl"):
         if shutil.which(tool) is None:
             _unavailable(f"`{tool}` is not on PATH")
     if not os.access("/usr/lib/cni/bridge", os.X_OK):
@@ -133,15 +133,79 @@ def k8s_cluster(k8s_kubeconfig: Path) -> Any:
 REPO = HERE.parent.parent
 RBAC = REPO / "config" / "k8s" / "rbac.yaml"
 WORKER_SA = ("lesson-scheduler", "lesson-scheduler-worker")
+# the admission policy's parameter: one data key per instance the worker serves (config/k8s/rbac.yaml)
+INSTANCES_CONFIGMAP = "lesson-scheduler-instances"
+PROBE_ID = "probe00000"
+
+
+def token_api(token: str) -> Any:
+    """An ApiClient of ``token``, straight to the test cluster's API server."""
+    from kubernetes import client
+
+    configuration = client.Configuration()
+    port = json.loads((cluster.STATE / "ports.json").read_text())["apiserver"]
+    configuration.host = f"https://127.0.0.1:{port}"
+    configuration.ssl_ca_cert = str(cluster.STATE / "pki/ca.crt")
+    configuration.api_key = {"authorization": f"Bearer {token}"}
+    configuration.retries = False
+    return client.ApiClient(configuration)
+
+
+def probe_namespace(token: str, instance: str | None) -> int:
+    """The status of a server-side dry-run create of a lesson namespace of ``instance`` (None: with no
+    labels) as ``token``: 201 once the admission policy allows it, 403 while it refuses it."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    labels = {} if instance is None else {
+        "app.kubernetes.io/managed-by": "lesson-scheduler",
+        "lessons.io/instance": instance,
+        "lessons.io/livelesson": PROBE_ID,
+    }  # fmt: skip
+    body = {"metadata": {"name": f"{instance or 'probe'}-{PROBE_ID}", "labels": labels}}
+    with token_api(token) as api:
+        try:
+            core: Any = client.CoreV1Api(api)  # Any: the stubs want V1Namespace where a dict is fine
+            core.create_namespace(body, dry_run="All")
+        except ApiException as exc:
+            return int(exc.status)
+    return 201
 
 
 @pytest.fixture(scope="session")
 def k8s_worker_token(k8s_kubectl: Kubectl) -> str:
     """A token of the worker's ServiceAccount (TokenRequest API), after applying config/k8s/rbac.yaml as a
-    deployment would: the backend's tests run as that account, never as cluster-admin."""
+    deployment would: the backend's tests run as that account, never as cluster-admin. Returned once the
+    admission policy is in force (the API server loads a new policy asynchronously)."""
     k8s_kubectl("apply", "-f", str(RBAC))
     namespace, account = WORKER_SA
-    return k8s_kubectl("create", "token", account, "-n", namespace, "--duration=2h").stdout.strip()
+    token = k8s_kubectl("create", "token", account, "-n", namespace, "--duration=2h").stdout.strip()
+    wait_until("the worker's admission policy in force", lambda: probe_namespace(token, None) == 403, timeout=30)
+    return token
+
+
+@pytest.fixture
+def k8s_allow(k8s_kubectl: Kubectl, k8s_worker_token: str) -> Iterator[Callable[..., None]]:
+    """``allow(*instances)``: as an administrator would, add instances to the policy's ConfigMap, and wait
+    until the worker may create their namespaces. They are taken out again after the test."""
+    added: list[str] = []
+
+    def allow(*instances: str) -> None:
+        patch = {"data": dict.fromkeys(instances, "")}
+        k8s_kubectl("patch", "configmap", INSTANCES_CONFIGMAP, "--type=merge", "-p", json.dumps(patch),
+                    namespace=WORKER_SA[0])  # fmt: skip
+        added.extend(instances)
+        wait_until(
+            f"instances {', '.join(instances)} allowed",
+            lambda: all(probe_namespace(k8s_worker_token, i) == 201 for i in instances),
+            timeout=30,
+        )
+
+    yield allow
+    if added:
+        patch = {"data": dict.fromkeys(added)}  # null removes the key
+        k8s_kubectl("patch", "configmap", INSTANCES_CONFIGMAP, "--type=merge", "-p", json.dumps(patch),
+                    namespace=WORKER_SA[0], check=False)  # fmt: skip
 
 
 @pytest.fixture
@@ -156,16 +220,23 @@ def k8s_proxy(k8s_kubeconfig: Path) -> Iterator[Any]:
 
 
 @pytest.fixture
-def worker_kubeconfig(k8s_proxy: Any, k8s_worker_token: str, tmp_path: Path) -> Path:
-    """A kubeconfig for the worker's ServiceAccount that goes through ``k8s_proxy``."""
+def worker_kubeconfig(
+    k8s_proxy: Any, k8s_worker_token: str, tmp_path: Path, k8s_allow: Callable[..., None], instance: str
+) -> Path:
+    """A kubeconfig for the worker's ServiceAccount that goes through ``k8s_proxy``; the test's instance is
+    one the worker serves."""
+    k8s_allow(instance)
     return k8s_proxy.kubeconfig(tmp_path / "worker-kubeconfig", token=k8s_worker_token, ca=cluster.STATE / "pki/ca.crt")
 
 
 @pytest.fixture
-def direct_worker_kubeconfig(k8s_kubeconfig: Path, k8s_worker_token: str, tmp_path: Path) -> Path:
+def direct_worker_kubeconfig(
+    k8s_kubeconfig: Path, k8s_worker_token: str, tmp_path: Path, k8s_allow: Callable[..., None], instance: str
+) -> Path:
     """The same ServiceAccount, straight to the API server."""
     from tests.k8s.api_proxy import write_token_kubeconfig
 
+    k8s_allow(instance)
     port = json.loads((cluster.STATE / "ports.json").read_text())["apiserver"]
     return write_token_kubeconfig(
         tmp_path / "worker-kubeconfig-direct",

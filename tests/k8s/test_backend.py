@@ -37,14 +37,14 @@ def new_id() -> str:
     return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(10))
 
 
-def plan_for(slug: str, instance: str, livelesson: str | None = None) -> Plan:
+def plan_for(slug: str, instance: str, livelesson: str | None = None, deployment: str = "") -> Plan:
     lesson = CATALOG.get(slug)
     assert lesson is not None
-    return make_plan(lesson, livelesson or new_id(), "tester", instance=instance)
+    return make_plan(lesson, livelesson or new_id(), "tester", instance=instance, deployment=deployment)
 
 
-def backend(kubeconfig: Path, instance: str) -> KubernetesBackend:
-    return KubernetesBackend.from_kubeconfig(kubeconfig, instance=instance)
+def backend(kubeconfig: Path, instance: str, deployment: str = "") -> KubernetesBackend:
+    return KubernetesBackend.from_kubeconfig(kubeconfig, instance=instance, deployment=deployment)
 
 
 def namespace_json(kubectl: Kubectl, name: str) -> dict[str, Any] | None:
@@ -125,10 +125,44 @@ def ring_checks(kb: KubernetesBackend, plan: Plan) -> list[tuple[str, str, bool]
     return out
 
 
-def rbac_rules() -> set[tuple[str, str]]:
-    """(verb, resource) pairs the ClusterRole in config/k8s/rbac.yaml grants."""
-    role = next(d for d in yaml.safe_load_all(RBAC.read_text()) if d and d["kind"] == "ClusterRole")
-    return {(verb, resource) for rule in role["rules"] for resource in rule["resources"] for verb in rule["verbs"]}
+def rbac_rules(role: str | None = None) -> set[tuple[str, str]]:
+    """(verb, resource) pairs the ClusterRoles in config/k8s/rbac.yaml grant (or just ``role``)."""
+    roles = [
+        d for d in yaml.safe_load_all(RBAC.read_text())
+        if d and d["kind"] == "ClusterRole" and role in (None, d["metadata"]["name"])
+    ]  # fmt: skip
+    assert roles, role
+    return {
+        (verb, resource)
+        for r in roles
+        for rule in r["rules"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+# granted for what is not requested by name: `bind` is checked when a RoleBinding is created; services are
+# for the presentations feature that has not landed yet
+NOT_REQUESTED = {("bind", "clusterroles"), ("create", "services"), ("get", "services")}
+# every authenticated user may ask who it is and what it may do (system:basic-user)
+SELF_REVIEWS = {"selfsubjectreviews", "selfsubjectaccessreviews"}
+
+
+def test_the_worker_role_is_small_and_namespaced_verbs_come_per_namespace() -> None:
+    """Cluster-wide, only namespaces and the one grant; every pod verb is in the per-namespace role."""
+    assert rbac_rules("lesson-scheduler-worker") == {
+        ("create", "namespaces"), ("get", "namespaces"), ("list", "namespaces"), ("watch", "namespaces"),
+        ("delete", "namespaces"), ("create", "rolebindings"), ("bind", "clusterroles"),
+    }  # fmt: skip
+    role = next(
+        d for d in yaml.safe_load_all(RBAC.read_text()) if d and d["metadata"]["name"] == "lesson-scheduler-worker"
+        and d["kind"] == "ClusterRole"
+    )  # fmt: skip
+    bind = next(r for r in role["rules"] if "bind" in r["verbs"])
+    assert bind["resourceNames"] == ["lesson-scheduler-lesson"]
+    lesson = rbac_rules("lesson-scheduler-lesson")
+    assert all(resource in {"pods", "pods/exec", "network-attachment-definitions", "networkpolicies", "services"}
+               for _, resource in lesson), lesson  # fmt: skip
 
 
 @pytest.mark.root
@@ -169,6 +203,11 @@ def test_lifecycle_as_the_worker_service_account_uses_exactly_its_rbac(
     )
     assert len(nads["items"]) == 3
 
+    # the grant: one RoleBinding of the lesson role, to the worker itself, in this namespace only
+    bindings = json.loads(k8s_kubectl("get", "rolebindings", "-o", "json", namespace=plan.namespace).stdout)["items"]
+    assert [(b["roleRef"]["name"], b["subjects"]) for b in bindings] == [
+        ("lesson-scheduler-lesson", [{"kind": "ServiceAccount", "name": WORKER_SA[1], "namespace": WORKER_SA[0]}])
+    ]
     assert kb.list() == [plan.livelesson]
     kb.destroy(plan.livelesson)
     assert namespace_json(k8s_kubectl, plan.namespace) is None  # gone, not just terminating
@@ -179,11 +218,12 @@ def test_lifecycle_as_the_worker_service_account_uses_exactly_its_rbac(
     for request in k8s_proxy.requests[start:]:
         if request.verb == "exec":  # a websocket exec is a GET; 1.35+ also checks create
             used |= {("get", "pods/exec"), ("create", "pods/exec")}
-        elif request.resource != "selfsubjectreviews":
+        elif request.resource not in SELF_REVIEWS:
             used.add((request.verb, request.resource))
-    assert used == rbac_rules(), (
-        f"granted but unused: {rbac_rules() - used}; used but not granted: {used - rbac_rules()}"
-    )
+    granted = rbac_rules() - NOT_REQUESTED
+    assert used == granted, f"granted but unused: {granted - used}; used but not granted: {used - granted}"
+    # who am I: asked once per backend, not per call
+    assert sum(r.resource == "selfsubjectreviews" for r in k8s_proxy.requests[start:]) == 1
     failed = [(r.key, r.status) for r in k8s_proxy.requests[start:] if r.status is None or r.status >= 400]
     # 409: the second apply; 404: the second destroy. Nothing else failed, nothing was refused.
     unexpected = [f for f in failed if f[1] != 409 and f != ("get namespaces", 404)]
@@ -315,6 +355,41 @@ def test_objects_without_our_mark_are_never_used_nor_deleted(
         kb.destroy(plan.livelesson)
     ns = namespace_json(k8s_kubectl, plan.namespace)
     assert ns is not None and "deletionTimestamp" not in ns["metadata"]
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_two_deployments_of_one_instance_never_list_nor_destroy_each_others_lessons(
+    direct_worker_kubeconfig: Path, k8s_kubectl: Kubectl, instance: str, k8s_cleanup: list[str]
+) -> None:
+    """Same LESSON_INSTANCE, two deployments (e.g. `make demo` beside a running worker): each sees and
+    collects only its own live lessons."""
+    a = backend(direct_worker_kubeconfig, instance, deployment="deploy-a")
+    b = backend(direct_worker_kubeconfig, instance, deployment="deploy-b")
+    plan = plan_for("busybox-line", instance, deployment="deploy-a")
+    ns_labels = {"app.kubernetes.io/managed-by": "lesson-scheduler", "lessons.io/instance": instance,
+                 "lessons.io/deployment": "deploy-a", "lessons.io/livelesson": plan.livelesson}  # fmt: skip
+    with pytest.raises(PermanentError, match="deployment"):  # a plan of another deployment is refused
+        b.apply_networks(plan)
+    assert namespace_json(k8s_kubectl, plan.namespace) is None
+    a.apply_networks(plan)
+    a.apply_pods(plan)
+    assert a.observe(plan, wait=30).ready
+    ns = namespace_json(k8s_kubectl, plan.namespace)
+    assert ns is not None and ns_labels.items() <= ns["metadata"]["labels"].items()
+
+    assert a.list() == [plan.livelesson]
+    assert b.list() == []
+    with pytest.raises(PermanentError, match="refusing to delete"):
+        b.destroy(plan.livelesson)
+    ns = namespace_json(k8s_kubectl, plan.namespace)
+    assert ns is not None and "deletionTimestamp" not in ns["metadata"]
+    assert a.observe(plan, wait=0).ready  # untouched
+    # a deployment-less backend of the same instance (the default) does not see it either
+    assert backend(direct_worker_kubeconfig, instance).list() == []
+    a.destroy(plan.livelesson)
+    assert namespace_json(k8s_kubectl, plan.namespace) is None
+    assert a.list() == []
 
 
 @pytest.mark.root

@@ -168,3 +168,64 @@ def test_seed_busybox_example(k8s_kubectl: Kubectl, k8s_namespace: str, k8s_clus
         return not ({"12-bridge", "23-bridge", "31-bridge"} & bridges)
 
     wait_until("the agent's teardown", torn_down, timeout=30)
+
+
+def test_exec_is_confined_to_the_pods_network_namespace_as_nobody(
+    k8s_kubeconfig: Path, k8s_kubectl: Kubectl, k8s_cluster: Any, instance: str, k8s_cleanup: list[str]
+) -> None:
+    """`kubectl exec` runs wrapped commands only, in the pod's network namespace, as nobody with CAP_NET_RAW
+    alone: no shell, no way into the host's namespaces, none of root's files."""
+    from scheduler.catalog import load_catalog
+    from scheduler.plan import make_plan
+    from workers.backends.kubernetes import KubernetesBackend
+
+    lesson = load_catalog(k8s_cluster.REPO / "config" / "lessons").get("busybox-line")
+    assert lesson is not None
+    plan = make_plan(lesson, "confine001", "tester", instance=instance)
+    kb = KubernetesBackend.from_kubeconfig(k8s_kubeconfig, instance=instance)
+    kb.apply_networks(plan)
+    kb.apply_pods(plan)
+    assert kb.observe(plan, wait=60).ready
+    check = plan.checks[0]
+    pod = plan.pod(check.source).name
+    peer = kb.observe(plan, wait=0).address(check.target, check.interface)
+    assert peer is not None
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return k8s_kubectl("exec", pod, "--", *argv, namespace=plan.namespace, check=False)
+
+    # what lessons need still works: ping (CAP_NET_RAW) and reading the pod's own interfaces
+    ping = run("ping", "-c1", "-W2", peer.split("/")[0])
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    assert json.loads(run("ip", "-j", "link", "show").stdout)
+    status = run("cat", "/proc/self/status").stdout
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    assert fields["Uid"].split()[0] == "65534" and fields["Gid"].split()[0] == "65534", status
+    assert int(fields["CapEff"], 16) == 1 << 13 and int(fields["CapBnd"], 16) == 1 << 13, status  # CAP_NET_RAW
+    assert fields["NoNewPrivs"].strip() == "1", status
+
+    host_hostname = Path("/proc/sys/kernel/hostname").read_text()
+    escapes = {
+        "a shell": ("sh", "-c", "nsenter --net=/proc/1/ns/net ip link"),
+        "bash": ("bash", "-c", "cat /proc/1/environ"),
+        "nsenter": ("nsenter", "--net=/proc/1/ns/net", "--", "ip", "link"),
+        "an absolute path": ("/usr/bin/nsenter", "--net=/proc/1/ns/net", "--", "ip", "link"),
+        "init's environment": ("cat", "/proc/1/environ"),
+        "init's network namespace": ("ls", "-l", "/proc/1/ns/net"),
+        "the cluster's admin key": ("cat", str(k8s_cluster.STATE / "pki" / "admin.key")),
+        "the admin kubeconfig": ("cat", str(k8s_cluster.STATE / "kubeconfig")),
+        "/etc/shadow": ("cat", "/etc/shadow"),
+        "ip netns attach of the host": ("ip", "netns", "attach", f"escape-{instance}", "1"),
+        "ip netns exec": ("ip", "netns", "exec", f"{k8s_cluster.NETNS_PREFIX}-kwok-node-0", "ip", "link"),
+        "a link into the host": ("ip", "link", "add", "esc0", "type", "veth", "peer", "name", "esc1", "netns", "1"),
+        "a new link": ("ip", "link", "add", "esc0", "type", "dummy"),
+        "the host's name": ("hostname", "escaped"),
+        "the wrapper itself": ("netns-exec",),
+    }
+    allowed = {
+        what: (proc.returncode, proc.stdout) for what, argv in escapes.items() if (proc := run(*argv)).returncode == 0
+    }
+    assert allowed == {}, allowed
+    assert not Path(f"/run/netns/escape-{instance}").exists()
+    assert Path("/proc/sys/kernel/hostname").read_text() == host_hostname
+    kb.destroy(plan.livelesson)

@@ -275,16 +275,20 @@ def test_unschedulable_lesson_fails_fast_with_the_reason_and_releases_everything
 def test_gc_removes_an_orphan_and_never_touches_another_instance(
     settings_for: Callable[..., Settings], start_worker: Callable[..., CeleryProcess],
     direct_worker_kubeconfig: Path, k8s_kubectl: Kubectl, instance: str, k8s_cleanup: list[str],
+    k8s_allow: Callable[..., None],
 ) -> None:  # fmt: skip
     catalog = load_catalog(TRIANGLE.parent)
     triangle = catalog.get("busybox-triangle")
     assert triangle is not None
     other_instance = f"{instance}-other"  # its namespaces even start with this instance's prefix
     k8s_cleanup.append(other_instance)
-    mine = KubernetesBackend.from_kubeconfig(direct_worker_kubeconfig, instance=instance)
+    k8s_allow(other_instance)  # the same worker account serves both instances
+    settings = k8s_settings(settings_for, direct_worker_kubeconfig, gc_interval_seconds=1)
+    deployment = Store.from_settings(settings).deployment()  # the workers' below: GC collects only its own
+    mine = KubernetesBackend.from_kubeconfig(direct_worker_kubeconfig, instance=instance, deployment=deployment)
     theirs = KubernetesBackend.from_kubeconfig(direct_worker_kubeconfig, instance=other_instance)
     # a crash after the objects were made and before (or after) the record was lost: no record
-    orphan = make_plan(triangle, "orphan0001", "gone", instance=instance)
+    orphan = make_plan(triangle, "orphan0001", "gone", instance=instance, deployment=deployment)
     foreign = make_plan(triangle, "foreign001", "alive", instance=other_instance)
     for backend, plan in ((mine, orphan), (theirs, foreign)):
         backend.apply_networks(plan)
@@ -294,7 +298,6 @@ def test_gc_removes_an_orphan_and_never_touches_another_instance(
     k8s_cleanup.append(f"ns:{handmade}")
     k8s_kubectl("create", "namespace", handmade)
 
-    settings = k8s_settings(settings_for, direct_worker_kubeconfig, gc_interval_seconds=1)
     worker = start_worker(settings)
     start_worker(settings, kind="beat")
     wait_until("GC to remove the orphan", lambda: namespace_gone(k8s_kubectl, orphan.namespace), timeout=90)

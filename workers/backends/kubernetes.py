@@ -1,8 +1,15 @@
 """The kubernetes backend: the real deployment, on the official client.
 
 Objects come from ``scheduler.render`` (the same YAML ``lessonctl render`` prints). Every create is
-create-or-get: 409 AlreadyExists counts as done once the object's labels show it is ours. Readiness is a
-bounded watch that resumes from the last resourceVersion and re-lists on 410 Gone. Transient API errors
+create-or-get: 409 AlreadyExists counts as done once the object's labels show it is ours (this instance,
+this deployment, this live lesson).
+
+Least privilege is the API server's (config/k8s/rbac.yaml): cluster-wide, the worker may only create,
+list and delete lesson namespaces and bind one ClusterRole. Right after creating a namespace the backend
+binds that role (``lesson-scheduler-lesson``: pods, pods/exec, NADs, NetworkPolicies, services) to its
+own identity there, with a RoleBinding, and waits (bounded) until the authorizer lets it create pods.
+
+Readiness is a bounded watch that resumes from the last resourceVersion and re-lists on 410 Gone. Transient API errors
 (429 with Retry-After, 500/502/503/504, connection resets and timeouts) are retried with tenacity; other
 4xx errors are permanent and never retried.
 """
@@ -28,8 +35,17 @@ from kubernetes.stream import stream
 from tenacity import RetryCallState, retry, retry_if_exception, stop_after_delay
 
 from scheduler.errors import PermanentError, PrerequisiteMissing, SchedulerError, TemporaryError
-from scheduler.plan import LABEL_INSTANCE, LABEL_LIVELESSON, LABEL_MANAGED_BY, MANAGED_BY, Plan
-from scheduler.render import NETWORK_STATUS_ANNOTATION, namespace, network_attachment_definitions, network_policy, pods
+from scheduler.naming import LABEL_DEPLOYMENT, LABEL_INSTANCE, LABEL_LIVELESSON, LABEL_MANAGED_BY, MANAGED_BY
+from scheduler.plan import Plan
+from scheduler.render import (
+    NETWORK_STATUS_ANNOTATION,
+    namespace,
+    network_attachment_definitions,
+    network_policy,
+    pods,
+    role_binding,
+    subject_for,
+)
 from scheduler.settings import Settings
 from workers.backends.base import Backend, ExecResult, InterfaceStatus, Observation, PodStatus
 
@@ -52,6 +68,8 @@ API_RETRY_SECONDS = 30.0
 REQUEST_TIMEOUT = (5.0, 30.0)
 RETRY_AFTER_CAP = 10.0
 DELETE_WAIT_SECONDS = 60
+# a new RoleBinding reaches the authorizer's cache within milliseconds; past this, the step retries later
+GRANT_WAIT_SECONDS = 5.0
 
 
 _HANDSHAKE = re.compile(r"Handshake status (\d{3})")
@@ -151,21 +169,27 @@ class ApiError(PermanentError):
 
 class KubernetesBackend(Backend):
     name = "kubernetes"
+    pods = "container"  # real pods: on a real node they run the image (kwok nodes in the test cluster run nothing)
 
-    def __init__(self, api: client.ApiClient, *, instance: str) -> None:
+    def __init__(self, api: client.ApiClient, *, instance: str, deployment: str = "") -> None:
         self.api = api
         self.instance = instance
+        self.deployment = deployment
         # Any: the client's own stubs say V1Namespace where it accepts the plain dicts render() makes
         self.core: Any = client.CoreV1Api(api)
         self.custom: Any = client.CustomObjectsApi(api)
         self.net: Any = client.NetworkingV1Api(api)
+        self.rbac: Any = client.RbacAuthorizationV1Api(api)
+        self._subject: dict[str, str] | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> KubernetesBackend:
-        return cls.from_kubeconfig(settings.kubeconfig, instance=settings.instance)
+    def from_settings(cls, settings: Settings, *, deployment: str = "") -> KubernetesBackend:
+        return cls.from_kubeconfig(settings.kubeconfig, instance=settings.instance, deployment=deployment)
 
     @classmethod
-    def from_kubeconfig(cls, kubeconfig: str | Path | None, *, instance: str) -> KubernetesBackend:
+    def from_kubeconfig(
+        cls, kubeconfig: str | Path | None, *, instance: str, deployment: str = ""
+    ) -> KubernetesBackend:
         """A backend on that kubeconfig, or on the in-cluster ServiceAccount when it is None."""
         configuration = client.Configuration()
         try:
@@ -180,20 +204,86 @@ class KubernetesBackend(Backend):
         # urllib3 would otherwise retry resets of GETs silently, three times, unbounded in time: every retry
         # is tenacity's, bounded and logged
         configuration.retries = False
-        return cls(client.ApiClient(configuration), instance=instance)
+        return cls(client.ApiClient(configuration), instance=instance, deployment=deployment)
 
     def close(self) -> None:
         self.api.close()
 
     # --- ownership ----------------------------------------------------------------------------------
 
-    def _ours(self, labels: dict[str, str] | None, livelesson: str) -> bool:
+    def _mine(self, labels: dict[str, str] | None) -> bool:
+        """Made by this instance and this deployment (objects from before deployment labels count as the
+        unnamed deployment's)."""
         labels = labels or {}
         return (
             labels.get(LABEL_MANAGED_BY) == MANAGED_BY
             and labels.get(LABEL_INSTANCE) == self.instance
-            and labels.get(LABEL_LIVELESSON) == livelesson
+            and labels.get(LABEL_DEPLOYMENT, "") == self.deployment
         )
+
+    def _ours(self, labels: dict[str, str] | None, livelesson: str) -> bool:
+        return self._mine(labels) and (labels or {}).get(LABEL_LIVELESSON) == livelesson
+
+    def _check_plan(self, plan: Plan) -> None:
+        """A plan of another instance or deployment would make objects this backend can never list or
+        collect again: refuse it before creating anything."""
+        if plan.instance != self.instance or plan.deployment != self.deployment:
+            raise PermanentError(
+                f"plan for instance {plan.instance!r}, deployment {plan.deployment!r} given to the backend of "
+                f"instance {self.instance!r}, deployment {self.deployment!r}"
+            )
+
+    # --- the per-namespace grant ---------------------------------------------------------------------
+
+    def subject(self) -> dict[str, str]:
+        """The RBAC subject of the credentials in use, from a SelfSubjectReview (asked once): the
+        RoleBinding in each lesson namespace names exactly the identity that creates it."""
+        if self._subject is None:
+            review = _call(
+                client.AuthenticationV1Api(self.api).create_self_subject_review,
+                {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
+            )
+            username = getattr(getattr(review.status, "user_info", None), "username", None) or ""
+            try:
+                self._subject = {k: str(v) for k, v in subject_for(username).items()}
+            except ValueError as exc:
+                raise PermanentError(f"the API server did not say who these credentials are: {exc}") from exc
+        return self._subject
+
+    def _grant(self, plan: Plan) -> None:
+        """Bind the lesson role to ourselves in the lesson's namespace, then wait until the authorizer
+        honours it. A 409 is the binding an earlier attempt made: the worker may not read bindings, and
+        needs not, since the access review that follows proves the grant is there and in force."""
+        try:
+            _call(self.rbac.create_namespaced_role_binding, plan.namespace, role_binding(plan, self.subject()))
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+        self._wait_granted(plan.namespace)
+
+    def _allowed(self, ns: str, verb: str, resource: str) -> bool:
+        review = _call(
+            client.AuthorizationV1Api(self.api).create_self_subject_access_review,
+            {
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SelfSubjectAccessReview",
+                "spec": {"resourceAttributes": {"namespace": ns, "verb": verb, "resource": resource}},
+            },
+        )
+        return bool(review.status.allowed)
+
+    def _wait_granted(self, ns: str) -> None:
+        """RBAC reads bindings from an informer cache: a RoleBinding just made may not count for a few
+        milliseconds. Ask (SelfSubjectAccessReview) until `create pods` is allowed there, bounded."""
+        deadline = time.monotonic() + GRANT_WAIT_SECONDS
+        pause = 0.02
+        while not self._allowed(ns, "create", "pods"):
+            if time.monotonic() >= deadline:
+                raise TemporaryError(
+                    f"the lesson role bound in {ns} is not in effect after {GRANT_WAIT_SECONDS:.0f}s", delay=2.0
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
 
     def _ensure(self, kind: str, name: str, create: Callable[[], Any], read: Callable[[], Any], plan: Plan) -> None:
         try:
@@ -213,11 +303,13 @@ class KubernetesBackend(Backend):
     # --- apply --------------------------------------------------------------------------------------
 
     def apply_networks(self, plan: Plan) -> None:
+        self._check_plan(plan)
         self._ensure(
             "namespace", plan.namespace,
             partial(self.core.create_namespace, namespace(plan)),
             partial(self.core.read_namespace, plan.namespace), plan,
         )  # fmt: skip
+        self._grant(plan)
         policy = network_policy(plan)
         self._ensure(
             "networkpolicy", policy["metadata"]["name"],
@@ -235,6 +327,7 @@ class KubernetesBackend(Backend):
             )  # fmt: skip
 
     def apply_pods(self, plan: Plan) -> None:
+        self._check_plan(plan)
         for pod in pods(plan):
             name = pod["metadata"]["name"]
             self._ensure(
@@ -363,12 +456,17 @@ class KubernetesBackend(Backend):
     # --- destroy and list ---------------------------------------------------------------------------
 
     def list(self) -> list[str]:
+        """The live lessons whose namespaces carry this instance and this deployment."""
         selector = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_INSTANCE}={self.instance}"
+        if self.deployment:
+            selector += f",{LABEL_DEPLOYMENT}={self.deployment}"
+        # without a deployment, also the namespaces from before the label: the selector cannot say "absent
+        # or empty", so that filter is ours
         listing = _call(self.core.list_namespace, label_selector=selector)
         return sorted(
             ns.metadata.labels[LABEL_LIVELESSON]
             for ns in listing.items
-            if LABEL_LIVELESSON in (ns.metadata.labels or {})
+            if LABEL_LIVELESSON in (ns.metadata.labels or {}) and self._mine(ns.metadata.labels)
         )
 
     def destroy(self, livelesson: str) -> None:
@@ -380,7 +478,9 @@ class KubernetesBackend(Backend):
                 return
             raise
         if not self._ours(ns.metadata.labels, livelesson):
-            raise PermanentError(f"namespace {name} does not carry this instance's mark; refusing to delete it")
+            raise PermanentError(
+                f"namespace {name} does not carry this instance's and deployment's mark; refusing to delete it"
+            )
         if ns.metadata.deletion_timestamp is None:
             try:
                 _call(

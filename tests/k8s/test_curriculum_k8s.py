@@ -1,0 +1,51 @@
+"""The whole NRE Labs curriculum through the HTTP API on the kubernetes backend: ``lessonctl serve`` and a real
+Celery worker (LESSON_BACKEND=kubernetes, the worker's ServiceAccount, never cluster-admin) on a real Redis,
+against the test cluster. Every lesson, with or without connections: POST, ready, DELETE, deleted, and no
+namespace of the instance left. On the test cluster kwok marks pods Ready without running their images.
+
+tests/e2e/test_curriculum.py walks the same corpus on the local backend (and through ``lessonctl demo``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from scheduler.settings import Settings
+from tests.conftest import CURRICULUM
+from tests.e2e.test_curriculum import LESSONS, walk_through_api
+from tests.integration.stack import ApiServer
+from tests.k8s.conftest import namespaces_of
+from workers.launcher import CeleryProcess
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+Kubectl = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def test_every_curriculum_lesson_through_the_http_api_on_kubernetes(
+    settings_for: Callable[..., Settings],
+    start_worker: Callable[..., CeleryProcess],
+    direct_worker_kubeconfig: Path,
+    k8s_kubectl: Kubectl,
+    instance: str,
+    k8s_cleanup: list[str],
+    tmp_path: Path,
+) -> None:
+    settings = settings_for(
+        backend="kubernetes", kubeconfig=direct_worker_kubeconfig, catalog=CURRICULUM, provision_timeout_seconds=180
+    )
+    start_worker(settings)
+    server = ApiServer(settings, tmp_path / "api.log")
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as api:
+            finals = walk_through_api(api, LESSONS, backend="kubernetes", timeout=150)
+    finally:
+        server.stop()
+    assert [final["lesson"] for final in finals] == list(LESSONS)
+    assert all(final["namespace"].startswith(f"{instance}-") for final in finals)
+    assert namespaces_of(k8s_kubectl, instance) == []
