@@ -2,7 +2,7 @@
 # Builds the test cluster's binaries from the Go module proxy, once, into
 #   ~/.cache/lesson-scheduler/k8s/<kubernetes version>/bin
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (k8s.io/kubernetes), etcd
-# (go.etcd.io/etcd/server/v3), kwok and kwokctl (sigs.k8s.io/kwok). Nothing is downloaded outside the
+# (go.etcd.io/etcd/server/v3) and kwok (sigs.k8s.io/kwok). Nothing is downloaded outside the
 # Go module proxy, and nothing of it lands in the repository: the small build modules are written here,
 # under the cache directory. If every binary is already there, it does nothing.
 #
@@ -147,7 +147,7 @@ fi
 
 # --- kwok -----------------------------------------------------------------------------------------------
 # sigs.k8s.io/kwok's go.mod has no replace directives: plain `go install pkg@version` works.
-for c in kwok kwokctl; do
+for c in kwok; do
   if need "${c}"; then
     step "kwok ${KWOK_VERSION}: building ${c}"
     GOBIN="${K8S_BIN_DIR}" gorun install -trimpath \
@@ -156,7 +156,7 @@ for c in kwok kwokctl; do
   fi
 done
 
-# kwokctl compiles kwok's default stages into itself; `kwok` alone needs them as a config file. Its
+# `kwok` needs its default stages as a config file (kwokctl, not built, compiles them in). Its
 # Exec/ClusterExec CRDs let the node agent point `kubectl exec` at a pod's network namespace.
 if [[ ! -f "${share_dir}/stages.yaml" || ! -f "${share_dir}/crds.yaml" ]]; then
   step "kwok ${KWOK_VERSION}: copying its default stages and Exec CRDs out of the module"

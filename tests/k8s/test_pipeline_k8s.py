@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -259,12 +258,12 @@ def test_unschedulable_lesson_fails_fast_with_the_reason_and_releases_everything
     settings = k8s_settings(settings_for, worker_kubeconfig)
     start_worker(settings)
     store = Store.from_settings(settings)
-    started = time.monotonic()
     livelesson = Client(settings).request_lesson("busybox-line", "nowhere").id
     record = wait_for(store, livelesson, {"ready", "failed"}, timeout=60)
     assert record.status == "failed", record
-    assert time.monotonic() - started < 30, "failed at the deadline instead of at once"
+    # failed at once with the scheduler's reason, not at the provisioning deadline
     assert record.error is not None and record.error.step == "wait_ready"
+    assert "deadline" not in record.error.message, record.error
     assert "unschedulable" in record.error.message and "anti-affinity" in record.error.message, record.error
     wait_until("the failed lesson's namespace gone", lambda: namespace_gone(k8s_kubectl, record.namespace), 60)
 

@@ -1,4 +1,4 @@
-# Pinned versions of the test cluster's components, sourced by build-tools.sh and cluster.sh.
+# Pinned versions of the test cluster's components, sourced by build-tools.sh (and read by cluster.py).
 # Change a version here and `make k8s-tools` builds a fresh set into a new cache directory.
 K8S_VERSION="${K8S_VERSION:-v1.34.4}"
 # etcd at the version kubernetes ${K8S_VERSION} itself pins (go.etcd.io/etcd/server/v3 in its go.mod).
@@ -10,4 +10,4 @@ K8S_TOOLS_DIR="${K8S_CACHE_ROOT}/${K8S_VERSION}"
 # Written last by build-tools.sh; a set built with other etcd/kwok pins is rebuilt.
 K8S_STAMP="kubernetes=${K8S_VERSION} etcd=${ETCD_VERSION} kwok=${KWOK_VERSION}"
 K8S_BIN_DIR="${K8S_BIN_DIR:-${K8S_TOOLS_DIR}/bin}"
-K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok kwokctl)
+K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok)
