@@ -173,6 +173,9 @@ class ScriptedBackend(Backend):
             raise step
         return ExecResult(0 if "0% packet loss" in step else 1, step, "")
 
+    def check(self) -> None:
+        raise NotImplementedError
+
     def apply_networks(self, plan: Plan) -> None:
         raise NotImplementedError
 

@@ -67,6 +67,13 @@ class Backend(abc.ABC):
     pods: PodKind
 
     @abc.abstractmethod
+    def check(self) -> None:
+        """Raise :class:`PrerequisiteMissing` naming what this backend needs and lacks (privileges, CNI
+        plugins, a reachable API server and who we are on it); return when it could run a lesson. Cheap
+        enough to call at start-up, so a missing prerequisite shows at once rather than in a lesson's
+        first step."""
+
+    @abc.abstractmethod
     def apply_networks(self, plan: Plan) -> None:
         """Create every network of the plan (bridges, NADs). Idempotent."""
 

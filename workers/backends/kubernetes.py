@@ -233,6 +233,13 @@ class KubernetesBackend(Backend):
                 f"instance {self.instance!r}, deployment {self.deployment!r}"
             )
 
+    def check(self) -> None:
+        """The API server answers and says who we are (the identity every lesson namespace is bound to)."""
+        try:
+            self.subject()
+        except SchedulerError as exc:
+            raise PrerequisiteMissing(f"the Kubernetes API server is not usable: {exc}") from exc
+
     # --- the per-namespace grant ---------------------------------------------------------------------
 
     def subject(self) -> dict[str, str]:

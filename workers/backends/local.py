@@ -198,6 +198,10 @@ class LocalBackend(Backend):
             finally:
                 os.close(fd)
 
+    def check(self) -> None:
+        self._checked = False
+        self._prerequisites()
+
     def _prerequisites(self) -> None:
         if not self._checked:
             netns.check_privileges()
