@@ -40,6 +40,7 @@ __all__ = [
     "Presentation",
     "ResolvedEndpoint",
     "ResolvedLesson",
+    "ResolvedLink",
     "check_reserved",
     "check_special",
     "is_dns1123_label",
@@ -236,12 +237,24 @@ class ResolvedEndpoint:
 
 
 @dataclass(frozen=True)
+class ResolvedLink:
+    """A connection whose ends are resolved endpoints (containerlab's RawLink -> Link): nothing after
+    resolving joins names again."""
+
+    index: int  # its place in the file: subnets are allocated and NADs named in this order
+    a: ResolvedEndpoint
+    b: ResolvedEndpoint
+    subnet: ipaddress.IPv4Network | None  # None: allocated from the pool by the plan
+
+
+@dataclass(frozen=True)
 class ResolvedLesson:
-    """A lesson whose endpoints carry concrete images and whose connections are known to be sound."""
+    """A lesson whose endpoints carry concrete images and whose links join resolved endpoints."""
 
     lesson: Lesson
     source: str
     endpoints: tuple[ResolvedEndpoint, ...]
+    links: tuple[ResolvedLink, ...] = ()
 
     @property
     def slug(self) -> str:
@@ -557,7 +570,11 @@ def resolve(
     problems += _reserved_problems(lesson, source, reserved_subnets)
     if problems:
         raise LessonError(problems)
-    return ResolvedLesson(lesson, source, tuple(endpoints))
+    by_name = {e.name: e for e in endpoints}
+    links = tuple(
+        ResolvedLink(i, by_name[conn.a], by_name[conn.b], conn.network) for i, conn in enumerate(lesson.connections)
+    )
+    return ResolvedLesson(lesson, source, tuple(endpoints), links)
 
 
 def _reserved_problems(lesson: Lesson, source: str, reserved: Sequence[ipaddress.IPv4Network]) -> list[Problem]:

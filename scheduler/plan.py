@@ -119,7 +119,7 @@ class Plan:
 
 
 def _subnets(lesson: ResolvedLesson, pool: str) -> list[ipaddress.IPv4Network]:
-    explicit = [c.network for c in lesson.connections]
+    explicit = [link.subnet for link in lesson.links]
     taken = [n for n in explicit if n is not None]
     free = (
         s for s in ipaddress.IPv4Network(pool).subnets(new_prefix=24) if not any(s.overlaps(t) for t in taken)
@@ -160,8 +160,9 @@ def make_plan(
     }
     networks = []
     used: set[str] = set()
-    for i, (conn, subnet) in enumerate(zip(lesson.connections, _subnets(lesson, subnet_pool), strict=True)):
-        base = f"{conn.a}-{conn.b}"
+    for link, subnet in zip(lesson.links, _subnets(lesson, subnet_pool), strict=True):
+        i, a, b = link.index, link.a.name, link.b.name
+        base = f"{a}-{b}"
         # parallel links get -2, -3, ...; so does a name another pair already produced
         # ("a-b" + "c" and "a" + "b-c" both give "a-b-c")
         nad, k = base, 1
@@ -176,8 +177,8 @@ def make_plan(
                 network_name(instance, livelesson, i),
                 bridge_name(instance, livelesson, i),
                 subnet,
-                conn.a,
-                conn.b,
+                a,
+                b,
             )
         )
     pods = []
