@@ -8,11 +8,11 @@
     │   ├── LimitExceeded          a session's limit; ``retry_after`` for clients
     │   │   └── AtCapacity         the whole deployment is full (503, where a session's limit is 429)
     │   ├── PrerequisiteMissing    root, a capability or a CNI plugin is missing
-    │   ├── CniError               a CNI plugin refused (workers/backends/cni.py)
-    │   └── ApiError               the Kubernetes API refused; ``status`` (workers/backends/kubernetes.py)
+    │   ├── CniError               a CNI plugin refused (workers/backends/local/cni.py)
+    │   └── ApiError               the Kubernetes API refused; ``status`` (workers/backends/kubernetes/)
     └── TemporaryError             retrying may help; ``delay`` is a hint in seconds
-        ├── CniRace                a CNI call lost a race with a concurrent one (workers/backends/cni.py)
-        └── NetlinkRace            a netlink change lost a race (workers/backends/netns.py)
+        ├── CniRace                a CNI call lost a race with a concurrent one (workers/backends/local/cni.py)
+        └── NetlinkRace            a netlink change lost a race (workers/backends/local/rtnetlink.py)
 
 Backend and client errors are translated at the boundary, always keeping the cause
 (``raise TemporaryError(...) from exc``), so retry policy reads ``transient`` instead of guessing from

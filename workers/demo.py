@@ -32,7 +32,8 @@ from scheduler.redis_server import PrivateRedis
 from scheduler.service import delete_lesson, request_lesson
 from scheduler.settings import Settings
 from scheduler.state import Store
-from workers.backends import get_backend, netns
+from workers.backends import get_backend
+from workers.backends.local import netns, rtnetlink
 from workers.launcher import CeleryProcess, WorkerNotReady
 
 __all__ = ["Demo", "DemoResult", "json_events"]
@@ -241,7 +242,7 @@ class Demo:
             node = f"{settings.instance}-node"
             if netns.exists(node):
                 mark = f"lesson-scheduler/{settings.instance}/{livelesson}/"
-                leftovers += [f"bridge {b}" for b, alias in netns.bridges(node).items() if alias.startswith(mark)]
+                leftovers += [f"bridge {b}" for b, alias in rtnetlink.bridges(node).items() if alias.startswith(mark)]
             prune = getattr(backend, "prune", None)
             if prune is not None:
                 prune()

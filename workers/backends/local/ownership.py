@@ -1,0 +1,198 @@
+"""What a live lesson owns on this host, and the locks that keep applies, destroy and observe apart.
+
+Before creating anything, the backend writes ``<state>/<instance>/lessons/<id>/owner.json`` naming every
+namespace, bridge and attachment it will make, and the deployment that made them. Destroy reads that
+record back (:meth:`Ownership.claim`) and acts only on a record with the same mark, and only for its own
+deployment; :meth:`Ownership.ours` reports only its own deployment's lessons.
+
+Ids arrive from the queue, where anyone with Redis access can write: every path built from one is checked
+(a live-lesson id, and a path that resolves inside its folder of the state root) before it is used.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from scheduler import naming
+from scheduler.errors import PermanentError
+from scheduler.plan import Plan
+from scheduler.records import ID_PATTERN, check_id
+
+__all__ = ["Ownership", "read_json", "write_json"]
+
+log = structlog.get_logger(__package__)  # the local backend's events, under one logger name
+
+
+def write_json(path: Path, doc: Any) -> None:
+    """Atomic: a crash leaves the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+class Ownership:
+    """``<root>`` is ``<state_dir>/<instance>``: owner records, live-lesson folders and locks under it."""
+
+    def __init__(self, *, instance: str, root: Path, deployment: str) -> None:
+        self.instance = instance
+        self.root = root
+        self.deployment = deployment
+
+    # --- marks and paths ---------------------------------------------------------------------------
+
+    def mark(self, livelesson: str) -> str:
+        return naming.mark(self.instance, livelesson)
+
+    def folder(self, livelesson: str) -> Path:
+        """``<root>/lessons/<id>``: the live lesson's owner record, CNI results and pid files."""
+        return self.inside("lessons", livelesson)
+
+    def inside(self, folder: str, livelesson: str, suffix: str = "") -> Path:
+        """``<root>/<folder>/<id><suffix>``, for a valid id only, and only if it resolves inside that folder
+        (a symlink planted there cannot lead a remove elsewhere)."""
+        base = self.root / folder
+        path = base / f"{check_id(livelesson)}{suffix}"
+        if path.resolve().parent != base.resolve():
+            raise PermanentError(f"{path} resolves outside {base}; refusing to use it")
+        return path
+
+    # --- locks -------------------------------------------------------------------------------------
+
+    @contextmanager
+    def node_lock(self, exclusive: bool) -> Iterator[None]:
+        """Shared while lessons use the node namespace, exclusive while it is pruned."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / "node.lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+
+    @contextmanager
+    def reading(self, livelesson: str) -> Iterator[None]:
+        """A shared hold on the lesson's lock: observe never sees an apply half done. No file, no lock
+        (nothing was applied yet, or it was destroyed), and none is created, so nothing is left behind."""
+        try:
+            fd = os.open(self.inside("locks", livelesson, ".lock"), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def lesson_lock(self, livelesson: str, *, remove: bool = False) -> Iterator[None]:
+        """Serialises applies and destroy of one live lesson (a redelivered task next to the original).
+
+        ``remove`` unlinks the lock file before releasing it (destroy leaves nothing); a waiter that then
+        wakes up on the unlinked file sees that and takes a fresh one.
+        """
+        (self.root / "locks").mkdir(parents=True, exist_ok=True)
+        path = self.inside("locks", livelesson, ".lock")
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    current = os.fstat(fd).st_ino == path.stat().st_ino
+                except FileNotFoundError:
+                    current = False
+                if not current:
+                    continue
+                try:
+                    yield
+                finally:
+                    if remove:
+                        path.unlink(missing_ok=True)
+                return
+            finally:
+                os.close(fd)
+
+    # --- owner records -----------------------------------------------------------------------------
+
+    def record(self, plan: Plan, *, node_netns: str, ipam_dir: Path) -> None:
+        """Written before anything is created, so even a crash mid-apply leaves a record to clean up by."""
+        attachments = [
+            {"endpoint": p.endpoint, "netns": p.netns, "ifname": i.name, "network": i.network}
+            for p in plan.pods
+            for i in p.interfaces
+        ]
+        doc = {
+            "mark": self.mark(plan.livelesson),
+            "instance": plan.instance,
+            "deployment": self.deployment,
+            "livelesson": plan.livelesson,
+            "lesson": plan.lesson,
+            "session": plan.session,
+            "node_netns": node_netns,
+            "pods": {p.endpoint: p.netns for p in plan.pods},
+            "networks": {n.nad: {"bridge": n.bridge, "cni": n.cni_config(str(ipam_dir))} for n in plan.networks},
+            "attachments": attachments,
+        }
+        path = self.folder(plan.livelesson) / "owner.json"
+        if read_json(path) != doc:
+            write_json(path, doc)
+
+    def claim(self, livelesson: str) -> dict[str, Any] | None:
+        """The owner record, when destroy may act on it; None when there is nothing (more) for it to do.
+
+        No record: nothing was created before it, so the folder is removed here. A record without our mark
+        is refused; another deployment's lesson (a shared host and instance name) is not ours to touch.
+        """
+        folder = self.folder(livelesson)
+        owner = read_json(folder / "owner.json")
+        if owner is None:
+            shutil.rmtree(folder, ignore_errors=True)  # nothing was created before the record
+            return None
+        mark = self.mark(livelesson)
+        if not isinstance(owner, dict) or owner.get("mark") != mark:
+            raise PermanentError(f"{folder} is not marked {mark!r}; refusing to destroy")
+        if owner.get("deployment", "") != self.deployment:
+            # another deployment's lesson, on a shared host and instance name: not ours to touch
+            log.warning("destroy refused: another deployment's live lesson", owner=owner.get("deployment"))
+            return None
+        return owner
+
+    def held(self) -> list[Path]:
+        """Every live-lesson folder of this instance, whichever deployment made it."""
+        folder = self.root / "lessons"
+        if not folder.is_dir():
+            return []
+        return sorted(p for p in folder.iterdir() if ID_PATTERN.fullmatch(p.name) and p.is_dir() and not p.is_symlink())
+
+    def ours(self) -> list[str]:
+        """This deployment's live lessons. A folder with no owner record (a crash before it was written)
+        counts as ours once it is a minute old, so it is cleaned up rather than kept for ever."""
+        ours = []
+        for folder in self.held():
+            owner = read_json(folder / "owner.json")
+            if owner is None:
+                try:
+                    stale = time.time() - folder.stat().st_mtime > 60
+                except FileNotFoundError:
+                    continue
+                if stale:
+                    ours.append(folder.name)
+            elif isinstance(owner, dict) and owner.get("deployment", "") == self.deployment:
+                ours.append(folder.name)
+        return ours
