@@ -51,7 +51,8 @@ from scheduler.redis_server import PrivateRedis  # noqa: E402
 from scheduler.settings import Settings  # noqa: E402
 from scheduler.state import Store  # noqa: E402
 from tests.k8s.api_proxy import ApiProxy, write_token_kubeconfig  # noqa: E402
-from tests.k8s.conftest import INSTANCES_CONFIGMAP, WORKER_SA, probe_namespace  # noqa: E402
+from tests.support.k8s import INSTANCES_CONFIGMAP, WORKER_SA, probe_namespace  # noqa: E402
+from tests.support.waits import wait_for  # noqa: E402
 from workers.launcher import CeleryProcess  # noqa: E402
 
 CLUSTER = REPO / "tests" / "k8s" / "cluster.py"
@@ -84,14 +85,7 @@ def cluster(command: str) -> int:
 
 
 def wait(store: Store, livelesson: str, statuses: set[str], timeout: float = 180) -> LiveLesson:
-    deadline = time.monotonic() + timeout
-    while True:
-        record = store.get(livelesson)
-        if record is not None and record.status in statuses:
-            return record
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{livelesson} not in {statuses} after {timeout}s: {record}")
-        time.sleep(0.01)
+    return wait_for(store, livelesson, statuses, timeout, interval=0.01, error=RuntimeError)
 
 
 class Bench:

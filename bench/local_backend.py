@@ -40,15 +40,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from scheduler.catalog import load_paths  # noqa: E402
 from scheduler.lessons import ResolvedLesson, parse_lesson, resolve  # noqa: E402
 from scheduler.plan import Check, make_plan  # noqa: E402
-from tests.conftest import cleanup_instance  # noqa: E402
+from tests.support.ids import new_id as _id  # noqa: E402
+from tests.support.leftovers import cleanup_instance  # noqa: E402
+from tests.support.lessons import triangle  # noqa: E402
 from workers.backends.local import LocalBackend  # noqa: E402
 from workers.backends.ping import run_check  # noqa: E402
 
 FLOOR = REPO.parent / "shared" / "bench" / "floor-triangle.sh"
-TRIANGLE = REPO / "config" / "lessons" / "busybox-triangle.yaml"
 PHASES = ("networks", "pods", "ready", "pings", "total", "teardown")
 
 
@@ -74,16 +74,7 @@ def star(n: int) -> ResolvedLesson:
 
 
 def topologies() -> dict[str, Callable[[], ResolvedLesson]]:
-    def triangle() -> ResolvedLesson:
-        lesson = load_paths([TRIANGLE]).get("busybox-triangle")
-        assert lesson is not None
-        return lesson
-
     return {"triangle": triangle, "ring10": lambda: ring(10), "star20": lambda: star(20)}
-
-
-def _id() -> str:
-    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(10))
 
 
 def one_run(backend: LocalBackend, lesson: ResolvedLesson) -> dict[str, float]:

@@ -53,13 +53,14 @@ from scheduler.records import LiveLesson, new_id  # noqa: E402
 from scheduler.redis_server import PrivateRedis  # noqa: E402
 from scheduler.settings import Settings  # noqa: E402
 from scheduler.state import Store  # noqa: E402
-from tests.conftest import cleanup_instance, settings_env  # noqa: E402
-from tests.integration.stack import ApiServer  # noqa: E402
-from workers.backends.local import LocalBackend, _parallel  # noqa: E402
+from tests.support.leftovers import cleanup_instance  # noqa: E402
+from tests.support.lessons import TRIANGLE  # noqa: E402
+from tests.support.processes import ApiServer, settings_env  # noqa: E402
+from workers.backends.local import LocalBackend  # noqa: E402
+from workers.backends.local.backend import _parallel  # noqa: E402
 from workers.backends.ping import run_check  # noqa: E402
 from workers.launcher import CeleryProcess  # noqa: E402
 
-TRIANGLE = REPO / "config" / "lessons" / "busybox-triangle.yaml"
 READY = frozenset({"ready", "failed"})
 
 

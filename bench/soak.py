@@ -59,9 +59,9 @@ from scheduler.naming import bridge_name  # noqa: E402
 from scheduler.redis_server import PrivateRedis  # noqa: E402
 from scheduler.settings import Settings  # noqa: E402
 from scheduler.state import Store  # noqa: E402
-from tests.conftest import cleanup_instance, settings_env  # noqa: E402
-from tests.integration.stack import ApiServer  # noqa: E402
-from workers.backends import netns  # noqa: E402
+from tests.support import netns_tools as netns  # noqa: E402
+from tests.support.leftovers import cleanup_instance  # noqa: E402
+from tests.support.processes import ApiServer, settings_env  # noqa: E402
 from workers.launcher import CeleryProcess  # noqa: E402
 
 TOKEN = "soak-" + secrets.token_hex(8)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from scheduler import naming
-from scheduler.errors import LessonError, Problem
+from scheduler.errors import LessonError, PermanentError, Problem
 from scheduler.lessons import ResolvedLesson
 from scheduler.naming import (
     LABEL_DEPLOYMENT,
@@ -115,7 +115,12 @@ class Plan:
         return next(n for n in self.networks if n.nad == nad)
 
     def pod(self, endpoint: str) -> Pod:
-        return next(p for p in self.pods if p.endpoint == endpoint)
+        """The pod of ``endpoint``; ``PermanentError`` naming the known ones if the lesson has none."""
+        found = next((p for p in self.pods if p.endpoint == endpoint), None)
+        if found is None:
+            known = ", ".join(p.endpoint for p in self.pods)
+            raise PermanentError(f"live lesson {self.livelesson} has no endpoint {endpoint!r} (known: {known})")
+        return found
 
 
 def _subnets(lesson: ResolvedLesson, pool: str) -> list[ipaddress.IPv4Network]:

@@ -11,13 +11,10 @@ import dataclasses
 import ipaddress
 import json
 import os
-import secrets
 import shutil
 import signal
-import string
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -32,15 +29,19 @@ from scheduler.catalog import load_paths
 from scheduler.errors import PrerequisiteMissing
 from scheduler.lessons import ResolvedLesson
 from scheduler.plan import Check, Plan, make_plan
-from tests.conftest import CURRICULUM, REPO, TRIANGLE, needs
-from workers.backends import local, netns
+from tests.support import netns_tools as netns
+from tests.support.faults import REAL_CNI
+from tests.support.faults import cni_dir_with as fake_cni
+from tests.support.ids import new_id
+from tests.support.leftovers import marked_processes
+from tests.support.lessons import CURRICULUM, REPO, TRIANGLE, triangle
+from tests.support.prereqs import needs
 from workers.backends.base import Observation
-from workers.backends.local import LocalBackend
+from workers.backends.local import LocalBackend, attach
 from workers.backends.ping import PingResult, run_check
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("root")]
 
-REAL_CNI = Path("/usr/lib/cni")
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -51,16 +52,6 @@ R = TypeVar("R")
 def concurrently(fn: Callable[[T], R], items: list[T]) -> list[R]:
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(items)))) as pool:
         return list(pool.map(fn, items))
-
-
-def new_id() -> str:
-    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(10))
-
-
-def triangle() -> ResolvedLesson:
-    lesson = load_paths([TRIANGLE]).get("busybox-triangle")
-    assert lesson is not None
-    return lesson
 
 
 def plan_for(backend: LocalBackend, lesson: ResolvedLesson | None = None, livelesson: str | None = None) -> Plan:
@@ -125,18 +116,6 @@ def ping(backend: LocalBackend, plan: Plan, source: str, address: str, count: in
     return backend.exec(plan, source, argv, timeout=10).returncode == 0
 
 
-def marked_processes(mark: str) -> set[int]:
-    found = set()
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if mark.encode() in (proc / "cmdline").read_bytes():
-                    found.add(int(proc.name))
-            except (FileNotFoundError, ProcessLookupError):
-                pass
-    return found
-
-
 def state_paths(state_dir: Path) -> set[str]:
     return {str(p.relative_to(state_dir)) for p in state_dir.rglob("*")} if state_dir.exists() else set()
 
@@ -195,16 +174,6 @@ def assert_nothing_left(backend: LocalBackend, plan: Plan, before: dict[str, set
     assert after["state"] - before["state"] <= SCAFFOLD
     owned = [plan.livelesson, *(n.cni_name for n in plan.networks)]
     assert not [path for path in after["state"] if any(o in path for o in owned)]
-
-
-def fake_cni(folder: Path, bridge_script: str) -> Path:
-    """A plugin folder whose ``bridge`` is a shell wrapper around the real one (fault injection)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "host-local").symlink_to(REAL_CNI / "host-local")
-    script = folder / "bridge"
-    script.write_text("#!/bin/bash\n" + textwrap.dedent(bridge_script).replace("@DIR@", str(folder)))
-    script.chmod(0o755)
-    return folder
 
 
 # --- the seed triangle -----------------------------------------------------------------------------------
@@ -407,18 +376,18 @@ backend.apply_pods(plan)
 
 def crash_after_cni_add(backend: LocalBackend, plan: Plan, monkeypatch: pytest.MonkeyPatch) -> None:
     """The worker dies between a CNI ADD and saving its result (for bb2's attachments)."""
-    real = local._write_json
+    real = attach.write_json
 
     def dying(path: Path, doc: object) -> None:
         if path.parent.name == "results" and path.name.startswith("bb2."):
             raise RuntimeError("worker died")
         real(path, doc)
 
-    monkeypatch.setattr(local, "_write_json", dying)
+    monkeypatch.setattr(attach, "write_json", dying)
     backend.apply_networks(plan)
     with pytest.raises(RuntimeError, match="worker died"):
         backend.apply_pods(plan)
-    monkeypatch.setattr(local, "_write_json", real)
+    monkeypatch.setattr(attach, "write_json", real)
 
 
 def partial(kind: str) -> Callable[..., None]:

@@ -27,8 +27,10 @@ from schemathesis.specs.openapi.checks import allow_header_conformance
 from scheduler.api import create_app
 from scheduler.redis_server import PrivateRedis
 from scheduler.settings import Settings
-from tests.conftest import REPO, cleanup_instance, unique
-from tests.integration.stack import ApiServer
+from tests.support.ids import unique
+from tests.support.leftovers import cleanup_instance
+from tests.support.lessons import REPO
+from tests.support.processes import ApiServer
 
 TOKEN = "schema-token"
 EXAMPLES = int(os.environ.get("API_FUZZ_EXAMPLES", "100"))

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import CURRICULUM
+from tests.support.lessons import CURRICULUM
 from workers.demo import json_events
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("root")]

@@ -14,9 +14,10 @@ from scheduler.queue import sender
 from scheduler.redis_server import PrivateRedis
 from scheduler.settings import Settings
 from scheduler.state import Store
-from tests.conftest import TRIANGLE, cleanup_instance
-from tests.integration.stack import leftovers, wait_for
-from workers.backends import netns
+from tests.support import netns_tools as netns
+from tests.support.leftovers import cleanup_instance, leftovers
+from tests.support.lessons import TRIANGLE
+from tests.support.waits import wait_for
 from workers.launcher import CeleryProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("root")]

@@ -16,8 +16,9 @@ from scheduler.plan import make_plan
 from scheduler.records import new_id
 from scheduler.settings import Settings
 from scheduler.state import Store
-from tests.conftest import TRIANGLE, settings_env
-from workers.backends import netns
+from tests.support import netns_tools as netns
+from tests.support.lessons import TRIANGLE
+from tests.support.processes import settings_env
 from workers.backends.local import LocalBackend
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("root")]

@@ -16,8 +16,8 @@ from scheduler.queue import sender
 from scheduler.records import new_id
 from scheduler.settings import Settings
 from scheduler.state import Store
-from tests.conftest import TRIANGLE
-from tests.integration.stack import wait_for
+from tests.support.lessons import TRIANGLE
+from tests.support.waits import wait_for
 from workers.backends.local import LocalBackend
 from workers.launcher import CeleryProcess
 

@@ -23,14 +23,13 @@ from pathlib import Path
 import pytest
 
 from scheduler import naming
-from scheduler.catalog import load_paths
 from scheduler.lessons import ResolvedLesson
 from scheduler.plan import Plan, make_plan
 from scheduler.records import new_id
 from scheduler.redis_server import free_port
 from scheduler.render import network_policy, render
-from tests.conftest import TRIANGLE
-from workers.backends import netns
+from tests.support import lessons
+from tests.support import netns_tools as netns
 from workers.backends.local import LocalBackend
 from workers.backends.ping import parse_ping, ping_argv, run_check
 
@@ -39,9 +38,7 @@ pytestmark = [pytest.mark.slow]
 
 @pytest.fixture
 def triangle() -> ResolvedLesson:
-    lesson = load_paths([TRIANGLE]).get("busybox-triangle")
-    assert lesson is not None
-    return lesson
+    return lessons.triangle()
 
 
 @pytest.fixture

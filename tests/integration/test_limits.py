@@ -19,7 +19,9 @@ from scheduler.client import Client
 from scheduler.redis_server import PrivateRedis
 from scheduler.settings import Settings
 from scheduler.state import Store
-from tests.conftest import cleanup_instance, needs, settings_env
+from tests.support.leftovers import cleanup_instance
+from tests.support.prereqs import needs
+from tests.support.processes import settings_env
 
 LESSONCTL = str(Path(sys.executable).with_name("lessonctl"))
 

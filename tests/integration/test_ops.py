@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -24,11 +23,13 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from scheduler.client import Client
-from scheduler.redis_server import PrivateRedis, free_port
+from scheduler.redis_server import PrivateRedis
 from scheduler.settings import Settings
 from scheduler.state import Store
-from tests.conftest import REPO, settings_env
-from tests.integration.stack import ApiServer, leftovers, wait_for
+from tests.support.leftovers import leftovers
+from tests.support.lessons import REPO
+from tests.support.processes import ApiServer, Flower, settings_env
+from tests.support.waits import eventually, wait_for
 from workers.launcher import CeleryProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("root")]
@@ -38,23 +39,6 @@ STEP_TASKS = tuple(f"lessons.{step}" for step in STEPS)
 FLOWER_AUTH = ("ops", "flower-pass")
 
 
-
-def eventually(check: Callable[[], Any], timeout: float = 30, what: str = "") -> Any:
-    """``check()`` until it returns something truthy without raising; its last error otherwise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = check()
-            if result:
-                return result
-            error: Exception | None = None
-        except (AssertionError, httpx.HTTPError, KeyError) as exc:
-            error = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached in {timeout}s: {what} ({error})")
-        time.sleep(0.25)
-
-
 def node_name(worker: CeleryProcess) -> str:
     """The worker's Celery node name as Celery expands it (``-n name@%h``)."""
     name = worker.argv[worker.argv.index("-n") + 1]
@@ -62,52 +46,6 @@ def node_name(worker: CeleryProcess) -> str:
 
 
 # --- Flower ---------------------------------------------------------------------------------------------------
-
-
-class Flower:
-    """``celery -A workers.app flower`` on a free loopback port, with basic auth; stopped by its own PID."""
-
-    def __init__(self, settings: Settings, log_file: Path, auth: tuple[str, str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.auth = auth
-        self.log_file = log_file
-        self._log = log_file.open("ab")
-        argv = [sys.executable, "-m", "celery", "-A", "workers.app", "flower", f"--port={self.port}",
-                "--address=127.0.0.1"]  # fmt: skip
-        # credentials from the environment, as compose.yaml gives them: never on a command line
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
-        env["FLOWER_BASIC_AUTH"] = f"{auth[0]}:{auth[1]}"
-        self.proc = subprocess.Popen(
-            argv, env={**env, **settings_env(settings)}, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{self.url}/healthcheck", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"flower did not start: {log_file.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.2)
-
-    def get(self, path: str, **params: Any) -> Any:
-        response = httpx.get(f"{self.url}{path}", params=params, auth=self.auth, timeout=15)
-        response.raise_for_status()
-        return response.json()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log.close()
 
 
 @pytest.fixture
@@ -212,7 +150,7 @@ def test_flower_lists_the_worker_and_the_lesson_tasks_and_refuses_strangers(
 def run_healthcheck(service: str, replace: dict[str, str], settings: Settings) -> subprocess.CompletedProcess[str]:
     """Run ``services.<service>.healthcheck.test`` of compose.yaml here, with its addresses swapped for the
     test's (``replace``), the way Docker runs it in the container."""
-    from tests.unit.test_compose import interpolate
+    from tests.support.compose import interpolate
 
     doc = yaml.safe_load((REPO / "compose.yaml").read_text())
     test = interpolate(doc["services"][service]["healthcheck"]["test"], {})

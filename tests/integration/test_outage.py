@@ -20,8 +20,10 @@ import pytest
 from scheduler.redis_server import PrivateRedis
 from scheduler.settings import Settings
 from scheduler.state import Store
-from tests.conftest import REPO
-from tests.integration.stack import ApiServer, cni_dir_with, leftovers, wrapper_dir
+from tests.support.faults import cni_dir_with, wrapper_dir
+from tests.support.leftovers import leftovers
+from tests.support.lessons import REPO
+from tests.support.processes import ApiServer
 from workers.launcher import CeleryProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("root")]

@@ -21,8 +21,11 @@ from scheduler.client import Client
 from scheduler.records import LiveLesson
 from scheduler.settings import Settings
 from scheduler.state import Store
-from tests.conftest import TRIANGLE
-from tests.integration.stack import ApiServer, cni_dir_with, leftovers, wait_for, wrapper_dir
+from tests.support.faults import cni_dir_with, wrapper_dir
+from tests.support.leftovers import leftovers
+from tests.support.lessons import TRIANGLE
+from tests.support.processes import ApiServer
+from tests.support.waits import wait_for
 from workers.launcher import CeleryProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("root")]

@@ -30,8 +30,7 @@ from scheduler.errors import NotFound
 from scheduler.records import Status
 from scheduler.settings import Settings
 from scheduler.state import Store, parse_status_message
-from tests.conftest import settings_env
-from tests.integration.stack import ApiServer
+from tests.support.processes import ApiServer, settings_env
 
 
 def later(seconds: float, action: Callable[[], object]) -> threading.Thread:

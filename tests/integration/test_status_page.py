@@ -35,9 +35,11 @@ from scheduler.catalog import load_catalog
 from scheduler.records import LiveLesson
 from scheduler.settings import Settings
 from scheduler.state import Store
-from tests.conftest import REPO, needs, settings_env
-from tests.integration.stack import ApiServer, leftovers, wait_for
-from tests.unit.test_graph import live_record
+from tests.support.leftovers import leftovers
+from tests.support.lessons import REPO, live_record
+from tests.support.prereqs import needs
+from tests.support.processes import ApiServer, settings_env
+from tests.support.waits import wait_for
 from workers.launcher import CeleryProcess
 
 TOKEN = "page-s3cret"

@@ -8,13 +8,10 @@ where they fail: CI must run them.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,43 +19,25 @@ from typing import Any
 
 import pytest
 
+from tests.support.k8s import (
+    INSTANCES_CONFIGMAP,
+    RBAC,
+    WORKER_SA,
+    Kubectl,
+    cluster,
+    cluster_prerequisites,
+    namespaces_of,
+    probe_namespace,
+)
+from tests.support.waits import wait_until
+
 HERE = Path(__file__).resolve().parent
-
-
-def _load_cluster_module() -> Any:
-    spec = importlib.util.spec_from_file_location("lesson_test_k8s_cluster", HERE / "cluster.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-cluster = _load_cluster_module()
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"the test cluster is required under CI=true: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
-def _prerequisites() -> None:
-    missing = cluster.missing_binaries()
-    if missing:
-        _unavailable(f"test cluster binaries missing ({', '.join(missing)}): run `make k8s-tools`")
-    if os.geteuid() != 0:
-        _unavailable("the test cluster's node agent needs root (network namespaces)")
-    for tool in ("ip", "nsenter", "setpriv", "openssl"):
-        if shutil.which(tool) is None:
-            _unavailable(f"`{tool}` is not on PATH")
-    if not os.access("/usr/lib/cni/bridge", os.X_OK):
-        _unavailable("the CNI plugins are missing: apt-get install containernetworking-plugins")
 
 
 @pytest.fixture(scope="session")
 def k8s_kubeconfig() -> Iterator[Path]:
     """Path to the test cluster's kubeconfig; the cluster is up for the whole session."""
-    _prerequisites()
+    cluster_prerequisites()
     started = False
     if not cluster.is_up():
         proc = subprocess.run(
@@ -78,9 +57,6 @@ def k8s_kubeconfig() -> Iterator[Path]:
         )
 
 
-Kubectl = Callable[..., subprocess.CompletedProcess[str]]
-
-
 @pytest.fixture(scope="session")
 def k8s_kubectl(k8s_kubeconfig: Path) -> Kubectl:
     """kubectl(*args, check=True, stdin=None, namespace=None) with the test cluster's kubeconfig."""
@@ -96,17 +72,6 @@ def k8s_kubectl(k8s_kubeconfig: Path) -> Kubectl:
         return proc
 
     return run
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout: float = 60.0, interval: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 @pytest.fixture
@@ -129,47 +94,6 @@ def k8s_cluster(k8s_kubeconfig: Path) -> Any:
 
 
 # --- the kubernetes backend's tests (issue 6): the worker's ServiceAccount, the fault proxy, cleanup ------
-
-REPO = HERE.parent.parent
-RBAC = REPO / "config" / "k8s" / "rbac.yaml"
-WORKER_SA = ("lesson-scheduler", "lesson-scheduler-worker")
-# the admission policy's parameter: one data key per instance the worker serves (config/k8s/rbac.yaml)
-INSTANCES_CONFIGMAP = "lesson-scheduler-instances"
-PROBE_ID = "probe00000"
-
-
-def token_api(token: str) -> Any:
-    """An ApiClient of ``token``, straight to the test cluster's API server."""
-    from kubernetes import client
-
-    configuration = client.Configuration()
-    port = json.loads((cluster.STATE / "ports.json").read_text())["apiserver"]
-    configuration.host = f"https://127.0.0.1:{port}"
-    configuration.ssl_ca_cert = str(cluster.STATE / "pki/ca.crt")
-    configuration.api_key = {"authorization": f"Bearer {token}"}
-    configuration.retries = False
-    return client.ApiClient(configuration)
-
-
-def probe_namespace(token: str, instance: str | None) -> int:
-    """The status of a server-side dry-run create of a lesson namespace of ``instance`` (None: with no
-    labels) as ``token``: 201 once the admission policy allows it, 403 while it refuses it."""
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-
-    labels = {} if instance is None else {
-        "app.kubernetes.io/managed-by": "lesson-scheduler",
-        "lessons.io/instance": instance,
-        "lessons.io/livelesson": PROBE_ID,
-    }  # fmt: skip
-    body = {"metadata": {"name": f"{instance or 'probe'}-{PROBE_ID}", "labels": labels}}
-    with token_api(token) as api:
-        try:
-            core: Any = client.CoreV1Api(api)  # Any: the stubs want V1Namespace where a dict is fine
-            core.create_namespace(body, dry_run="All")
-        except ApiException as exc:
-            return int(exc.status)
-    return 201
 
 
 @pytest.fixture(scope="session")
@@ -244,11 +168,6 @@ def direct_worker_kubeconfig(
         token=k8s_worker_token,
         ca=cluster.STATE / "pki/ca.crt",
     )
-
-
-def namespaces_of(kubectl: Kubectl, instance: str) -> list[dict[str, Any]]:
-    out = kubectl("get", "namespaces", "-l", f"lessons.io/instance={instance}", "-o", "json").stdout
-    return list(json.loads(out)["items"])
 
 
 @pytest.fixture

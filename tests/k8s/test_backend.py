@@ -7,9 +7,6 @@ talks to the real kube-apiserver, scheduler and node agent.
 from __future__ import annotations
 
 import json
-import secrets
-import string
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,41 +16,14 @@ import pytest
 import yaml
 from kubernetes import client
 
-from scheduler.catalog import load_catalog
 from scheduler.errors import PermanentError
-from scheduler.plan import Plan, make_plan
 from scheduler.render import NETWORK_STATUS_ANNOTATION
-from tests.conftest import REPO
 from tests.k8s.api_proxy import ApiProxy
-from tests.k8s.conftest import RBAC, WORKER_SA, namespaces_of, wait_until
-from workers.backends.kubernetes import ApiError, KubernetesBackend, _call, _interfaces, _not_ready
-from workers.backends.ping import run_check
-
-Kubectl = Callable[..., subprocess.CompletedProcess[str]]
-CATALOG = load_catalog(REPO / "config" / "lessons")
-
-
-def new_id() -> str:
-    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(10))
-
-
-def plan_for(slug: str, instance: str, livelesson: str | None = None, deployment: str = "") -> Plan:
-    lesson = CATALOG.get(slug)
-    assert lesson is not None
-    return make_plan(lesson, livelesson or new_id(), "tester", instance=instance, deployment=deployment)
-
-
-def backend(kubeconfig: Path, instance: str, deployment: str = "") -> KubernetesBackend:
-    return KubernetesBackend.from_kubeconfig(kubeconfig, instance=instance, deployment=deployment)
-
-
-def namespace_json(kubectl: Kubectl, name: str) -> dict[str, Any] | None:
-    proc = kubectl("get", "namespace", name, "-o", "json", check=False)
-    if proc.returncode != 0:
-        assert "NotFound" in proc.stderr, proc.stderr
-        return None
-    return dict(json.loads(proc.stdout))
-
+from tests.support.k8s import RBAC, WORKER_SA, Kubectl, backend, namespace_json, namespaces_of, plan_for, ring_checks
+from tests.support.waits import wait_until
+from workers.backends.kubernetes import ApiError
+from workers.backends.kubernetes.api import call
+from workers.backends.kubernetes.status import _interfaces, _not_ready
 
 # --- pure ---------------------------------------------------------------------------------------------------
 
@@ -112,17 +82,6 @@ def test_not_ready_reasons_and_which_are_fatal(pod: Any, reason: str | None, fat
 
 
 # --- on the cluster ----------------------------------------------------------------------------------------
-
-
-def ring_checks(kb: KubernetesBackend, plan: Plan) -> list[tuple[str, str, bool]]:
-    observation = kb.observe(plan, wait=0)
-    out = []
-    for check in plan.checks:
-        address = observation.address(check.target, check.interface)
-        assert address is not None, (check, observation)
-        result = run_check(kb, plan, check, address, deadline=time.monotonic() + 10)
-        out.append((check.source, check.target, result.ok))
-    return out
 
 
 def rbac_rules(role: str | None = None) -> set[tuple[str, str]]:
@@ -250,17 +209,17 @@ def test_what_the_role_does_not_grant_is_refused_and_never_retried(
             "name": WORKER_SA[1], "namespace": WORKER_SA[0]}]}, **kw)),
         ("list nodes", lambda **kw: kb.core.list_node(**kw)),
     ]  # fmt: skip
-    for what, call in forbidden:
+    for what, request in forbidden:
         before = k8s_proxy.mark()
         with pytest.raises(ApiError) as info:
-            _call(call)
+            call(request)
         assert info.value.status == 403, what
         assert not info.value.transient
         assert k8s_proxy.mark() - before == 1, f"{what}: a 403 must not be retried"
     # a 404 is permanent too: one request
     before = k8s_proxy.mark()
     with pytest.raises(ApiError) as missing:
-        _call(kb.core.read_namespace, f"{instance}-nosuchthing")
+        call(kb.core.read_namespace, f"{instance}-nosuchthing")
     assert missing.value.status == 404 and k8s_proxy.mark() - before == 1
     # and nothing changed: the pod is still there
     assert k8s_kubectl("get", "pod", "victim", namespace=k8s_namespace).returncode == 0
@@ -465,15 +424,15 @@ def test_refused_exec_upgrade_is_permanent_and_a_lost_connection_transient() -> 
     """The exec websocket reports everything as status 0: the handshake's own status decides."""
     from kubernetes.client.exceptions import ApiException
 
-    from workers.backends.kubernetes import _translate, http_status, is_transient
+    from workers.backends.kubernetes.api import http_status, is_transient, translate
 
     body = '{"kind":"Status","message":"pods \\"bb1\\" is forbidden: cannot get resource \\"pods/exec\\"","code":403}'
     refused = ApiException(status=0, reason=f"Handshake status 403 Forbidden -+-+- {{'date': 'x'}} -+-+- {body}")
     assert http_status(refused) == 403 and not is_transient(refused)
-    error = _translate(refused)
+    error = translate(refused)
     assert isinstance(error, ApiError) and error.status == 403 and "forbidden" in str(error)
     busy = ApiException(status=0, reason="Handshake status 503 Service Unavailable -+-+- {} -+-+- ")
     assert is_transient(busy)
     lost = ApiException(status=0, reason="Connection to remote host was lost.")
-    assert http_status(lost) == 0 and is_transient(lost) and _translate(lost).transient
+    assert http_status(lost) == 0 and is_transient(lost) and translate(lost).transient
     assert not is_transient(ApiException(status=404)) and is_transient(ApiException(status=429))

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.k8s.conftest import wait_until
+from tests.support.waits import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

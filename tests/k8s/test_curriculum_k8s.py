@@ -8,7 +8,6 @@ tests/e2e/test_curriculum.py walks the same corpus on the local backend (and thr
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,15 +15,13 @@ import httpx
 import pytest
 
 from scheduler.settings import Settings
-from tests.conftest import CURRICULUM
-from tests.e2e.test_curriculum import LESSONS, walk_through_api
-from tests.integration.stack import ApiServer
-from tests.k8s.conftest import namespaces_of
+from tests.support.curriculum import LESSONS, walk_through_api
+from tests.support.k8s import Kubectl, namespaces_of
+from tests.support.lessons import CURRICULUM
+from tests.support.processes import ApiServer
 from workers.launcher import CeleryProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
-
-Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
 
 def test_every_curriculum_lesson_through_the_http_api_on_kubernetes(

@@ -19,17 +19,14 @@ from scheduler.client import Client
 from scheduler.plan import make_plan
 from scheduler.settings import Settings
 from scheduler.state import Store
-from tests.conftest import CURRICULUM, TRIANGLE
-from tests.integration.stack import wait_for
 from tests.k8s.api_proxy import ApiProxy
-from tests.k8s.conftest import cluster, namespaces_of, wait_until
+from tests.support.k8s import Kubectl, cluster, namespaces_of
+from tests.support.lessons import CURRICULUM, TRIANGLE
+from tests.support.waits import wait_for, wait_until
 from workers.backends.kubernetes import KubernetesBackend
 from workers.launcher import CeleryProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
-
-Kubectl = Callable[..., subprocess.CompletedProcess[str]]
-
 
 
 def log_events(worker: CeleryProcess, event: str) -> list[dict[str, Any]]:

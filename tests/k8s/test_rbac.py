@@ -6,7 +6,6 @@ they are what a leaked worker token could try."""
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,13 +16,21 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.stream import stream
 
 from scheduler.render import LESSON_ROLE
-from tests.k8s.conftest import WORKER_SA, probe_namespace, token_api, wait_until
-from tests.k8s.test_backend import backend, namespace_json, plan_for, ring_checks
-from workers.backends.kubernetes import http_status
+from tests.support.k8s import (
+    WORKER_SA,
+    Kubectl,
+    backend,
+    namespace_json,
+    plan_for,
+    probe_namespace,
+    ring_checks,
+    token_api,
+)
+from tests.support.waits import wait_until
+from workers.backends.kubernetes.api import http_status
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
-Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 ME = {"kind": "ServiceAccount", "name": WORKER_SA[1], "namespace": WORKER_SA[0]}
 
 

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from scheduler.render import NETWORKS_ANNOTATION
+from tests.support.lessons import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 LESSONCTL = Path(sys.executable).parent / "lessonctl"
 TRIANGLE = "config/lessons/busybox-triangle.yaml"
 

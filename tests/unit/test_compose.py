@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,50 +26,15 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.support.compose import InterpolationError, interpolate
+from tests.support.lessons import REPO
 
 COMPOSE = REPO / "compose.yaml"
 SCHEMA = REPO / "tests" / "data" / "compose-spec" / "compose-spec.json"
 APP_SERVICES = {"api", "worker", "worker-local", "beat", "flower"}
 
 
-# --- Compose's interpolation (the subset of https://compose-spec.io "Interpolation" this file may use) ------
-
-_VARIABLE = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_]\w*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}|\$(?P<bare>[A-Za-z_]\w*)")
-
-
-class InterpolationError(ValueError):
-    pass
-
-
-def interpolate(value: Any, env: Mapping[str, str]) -> Any:
-    """Resolve ``${VAR}``, ``${VAR:-default}``, ``${VAR-default}``, ``${VAR:?error}``, ``${VAR?error}``,
-    ``${VAR:+alt}`` and ``$$`` in every string of a loaded compose file, as ``docker compose config`` does."""
-    if isinstance(value, dict):
-        return {k: interpolate(v, env) for k, v in value.items()}
-    if isinstance(value, list):
-        return [interpolate(v, env) for v in value]
-    if not isinstance(value, str):
-        return value
-
-    def one(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name = match.group("name") or match.group("bare")
-        op, arg = match.group("op"), match.group("arg") or ""
-        current = env.get(name)
-        unset_or_empty = not current
-        if op in (":-", "-"):
-            return arg if (unset_or_empty if op == ":-" else current is None) else current  # type: ignore[return-value]
-        if op in (":?", "?"):
-            if unset_or_empty if op == ":?" else current is None:
-                raise InterpolationError(f"required variable {name} is missing a value: {arg}")
-            return current  # type: ignore[return-value]
-        if op == ":+":
-            return arg if not unset_or_empty else ""
-        return current or ""
-
-    return _VARIABLE.sub(one, value)
+# --- Compose's interpolation: tests/support/compose.py ------------------------------------------------------
 
 
 def load() -> dict[str, Any]:
@@ -367,6 +332,6 @@ def test_pip_install_works_from_the_build_context(tmp_path: Path) -> None:
     (wheel,) = (tmp_path / "dist").glob("lesson_scheduler-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for module in ("scheduler/settings.py", "scheduler/api.py", "workers/app.py", "workers/tasks.py",
-                   "workers/backends/podproc.py"):  # fmt: skip
+                   "workers/backends/local/podproc.py"):  # fmt: skip
         assert module in names
     assert any(n.endswith("entry_points.txt") for n in names)

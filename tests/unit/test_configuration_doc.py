@@ -12,7 +12,7 @@ from types import ModuleType
 import pytest
 
 from scheduler.settings import Settings
-from tests.conftest import REPO
+from tests.support.lessons import REPO
 
 GENERATOR = REPO / "docs" / "gen_configuration.py"
 ENV_EXAMPLE = REPO / "config" / "lessonctl.env.example"

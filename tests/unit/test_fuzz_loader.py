@@ -34,9 +34,8 @@ from scheduler.catalog import Catalog, load_catalog
 from scheduler.errors import LessonError, SchedulerError
 from scheduler.lessons import Lesson, parse_image, parse_lesson, resolve
 from scheduler.plan import make_plan
+from tests.support.lessons import CURRICULUM, REPO
 
-REPO = Path(__file__).resolve().parents[2]
-CURRICULUM = REPO / "tests" / "data" / "antidote-curriculum"
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "500"))
 
 FUZZ = settings(

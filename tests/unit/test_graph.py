@@ -7,7 +7,6 @@ import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -17,85 +16,14 @@ from scheduler import graph
 from scheduler.catalog import load_catalog, load_paths
 from scheduler.cli import main
 from scheduler.lessons import ResolvedLesson, parse_lesson, resolve
-from scheduler.plan import Plan, make_plan
-from scheduler.records import Check, Endpoint, Interface, LiveLesson, StepTiming, now
+from scheduler.plan import make_plan
+from tests.support.lessons import CURRICULUM, REPO, TRIANGLE, live_record, triangle
 
-REPO = Path(__file__).resolve().parents[2]
-TRIANGLE = REPO / "config" / "lessons" / "busybox-triangle.yaml"
-CURRICULUM = REPO / "tests" / "data" / "antidote-curriculum"
 SVG = "{http://www.w3.org/2000/svg}"
 
 
 def lesson_from(text: str) -> ResolvedLesson:
     return resolve(parse_lesson(text, "test.yaml"), "test.yaml", None)
-
-
-def triangle() -> ResolvedLesson:
-    lesson = load_paths([TRIANGLE]).get("busybox-triangle")
-    assert lesson is not None
-    return lesson
-
-
-def live_record(
-    lesson: ResolvedLesson,
-    livelesson: str = "abcde12345",
-    *,
-    failed: frozenset[str] = frozenset(),
-    unmeasured: frozenset[str] = frozenset(),
-    instance: str = "lessons",
-    session: str = "alice",
-) -> tuple[Plan, LiveLesson]:
-    """A ready record as the pipeline writes it: .2 on side a, .3 on side b, pings per ``failed``."""
-    plan = make_plan(lesson, livelesson, session, instance=instance)
-    address: dict[tuple[str, str], str] = {}
-    endpoints = {}
-    for pod in plan.pods:
-        interfaces = []
-        for itf in pod.interfaces:
-            net = plan.network(itf.network)
-            host = net.subnet.network_address + (2 if pod.endpoint == net.a else 3)
-            address[(pod.endpoint, itf.network)] = f"{host}/{net.subnet.prefixlen}"
-            interfaces.append(
-                Interface(name=itf.name, network=itf.network, address=address[(pod.endpoint, itf.network)])
-            )
-        endpoints[pod.endpoint] = Endpoint(pod=pod.name, ready=True, interfaces=interfaces)
-    checks = [
-        Check(
-            source=c.source,
-            target=c.target,
-            network=c.network,
-            address=address[(c.target, c.network)].split("/")[0],
-            sent=3,
-            received=0 if c.network in failed else 3,
-            rtt_avg_ms=None if c.network in failed else 0.042,
-            ok=c.network not in failed,
-        )
-        for c in plan.checks
-        if c.network not in unmeasured
-    ]
-    t0 = now() - timedelta(seconds=20)
-    steps = {
-        step: StepTiming(started_at=t0 + timedelta(seconds=i), finished_at=t0 + timedelta(seconds=i + 0.5), attempts=1)
-        for i, step in enumerate(("create_networks", "schedule_pods", "wait_ready", "verify_connectivity"))
-    }
-    record = LiveLesson(
-        id=livelesson,
-        lesson=lesson.slug,
-        session=session,
-        instance=instance,
-        backend="local",
-        status="ready",
-        namespace=f"{instance}-{livelesson}",
-        node=f"{instance}-node",
-        created_at=t0,
-        ready_at=t0 + timedelta(seconds=4),
-        expires_at=t0 + timedelta(minutes=30),
-        updated_at=t0 + timedelta(seconds=4),
-        steps=steps,
-        endpoints=endpoints,
-        checks=checks,
-    )
-    return plan, record
 
 
 def parse_svg(text: str) -> ET.Element:

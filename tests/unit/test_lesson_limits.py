@@ -23,10 +23,9 @@ import pytest
 from scheduler.catalog import load_catalog, load_paths
 from scheduler.errors import LessonError, Problem, shorten
 from scheduler.lessons import check_reserved, check_special, parse_image, parse_lesson, resolve
+from tests.support.lessons import CATALOG as CONFIG_LESSONS
+from tests.support.lessons import CURRICULUM, REPO
 
-REPO = Path(__file__).resolve().parents[2]
-CURRICULUM = REPO / "tests" / "data" / "antidote-curriculum"
-CONFIG_LESSONS = REPO / "config" / "lessons"
 LESSONCTL = Path(sys.executable).parent / "lessonctl"
 
 HEAD = """\

@@ -15,10 +15,8 @@ import yaml
 from scheduler.catalog import load_catalog, load_paths
 from scheduler.errors import LessonError, Problem
 from scheduler.lessons import parse_image, parse_lesson, resolve
-
-REPO = Path(__file__).resolve().parents[2]
-CURRICULUM = REPO / "tests" / "data" / "antidote-curriculum"
-CONFIG_LESSONS = REPO / "config" / "lessons"
+from tests.support.lessons import CATALOG as CONFIG_LESSONS
+from tests.support.lessons import CURRICULUM, REPO
 
 # the NRE Labs lessons that have connections (the rest are endpoints only)
 WITH_CONNECTIONS = {

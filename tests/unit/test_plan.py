@@ -13,7 +13,6 @@ import re
 import string
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,8 +24,8 @@ from scheduler.catalog import load_catalog
 from scheduler.errors import LessonError
 from scheduler.lessons import Lesson, ResolvedLesson, is_dns1123_label, parse_lesson, resolve
 from scheduler.plan import Plan, make_plan
+from tests.support.lessons import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 POOL = "10.10.0.0/16"
 
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")

@@ -7,7 +7,6 @@ import copy
 import ipaddress
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -28,9 +27,8 @@ from scheduler.render import (
     subject_for,
     to_yaml,
 )
+from tests.support.lessons import CURRICULUM, REPO
 
-REPO = Path(__file__).resolve().parents[2]
-CURRICULUM = REPO / "tests" / "data" / "antidote-curriculum"
 CRD = REPO / "config" / "k8s" / "network-attachment-definition-crd.yaml"
 RBAC = REPO / "config" / "k8s" / "rbac.yaml"
 LIVELESSON = "abcde12345"

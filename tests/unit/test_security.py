@@ -41,8 +41,8 @@ from scheduler.plan import make_plan
 from scheduler.render import network_policy, pods, render
 from scheduler.service import validate_session
 from scheduler.settings import Settings
+from tests.support.lessons import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 SOURCES = sorted([*REPO.glob("scheduler/**/*.py"), *REPO.glob("workers/**/*.py")])
 TOKEN = "t0ken-" + "x" * 26
 
@@ -71,7 +71,7 @@ PROCESS_CALLS = {"subprocess.run", "subprocess.Popen", "subprocess.call", "subpr
 
 def test_the_source_is_scanned() -> None:
     assert len(SOURCES) > 20
-    assert REPO / "workers" / "backends" / "local.py" in SOURCES
+    assert REPO / "workers" / "backends" / "local" / "backend.py" in SOURCES  # subpackages too
 
 
 def test_no_shell_true_anywhere() -> None:

@@ -3,7 +3,8 @@
 Guarantees every implementation keeps:
 - every ``apply_*`` is idempotent: after a crash anywhere, applying again converges;
 - ``destroy`` accepts any id (typically one ``list`` returned); objects already gone count as destroyed,
-  and only objects carrying this instance's and this live lesson's mark are touched;
+  and only objects carrying this instance's, this deployment's and this live lesson's mark are touched;
+- each method's docstring below is its contract; tests/contract runs it against every backend;
 - errors are :mod:`scheduler.errors` types, so callers read ``transient`` instead of guessing.
 """
 
@@ -60,7 +61,11 @@ class ExecResult:
 
 
 class Backend(abc.ABC):
-    """Executes plans. Never invents a name: every name comes from the plan."""
+    """Executes plans. Never invents a name: every name comes from the plan.
+
+    tests/contract/test_backend_contract.py states this contract as tests; a new backend is done when it
+    passes them.
+    """
 
     name: str
     # "container": a pod runs the endpoint's image; "emulated": a stand-in process (said wherever pods show)
@@ -68,39 +73,71 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def check(self) -> None:
-        """Raise :class:`PrerequisiteMissing` naming what this backend needs and lacks (privileges, CNI
-        plugins, a reachable API server and who we are on it); return when it could run a lesson. Cheap
-        enough to call at start-up, so a missing prerequisite shows at once rather than in a lesson's
-        first step."""
+        """Return when this backend could run a lesson; otherwise raise :class:`PrerequisiteMissing`
+        naming what it needs and lacks (privileges, CNI plugins, a reachable API server and who we are on
+        it). Creates nothing, so it may be called any number of times; cheap enough for start-up, so a
+        missing prerequisite shows at once rather than in a lesson's first step."""
 
     @abc.abstractmethod
     def apply_networks(self, plan: Plan) -> None:
-        """Create every network of the plan (bridges, NADs). Idempotent."""
+        """Create every network of the plan (bridges, NADs) and whatever holds the lesson's objects,
+        marked with this instance, deployment and live lesson before or as they are made.
+
+        Idempotent: applying again, after success or after a crash anywhere, converges and creates
+        nothing twice. Raises ``PermanentError`` for a plan of another instance or deployment, or when a
+        name it needs is taken by an object without this live lesson's mark (never adopted);
+        ``TemporaryError`` for what may pass (an object still being deleted, the runtime briefly
+        unavailable)."""
 
     @abc.abstractmethod
     def apply_pods(self, plan: Plan) -> None:
-        """Create every pod with its interfaces attached. Idempotent; does not wait for readiness."""
+        """Create every pod of the plan with its interfaces attached, after :meth:`apply_networks`.
+
+        Idempotent like :meth:`apply_networks`, with the same errors. Does not wait for readiness:
+        :meth:`observe` does."""
 
     @abc.abstractmethod
     def observe(self, plan: Plan, *, wait: float = 0.0) -> Observation:
-        """Report each pod's readiness and addresses, waiting at most ``wait`` seconds for all to be ready."""
+        """Report each planned pod's readiness and its interfaces' addresses, waiting at most ``wait``
+        seconds (0: look once) for all to be ready or one to be ``fatal``.
+
+        For a lesson whose networks are applied (and not destroyed), never raises for "not ready": a pod
+        that is missing, starting or without an address yet is reported ``ready=False`` with a
+        ``reason``; ``fatal`` marks what waiting cannot fix (unschedulable, image pull or crash loop). A
+        ready pod lists every planned interface with an address. Raises only for the runtime itself
+        failing (``TemporaryError`` while it may recover); before ``apply_networks`` or after ``destroy``
+        a backend may refuse (kubernetes: no grant in a namespace that is not there). Changes nothing."""
 
     @abc.abstractmethod
     def exec(self, plan: Plan, endpoint: str, argv: Sequence[str], *, timeout: float) -> ExecResult:
-        """Run ``argv`` (no shell) inside the endpoint's pod."""
+        """Run ``argv`` (no shell) inside the endpoint's pod, at most ``timeout`` seconds.
+
+        A command that runs and exits non-zero is a result (its ``returncode``), not an error. Raises
+        ``PermanentError`` for an endpoint the plan does not have or a pod that does not exist;
+        ``TemporaryError`` when the command times out or the connection to the pod breaks."""
 
     @abc.abstractmethod
     def destroy(self, livelesson: str) -> None:
-        """Remove everything of that live lesson that carries this instance's mark. Idempotent."""
+        """Remove everything of that live lesson, waiting until it is gone.
+
+        Accepts any id, applied or not, half-made or whole (typically one :meth:`list` returned).
+        Idempotent: objects already gone count as destroyed, and an id never applied is a no-op. Touches
+        only objects that carry this instance's, this deployment's and this live lesson's mark: an object
+        under the lesson's name without that mark is never removed (``PermanentError``; another
+        deployment's lesson is left untouched, as a no-op on the local backend, with ``PermanentError`` on
+        kubernetes). ``TemporaryError`` when removal does not finish in bounded time."""
 
     @abc.abstractmethod
     def list(self) -> list[str]:
-        """Ids of the live lessons this instance holds objects for (GC's orphan search)."""
+        """Ids of the live lessons this instance and this deployment hold any object for (GC's orphan
+        search): half-made lessons included (after :meth:`apply_networks` only, or a crash mid-apply), so
+        GC can destroy them; never another deployment's or another instance's. Changes nothing."""
 
     def prune(self) -> bool:
         """Remove what outlives lessons once none is left (the local backend's node namespace, like a
-        Kubernetes node it stays between lessons). True if something was removed. Default: nothing to do."""
+        Kubernetes node it stays between lessons). True if something was removed; idempotent. Default:
+        nothing to do."""
         return False
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
-        """Release clients and pools."""
+        """Release clients and pools. The backend is not used after it."""

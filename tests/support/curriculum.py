@@ -1,0 +1,52 @@
+"""The NRE Labs curriculum (tests/data/antidote-curriculum): its lessons, and a walk of each through the
+HTTP API, on whichever backend the API's workers run."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from scheduler.catalog import load_catalog
+from scheduler.lessons import ResolvedLesson
+from tests.support.lessons import CURRICULUM
+
+LESSONS: dict[str, ResolvedLesson] = dict(sorted(load_catalog(CURRICULUM).lessons.items()))
+
+
+def wait_status(api: httpx.Client, livelesson: str, statuses: set[str], timeout: float) -> dict[str, Any]:
+    """GET the live lesson until its status is one of ``statuses`` (a deadline only against hanging)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = api.get(f"/v1/livelessons/{livelesson}")
+        assert response.status_code == 200, response.text
+        record: dict[str, Any] = response.json()
+        if record["status"] in statuses:
+            return record
+        assert time.monotonic() < deadline, f"{livelesson} not in {statuses} after {timeout} s: {record}"
+        time.sleep(0.05)
+
+
+def walk_through_api(
+    api: httpx.Client, lessons: dict[str, ResolvedLesson], *, backend: str, timeout: float
+) -> list[dict[str, Any]]:
+    """Each lesson in turn: POST -> ready (every link pinged both ways) -> DELETE -> deleted. The final records."""
+    finals = []
+    for i, (slug, lesson) in enumerate(lessons.items()):
+        created = api.post("/v1/livelessons", json={"lesson": slug, "session": f"curriculum{i}"})
+        assert created.status_code == 202, (slug, created.status_code, created.text)
+        livelesson = created.json()["id"]
+        record = wait_status(api, livelesson, {"ready", "failed"}, timeout)
+        assert record["status"] == "ready", (slug, record["error"])
+        assert record["backend"] == backend and record["lesson"] == slug
+        assert sorted(record["endpoints"]) == sorted(e.name for e in lesson.endpoints), slug
+        assert all(ep["ready"] for ep in record["endpoints"].values()), (slug, record["endpoints"])
+        assert len(record["checks"]) == 2 * len(lesson.connections), (slug, record["checks"])
+        assert all(c["ok"] for c in record["checks"]), (slug, record["checks"])
+        deleted = api.delete(f"/v1/livelessons/{livelesson}")
+        assert deleted.status_code == 202, (slug, deleted.status_code, deleted.text)
+        final = wait_status(api, livelesson, {"deleted", "failed"}, timeout)
+        assert final["status"] == "deleted", (slug, final["error"])
+        finals.append(final)
+    return finals

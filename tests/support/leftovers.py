@@ -1,0 +1,62 @@
+"""What a live lesson left behind (in the kernel, on disk, running), and the sweep of a test instance."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+
+from scheduler import naming
+
+
+def marked_processes(mark: str | bytes) -> set[int]:
+    """PIDs of the processes whose argv carries ``mark`` (pod processes carry their lesson's mark)."""
+    needle = mark.encode() if isinstance(mark, str) else mark
+    found = set()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if needle in (proc / "cmdline").read_bytes():
+                    found.add(int(proc.name))
+            except (FileNotFoundError, ProcessLookupError, PermissionError):
+                pass
+    return found
+
+
+def leftovers(instance: str, livelesson: str, state_dir: Path) -> list[str]:
+    """Everything of one live lesson still in the kernel, on disk, or running."""
+    from tests.support import netns_tools as netns
+
+    found = [f"netns {n}" for n in netns.names() if n.startswith(naming.namespace(instance, livelesson))]
+    node = naming.node_netns(instance)
+    if netns.exists(node):
+        mark = f"{naming.mark(instance, livelesson)}/"
+        found += [f"bridge {b}" for b, alias in netns.bridges(node).items() if alias.startswith(mark)]
+        found += [f"link {link['ifname']}" for link in netns.links(node) if link.get("ifname", "").startswith("veth")]
+    if (state_dir / instance / "lessons" / livelesson).exists():
+        found.append("state dir")
+    found += [f"process {pid}" for pid in sorted(marked_processes(f"{naming.mark(instance, livelesson)}/"))]
+    ipam = state_dir / instance / "ipam"
+    if ipam.exists():
+        found += [f"ipam {p.name}" for p in ipam.iterdir() if p.is_dir()]
+    return found
+
+
+def cleanup_instance(name: str, state_dir: Path) -> None:
+    """Remove whatever instance ``name`` left: its live lessons, pod processes, namespaces and state."""
+    from tests.support import netns_tools as netns
+    from workers.backends.local import LocalBackend
+
+    backend = LocalBackend(instance=name, state_dir=state_dir)
+    for livelesson in backend.list():
+        with contextlib.suppress(Exception):  # the sweep below removes what destroy could not
+            backend.destroy(livelesson)
+    # stop pod processes of this instance (their argv carries the mark), by PID
+    for pid in marked_processes(naming.instance_mark(name)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, 9)
+    for ns in netns.names():
+        if ns.startswith(f"{name}-"):
+            netns.delete(ns)
+    shutil.rmtree(state_dir / name, ignore_errors=True)

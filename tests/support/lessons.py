@@ -1,0 +1,85 @@
+"""Sample lessons: repository paths, the seed triangle and a ready record of any lesson."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from scheduler.catalog import load_paths
+from scheduler.lessons import ResolvedLesson
+from scheduler.plan import Plan, make_plan
+from scheduler.records import Check, Endpoint, Interface, LiveLesson, StepTiming, now
+
+REPO = Path(__file__).resolve().parents[2]
+CATALOG = REPO / "config" / "lessons"
+CURRICULUM = REPO / "tests" / "data" / "antidote-curriculum"
+TRIANGLE = CATALOG / "busybox-triangle.yaml"
+
+
+def triangle() -> ResolvedLesson:
+    """The seed's busybox-triangle (12-net, 23-net, 31-net), resolved."""
+    lesson = load_paths([TRIANGLE]).get("busybox-triangle")
+    assert lesson is not None
+    return lesson
+
+
+def live_record(
+    lesson: ResolvedLesson,
+    livelesson: str = "abcde12345",
+    *,
+    failed: frozenset[str] = frozenset(),
+    unmeasured: frozenset[str] = frozenset(),
+    instance: str = "lessons",
+    session: str = "alice",
+) -> tuple[Plan, LiveLesson]:
+    """A ready record as the pipeline writes it: .2 on side a, .3 on side b, pings per ``failed``."""
+    plan = make_plan(lesson, livelesson, session, instance=instance)
+    address: dict[tuple[str, str], str] = {}
+    endpoints = {}
+    for pod in plan.pods:
+        interfaces = []
+        for itf in pod.interfaces:
+            net = plan.network(itf.network)
+            host = net.subnet.network_address + (2 if pod.endpoint == net.a else 3)
+            address[(pod.endpoint, itf.network)] = f"{host}/{net.subnet.prefixlen}"
+            interfaces.append(
+                Interface(name=itf.name, network=itf.network, address=address[(pod.endpoint, itf.network)])
+            )
+        endpoints[pod.endpoint] = Endpoint(pod=pod.name, ready=True, interfaces=interfaces)
+    checks = [
+        Check(
+            source=c.source,
+            target=c.target,
+            network=c.network,
+            address=address[(c.target, c.network)].split("/")[0],
+            sent=3,
+            received=0 if c.network in failed else 3,
+            rtt_avg_ms=None if c.network in failed else 0.042,
+            ok=c.network not in failed,
+        )
+        for c in plan.checks
+        if c.network not in unmeasured
+    ]
+    t0 = now() - timedelta(seconds=20)
+    steps = {
+        step: StepTiming(started_at=t0 + timedelta(seconds=i), finished_at=t0 + timedelta(seconds=i + 0.5), attempts=1)
+        for i, step in enumerate(("create_networks", "schedule_pods", "wait_ready", "verify_connectivity"))
+    }
+    record = LiveLesson(
+        id=livelesson,
+        lesson=lesson.slug,
+        session=session,
+        instance=instance,
+        backend="local",
+        status="ready",
+        namespace=f"{instance}-{livelesson}",
+        node=f"{instance}-node",
+        created_at=t0,
+        ready_at=t0 + timedelta(seconds=4),
+        expires_at=t0 + timedelta(minutes=30),
+        updated_at=t0 + timedelta(seconds=4),
+        steps=steps,
+        endpoints=endpoints,
+        checks=checks,
+    )
+    return plan, record

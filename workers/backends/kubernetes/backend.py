@@ -1,0 +1,308 @@
+"""The kubernetes backend: the real deployment, on the official client.
+
+Objects come from ``scheduler.render`` (the same YAML ``lessonctl render`` prints). Every create is
+create-or-get: 409 AlreadyExists counts as done once the object's labels show it is ours (this instance,
+this deployment, this live lesson). Each lesson namespace gets its grant first (``grant``); API calls are
+bounded, retried and translated by ``api``; pods are read into statuses by ``status``.
+
+Readiness and deletion are waited for with ``api.list_watch``: a bounded watch that resumes from the last
+resourceVersion and lists again on 410 Gone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import structlog
+import yaml
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.stream import stream
+
+from scheduler import naming
+from scheduler.errors import PermanentError, PrerequisiteMissing, SchedulerError, TemporaryError
+from scheduler.naming import LABEL_DEPLOYMENT, LABEL_INSTANCE, LABEL_LIVELESSON, LABEL_MANAGED_BY, MANAGED_BY
+from scheduler.plan import Plan
+from scheduler.render import namespace, network_attachment_definitions, network_policy, pods
+from scheduler.settings import Settings
+from workers.backends.base import Backend, ExecResult, Observation
+from workers.backends.kubernetes.api import (
+    CONNECTION_ERRORS,
+    ApiError,
+    call,
+    describe,
+    list_watch,
+    translate,
+)
+from workers.backends.kubernetes.grant import Grant
+from workers.backends.kubernetes.status import observation, settled
+
+__all__ = ["KubernetesBackend"]
+
+log = structlog.get_logger(__name__)
+
+NAD_GROUP, NAD_VERSION, NAD_PLURAL = "k8s.cni.cncf.io", "v1", "network-attachment-definitions"
+DELETE_WAIT_SECONDS = 60
+
+
+class KubernetesBackend(Backend):
+    name = "kubernetes"
+    pods = "container"  # real pods: on a real node they run the image (kwok nodes in the test cluster run nothing)
+
+    def __init__(self, api: client.ApiClient, *, instance: str, deployment: str = "") -> None:
+        self.api = api
+        self.instance = instance
+        self.deployment = deployment
+        # Any: the client's own stubs say V1Namespace where it accepts the plain dicts render() makes
+        self.core: Any = client.CoreV1Api(api)
+        self.custom: Any = client.CustomObjectsApi(api)
+        self.net: Any = client.NetworkingV1Api(api)
+        self.grant = Grant(api)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, deployment: str = "") -> KubernetesBackend:
+        return cls.from_kubeconfig(settings.kubeconfig, instance=settings.instance, deployment=deployment)
+
+    @classmethod
+    def from_kubeconfig(
+        cls, kubeconfig: str | Path | None, *, instance: str, deployment: str = ""
+    ) -> KubernetesBackend:
+        """A backend on that kubeconfig, or on the in-cluster ServiceAccount when it is None."""
+        configuration = client.Configuration()
+        try:
+            if kubeconfig is not None:
+                config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+            else:
+                config.load_incluster_config(client_configuration=configuration)
+        except (config.ConfigException, OSError) as exc:
+            raise PrerequisiteMissing(
+                f"no Kubernetes configuration: {exc} (set LESSON_KUBECONFIG, or run in a cluster)"
+            ) from exc
+        # urllib3 would otherwise retry resets of GETs silently, three times, unbounded in time: every retry
+        # is tenacity's, bounded and logged
+        configuration.retries = False
+        return cls(client.ApiClient(configuration), instance=instance, deployment=deployment)
+
+    def close(self) -> None:
+        self.api.close()
+
+    def subject(self) -> dict[str, str]:
+        """The RBAC subject of the credentials in use (see :meth:`Grant.subject`)."""
+        return self.grant.subject()
+
+    def check(self) -> None:
+        """The API server answers and says who we are (the identity every lesson namespace is bound to)."""
+        try:
+            self.subject()
+        except SchedulerError as exc:
+            raise PrerequisiteMissing(f"the Kubernetes API server is not usable: {exc}") from exc
+
+    # --- ownership ----------------------------------------------------------------------------------
+
+    def _mine(self, labels: dict[str, str] | None) -> bool:
+        """Made by this instance and this deployment (objects from before deployment labels count as the
+        unnamed deployment's)."""
+        labels = labels or {}
+        return (
+            labels.get(LABEL_MANAGED_BY) == MANAGED_BY
+            and labels.get(LABEL_INSTANCE) == self.instance
+            and labels.get(LABEL_DEPLOYMENT, "") == self.deployment
+        )
+
+    def _ours(self, labels: dict[str, str] | None, livelesson: str) -> bool:
+        return self._mine(labels) and (labels or {}).get(LABEL_LIVELESSON) == livelesson
+
+    def _check_plan(self, plan: Plan) -> None:
+        """A plan of another instance or deployment would make objects this backend can never list or
+        collect again: refuse it before creating anything."""
+        if plan.instance != self.instance or plan.deployment != self.deployment:
+            raise PermanentError(
+                f"plan for instance {plan.instance!r}, deployment {plan.deployment!r} given to the backend of "
+                f"instance {self.instance!r}, deployment {self.deployment!r}"
+            )
+
+    def _ensure(self, kind: str, name: str, create: Callable[[], Any], read: Callable[[], Any], plan: Plan) -> None:
+        try:
+            call(create)
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+            existing = call(read)
+            metadata = existing["metadata"] if isinstance(existing, dict) else existing.metadata
+            labels = metadata.get("labels") if isinstance(metadata, dict) else metadata.labels
+            if not self._ours(labels, plan.livelesson):
+                raise PermanentError(f"{kind} {name} exists but is not this live lesson's; refusing to use it") from exc
+            deleting = metadata.get("deletionTimestamp") if isinstance(metadata, dict) else metadata.deletion_timestamp
+            if deleting:
+                raise TemporaryError(f"{kind} {name} is still being deleted", delay=2.0) from exc
+
+    # --- apply --------------------------------------------------------------------------------------
+
+    def apply_networks(self, plan: Plan) -> None:
+        self._check_plan(plan)
+        self._ensure(
+            "namespace", plan.namespace,
+            partial(self.core.create_namespace, namespace(plan)),
+            partial(self.core.read_namespace, plan.namespace), plan,
+        )  # fmt: skip
+        self.grant.bind(plan)
+        policy = network_policy(plan)
+        self._ensure(
+            "networkpolicy", policy["metadata"]["name"],
+            partial(self.net.create_namespaced_network_policy, plan.namespace, policy),
+            partial(self.net.read_namespaced_network_policy, policy["metadata"]["name"], plan.namespace), plan,
+        )  # fmt: skip
+        for nad in network_attachment_definitions(plan):
+            name = nad["metadata"]["name"]
+            where = (NAD_GROUP, NAD_VERSION, plan.namespace, NAD_PLURAL)
+            self._ensure(
+                "network-attachment-definition", name,
+                partial(self.custom.create_namespaced_custom_object, *where, nad),
+                partial(self.custom.get_namespaced_custom_object, *where, name),
+                plan,
+            )  # fmt: skip
+
+    def apply_pods(self, plan: Plan) -> None:
+        self._check_plan(plan)
+        for pod in pods(plan):
+            name = pod["metadata"]["name"]
+            self._ensure(
+                "pod", name,
+                partial(self.core.create_namespaced_pod, plan.namespace, pod),
+                partial(self.core.read_namespaced_pod, name, plan.namespace), plan,
+            )  # fmt: skip
+
+    # --- observe ------------------------------------------------------------------------------------
+
+    def observe(self, plan: Plan, *, wait: float = 0.0) -> Observation:
+        """One list, then one watch from its resourceVersion until every pod is ready, one cannot start,
+        or ``wait`` runs out. Never a poll: a quiet cluster costs two requests per call."""
+        items, _ = list_watch(
+            self.core.list_namespaced_pod, plan.namespace,
+            label_selector=f"{LABEL_LIVELESSON}={plan.livelesson}",
+            done=lambda items: settled(observation(plan, items)),
+            deadline=time.monotonic() + wait, what=f"pods of {plan.namespace}",
+        )  # fmt: skip
+        return observation(plan, items)
+
+    # --- exec ---------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _exec_api(self) -> Iterator[Any]:
+        """A client of its own per exec: ``kubernetes.stream`` swaps the ApiClient's ``call_api`` while it
+        connects, so sharing one between the ping threads (or with a watch) would cross their wires."""
+        api = client.ApiClient(self.api.configuration)
+        try:
+            yield client.CoreV1Api(api)
+        finally:
+            api.close()
+
+    def exec(self, plan: Plan, endpoint: str, argv: Sequence[str], *, timeout: float) -> ExecResult:
+        pod = plan.pod(endpoint)
+        with self._exec_api() as core:
+            try:
+                resp = stream(
+                    core.connect_get_namespaced_pod_exec, pod.name, plan.namespace,
+                    command=list(argv), stdout=True, stderr=True, stdin=False, tty=False,
+                    _preload_content=False, _request_timeout=timeout,
+                )  # fmt: skip
+            except ApiException as exc:
+                error = translate(exc)
+                log.warning("exec failed to start", endpoint=endpoint, error=str(error), transient=error.transient)
+                raise error from exc
+            except (*CONNECTION_ERRORS, OSError) as exc:
+                log.warning("exec failed to connect", endpoint=endpoint, error=describe(exc))
+                raise TemporaryError(f"exec in {endpoint} failed to connect: {exc}") from exc
+            stdout: list[str] = []
+            stderr: list[str] = []
+            deadline = time.monotonic() + timeout
+            try:
+                while resp.is_open() and time.monotonic() < deadline:
+                    resp.update(timeout=min(1.0, max(0.05, deadline - time.monotonic())))
+                    _drain(resp, stdout, stderr)
+                if resp.is_open():
+                    raise TemporaryError(f"`{' '.join(argv)}` in {endpoint} timed out after {timeout}s")
+                _drain(resp, stdout, stderr)
+                code = _returncode(resp)
+            except (OSError, ConnectionError) as exc:  # the websocket broke mid-command
+                raise TemporaryError(f"exec in {endpoint} broke off: {exc}") from exc
+            finally:
+                resp.close()
+        return ExecResult(code, "".join(stdout), "".join(stderr))
+
+    # --- destroy and list ---------------------------------------------------------------------------
+
+    def list(self) -> list[str]:
+        """The live lessons whose namespaces carry this instance and this deployment."""
+        selector = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_INSTANCE}={self.instance}"
+        if self.deployment:
+            selector += f",{LABEL_DEPLOYMENT}={self.deployment}"
+        # without a deployment, also the namespaces from before the label: the selector cannot say "absent
+        # or empty", so that filter is ours
+        listing = call(self.core.list_namespace, label_selector=selector)
+        return sorted(
+            ns.metadata.labels[LABEL_LIVELESSON]
+            for ns in listing.items
+            if LABEL_LIVELESSON in (ns.metadata.labels or {}) and self._mine(ns.metadata.labels)
+        )
+
+    def destroy(self, livelesson: str) -> None:
+        name = naming.namespace(self.instance, livelesson)
+        try:
+            ns = call(self.core.read_namespace, name)
+        except ApiError as exc:
+            if exc.status == 404:
+                return
+            raise
+        if not self._ours(ns.metadata.labels, livelesson):
+            raise PermanentError(
+                f"namespace {name} does not carry this instance's and deployment's mark; refusing to delete it"
+            )
+        if ns.metadata.deletion_timestamp is None:
+            try:
+                call(
+                    self.core.delete_namespace, name,
+                    body=client.V1DeleteOptions(propagation_policy="Foreground"),
+                )  # fmt: skip
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                return
+        self._wait_gone(name)
+
+    def _wait_gone(self, name: str) -> None:
+        """Watch the namespace until it is deleted: bounded, never a poll loop. A watch that breaks off
+        (transient) is listed and watched again, until the deadline."""
+        deadline = time.monotonic() + DELETE_WAIT_SECONDS
+        while True:
+            _, gone = list_watch(
+                self.core.list_namespace, field_selector=f"metadata.name={name}",
+                done=lambda items: not items, deadline=deadline, what=f"namespace {name}",
+            )  # fmt: skip
+            if gone:
+                return
+            if deadline - time.monotonic() < 1:
+                raise TemporaryError(f"namespace {name} still terminating after {DELETE_WAIT_SECONDS}s", delay=5.0)
+            time.sleep(0.2)
+
+
+def _drain(resp: Any, stdout: list[str], stderr: list[str]) -> None:
+    if resp.peek_stdout():
+        stdout.append(resp.read_stdout())
+    if resp.peek_stderr():
+        stderr.append(resp.read_stderr())
+
+
+def _returncode(resp: Any) -> int:
+    """The exit status from the error channel. Some runtimes (kwok) send a bare error message there instead
+    of a Status with the code: any failure without a readable code counts as 1."""
+    try:
+        code = resp.returncode
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, yaml.YAMLError):
+        return 1
+    return int(code) if code is not None else 1
