@@ -473,3 +473,17 @@ def test_record_values_are_escaped(pages) -> None:
         html = client.get(path).text
         assert "<img" not in html and "<script>" not in html
         assert "&lt;img src=x onerror=alert(1)&gt;" in html
+
+
+def test_emulated_pods_are_said_so_and_burst_loss_is_shown(pages) -> None:
+    client, store = pages()
+    record = triangle_record(instance=store.instance).model_copy(update={"pods": "emulated"})
+    put(store, record)
+    html = client.get(f"/livelessons/{record.id}").text
+    assert "emulated pods: stand-in processes" in html
+    assert "% loss" in html  # every ping cell shows the burst's loss
+    container = triangle_record(livelesson="cccccccccc", instance=store.instance).model_copy(
+        update={"pods": "container"}
+    )
+    put(store, container)
+    assert "emulated pods" not in client.get(f"/livelessons/{container.id}").text
