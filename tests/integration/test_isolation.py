@@ -227,5 +227,5 @@ def test_kubernetes_network_policy_is_rendered_as_designed(triangle: ResolvedLes
     objects = render(plan)
     assert [o["kind"] for o in objects].index("NetworkPolicy") < [o["kind"] for o in objects].index("Pod")
     # the kubernetes backend applies exactly this object (it imports it from scheduler.render)
-    source = (Path(__file__).resolve().parents[2] / "workers" / "backends" / "kubernetes.py").read_text()
+    source = (Path(__file__).resolve().parents[2] / "workers" / "backends" / "kubernetes" / "backend.py").read_text()
     assert "network_policy(plan)" in source and "create_namespaced_network_policy" in source
