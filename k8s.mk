@@ -8,21 +8,23 @@
 #   make k8s-test     the cluster's own tests (tests/k8s)
 
 K8S_DIR := tests/k8s
+# the cluster's machinery (scripts, agent, proxy), apart from its tests
+K8S_MACHINERY := tests/k8s/machinery
 K8S_PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 
 .PHONY: k8s-tools k8s-up k8s-down k8s-status k8s-test
 
 k8s-tools:
-	@bash $(K8S_DIR)/build-tools.sh
+	@bash $(K8S_MACHINERY)/build-tools.sh
 
 k8s-up: k8s-tools
-	@$(K8S_PYTHON) $(K8S_DIR)/cluster.py up
+	@$(K8S_PYTHON) $(K8S_MACHINERY)/cluster.py up
 
 k8s-down:
-	@$(K8S_PYTHON) $(K8S_DIR)/cluster.py down
+	@$(K8S_PYTHON) $(K8S_MACHINERY)/cluster.py down
 
 k8s-status:
-	@$(K8S_PYTHON) $(K8S_DIR)/cluster.py status
+	@$(K8S_PYTHON) $(K8S_MACHINERY)/cluster.py status
 
 k8s-test: k8s-tools
 	$(K8S_PYTHON) -m pytest $(K8S_DIR) -v

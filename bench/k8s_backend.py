@@ -2,11 +2,11 @@
 
     sudo .venv/bin/python bench/k8s_backend.py [--runs 5] [--lessons busybox-line busybox-triangle ring-10 ...]
 
-On the test cluster (tests/k8s/cluster.py: real kube-apiserver, scheduler and controller-manager, kwok
+On the test cluster (tests/k8s/machinery/cluster.py: real kube-apiserver, scheduler and controller-manager, kwok
 nodes, the node agent with the real CNI plugins; started here if it is not up, and stopped again after),
 with a private redis-server and a real Celery worker running as the worker's ServiceAccount:
 
-1. requests: each lesson once through tests/k8s/api_proxy.py, which counts every API request the worker
+1. requests: each lesson once through tests/k8s/machinery/api_proxy.py, which counts every API request the worker
    makes by verb and resource, from the request to ready ("provision") and from delete to deleted
    ("teardown"). The goal: no polling loops, and a count that grows linearly with endpoints (E) plus
    connections (C). What the backend should need: namespace + the RoleBinding that grants the lesson role
@@ -44,16 +44,16 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from scheduler.catalog import load_catalog  # noqa: E402
 from scheduler.client import Client  # noqa: E402
-from scheduler.records import STEPS, LiveLesson  # noqa: E402
-from scheduler.redis_server import PrivateRedis  # noqa: E402
+from scheduler.core.records import STEPS, LiveLesson  # noqa: E402
+from scheduler.dev.redis_server import PrivateRedis  # noqa: E402
+from scheduler.services.catalog import load_catalog  # noqa: E402
+from scheduler.services.state import Store  # noqa: E402
 from scheduler.settings import Settings  # noqa: E402
-from scheduler.state import Store  # noqa: E402
-from tests.k8s.api_proxy import ApiProxy, write_token_kubeconfig  # noqa: E402
+from tests.k8s.machinery.api_proxy import ApiProxy, write_token_kubeconfig  # noqa: E402
 from tests.support.k8s import INSTANCES_CONFIGMAP, WORKER_SA, probe_namespace  # noqa: E402
 from tests.support.waits import wait_for  # noqa: E402
-from workers.launcher import CeleryProcess  # noqa: E402
+from workers.celery_process import CeleryProcess  # noqa: E402
 
 CLUSTER = REPO / "tests" / "k8s" / "cluster.py"
 STATE = REPO / ".k8s"
@@ -229,7 +229,7 @@ def main() -> int:
         return 2
     started_cluster = cluster("status") != 0
     if started_cluster:
-        print("starting the test cluster (tests/k8s/cluster.py up)", file=sys.stderr)
+        print("starting the test cluster (tests/k8s/machinery/cluster.py up)", file=sys.stderr)
         if cluster("up") != 0:
             print("the test cluster did not start: run `make k8s-up` to see why", file=sys.stderr)
             return 1

@@ -40,13 +40,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from scheduler.lessons import ResolvedLesson, parse_lesson, resolve  # noqa: E402
-from scheduler.plan import Check, make_plan  # noqa: E402
+from scheduler.core.lessons import ResolvedLesson, parse_lesson, resolve  # noqa: E402
+from scheduler.core.plan import Probe, make_plan  # noqa: E402
 from tests.support.ids import new_id as _id  # noqa: E402
 from tests.support.leftovers import cleanup_instance  # noqa: E402
 from tests.support.lessons import triangle  # noqa: E402
 from workers.backends.local import LocalBackend  # noqa: E402
-from workers.backends.ping import run_check  # noqa: E402
+from workers.connectivity import run_check  # noqa: E402
 
 FLOOR = REPO.parent / "shared" / "bench" / "floor-triangle.sh"
 PHASES = ("networks", "pods", "ready", "pings", "total", "teardown")
@@ -91,7 +91,7 @@ def one_run(backend: LocalBackend, lesson: ResolvedLesson) -> dict[str, float]:
     deadline = time.monotonic() + 10
     checks = list(plan.checks)
 
-    def check(c: Check) -> bool:
+    def check(c: Probe) -> bool:
         address = obs.address(c.target, c.interface)
         assert address is not None
         return run_check(backend, plan, c, address, deadline=deadline).ok

@@ -45,21 +45,21 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from scheduler.catalog import load_paths  # noqa: E402
 from scheduler.client import Client  # noqa: E402
-from scheduler.lessons import ResolvedLesson  # noqa: E402
-from scheduler.plan import make_plan  # noqa: E402
-from scheduler.records import LiveLesson, new_id  # noqa: E402
-from scheduler.redis_server import PrivateRedis  # noqa: E402
+from scheduler.core.lessons import ResolvedLesson  # noqa: E402
+from scheduler.core.plan import make_plan  # noqa: E402
+from scheduler.core.records import LiveLesson, new_id  # noqa: E402
+from scheduler.dev.redis_server import PrivateRedis  # noqa: E402
+from scheduler.services.catalog import load_paths  # noqa: E402
+from scheduler.services.state import Store  # noqa: E402
 from scheduler.settings import Settings  # noqa: E402
-from scheduler.state import Store  # noqa: E402
 from tests.support.leftovers import cleanup_instance  # noqa: E402
 from tests.support.lessons import TRIANGLE  # noqa: E402
 from tests.support.processes import ApiServer, settings_env  # noqa: E402
 from workers.backends.local import LocalBackend  # noqa: E402
 from workers.backends.local.backend import _parallel  # noqa: E402
-from workers.backends.ping import run_check  # noqa: E402
-from workers.launcher import CeleryProcess  # noqa: E402
+from workers.celery_process import CeleryProcess  # noqa: E402
+from workers.connectivity import run_check  # noqa: E402
 
 READY = frozenset({"ready", "failed"})
 

@@ -53,16 +53,16 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from scheduler.catalog import load_catalog  # noqa: E402
-from scheduler.errors import SchedulerError  # noqa: E402
-from scheduler.naming import bridge_name  # noqa: E402
-from scheduler.redis_server import PrivateRedis  # noqa: E402
+from scheduler.core.errors import SchedulerError  # noqa: E402
+from scheduler.core.naming import bridge_name  # noqa: E402
+from scheduler.dev.redis_server import PrivateRedis  # noqa: E402
+from scheduler.services.catalog import load_catalog  # noqa: E402
+from scheduler.services.state import Store  # noqa: E402
 from scheduler.settings import Settings  # noqa: E402
-from scheduler.state import Store  # noqa: E402
 from tests.support import netns_tools as netns  # noqa: E402
 from tests.support.leftovers import cleanup_instance  # noqa: E402
 from tests.support.processes import ApiServer, settings_env  # noqa: E402
-from workers.launcher import CeleryProcess  # noqa: E402
+from workers.celery_process import CeleryProcess  # noqa: E402
 
 TOKEN = "soak-" + secrets.token_hex(8)
 SETTLED = {"deleted", "failed"}

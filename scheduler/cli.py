@@ -18,13 +18,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from scheduler.catalog import Catalog, configured_catalog
-from scheduler.errors import InvalidRequest, LessonError, LimitExceeded, NotFound, SchedulerError
-from scheduler.logging import configure
-from scheduler.plan import make_plan
-from scheduler.records import EMULATED_NOTE, LiveLesson, new_id, now
-from scheduler.render import render as render_objects
-from scheduler.render import to_yaml
+from scheduler.core.errors import InvalidRequest, LessonError, LimitExceeded, NotFound, SchedulerError
+from scheduler.core.plan import make_plan
+from scheduler.core.records import EMULATED_NOTE, LiveLesson, new_id, now
+from scheduler.core.render import render as render_objects
+from scheduler.core.render import to_yaml
+from scheduler.services.catalog import Catalog, configured_catalog
+from scheduler.services.logging import configure
 from scheduler.settings import Settings, get_settings
 
 __all__ = ["main"]
@@ -70,7 +70,7 @@ def _catalog(settings: Settings) -> Catalog:
 
 
 def _store(settings: Settings) -> Any:
-    from scheduler.state import Store
+    from scheduler.services.state import Store
 
     return Store.from_settings(settings)
 
@@ -150,15 +150,15 @@ def validate(paths: tuple[Path, ...]) -> None:
     err.print(f"{len(catalog)} lesson(s) valid: {', '.join(sorted(catalog.lessons))}", highlight=False)
 
 
-@main.command()
+@main.command(name="render")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--session", "-s", required=True, help="The session the objects are labelled with.")
 @click.option("--id", "livelesson", default=None, help="Live-lesson id (default: a new random one).")
 @click.option("--lesson", "slug", default=None, help="Which lesson, when PATH holds several.")
-def render(path: Path, session: str, livelesson: str | None, slug: str | None) -> None:
+def render_command(path: Path, session: str, livelesson: str | None, slug: str | None) -> None:
     """Print the Kubernetes objects of one live lesson as multi-document YAML."""
-    from scheduler.records import ID_PATTERN
-    from scheduler.service import validate_session
+    from scheduler.core.records import ID_PATTERN
+    from scheduler.services.lifecycle import validate_session
 
     settings = _settings()
     with _errors():
@@ -193,7 +193,7 @@ def _pick(catalog: Catalog, slug: str | None) -> Any:
 def up(slug: str, session: str, wait_: bool, timeout: float | None, as_json: bool) -> None:
     """Request a live lesson of SLUG for a session."""
     from scheduler.client import Client
-    from scheduler.service import request_lesson
+    from scheduler.services.lifecycle import request_lesson
 
     settings = _settings()
     with _errors():
@@ -260,7 +260,7 @@ def keepalive(livelesson: str) -> None:
 def down(livelesson: str, wait_: bool) -> None:
     """Tear a live lesson down."""
     from scheduler.client import Client
-    from scheduler.service import delete_lesson
+    from scheduler.services.lifecycle import delete_lesson
 
     settings = _settings()
     with _errors():
@@ -273,7 +273,7 @@ def down(livelesson: str, wait_: bool) -> None:
 @main.command()
 def gc() -> None:
     """Run one garbage-collection pass now (expired, stuck and orphaned live lessons)."""
-    from scheduler.queue import sender
+    from scheduler.services.queue import sender
     from workers.backends import get_backend
     from workers.gc import collect
     from workers.pipeline import Pipeline
@@ -315,7 +315,7 @@ def serve(host: str, port: int) -> None:
     Closed by default: off loopback, it refuses to start unless LESSON_API_TOKEN is set."""
     import uvicorn
 
-    from scheduler.api import create_app
+    from scheduler.http.api import create_app
 
     settings = _settings()
     if settings.api_token is None and not _loopback(host):
@@ -338,8 +338,8 @@ def serve(host: str, port: int) -> None:
 @click.option("--lesson", "slug", default=None, help="Which lesson, when PATH holds several.")
 def graph(path: Path | None, fmt: str, livelesson: str | None, slug: str | None) -> None:
     """Draw a lesson's topology (endpoints, links, subnets), or a live lesson's with addresses and pings."""
-    from scheduler import graph as draw
-    from scheduler.records import ID_PATTERN
+    from scheduler.core import graph as draw
+    from scheduler.core.records import ID_PATTERN
 
     if path is None and livelesson is None:
         _fail("give a lesson PATH or --livelesson ID", 2)
@@ -356,7 +356,7 @@ def graph(path: Path | None, fmt: str, livelesson: str | None, slug: str | None)
             record = _store(settings).require(livelesson)
             lesson = _catalog(settings).get(record.lesson)
             topology = draw.livelesson_topology(record, lesson, subnet_pool=settings.subnet_pool)
-        click.echo(draw.render(topology, fmt), nl=False)
+        click.echo(draw.draw(topology, fmt), nl=False)
 
 
 # --- demo ------------------------------------------------------------------------------------------

@@ -15,12 +15,12 @@ import redis
 import structlog
 from celery.exceptions import TimeoutError as CeleryTimeout
 
-from scheduler.errors import InvalidRequest, LimitExceeded, NotFound, SchedulerError, TemporaryError
-from scheduler.queue import sender
-from scheduler.records import LiveLesson, check_id
-from scheduler.service import delete_lesson
+from scheduler.core.errors import InvalidRequest, LimitExceeded, NotFound, SchedulerError, TemporaryError
+from scheduler.core.records import LiveLesson, check_id
+from scheduler.services.lifecycle import delete_lesson
+from scheduler.services.queue import sender
+from scheduler.services.state import UNAVAILABLE, Store, parse_status_message
 from scheduler.settings import Settings, get_settings
-from scheduler.state import UNAVAILABLE, Store, parse_status_message
 
 __all__ = ["RECHECK_SECONDS", "SETTLED", "Client", "delete", "get", "keepalive", "request_lesson", "wait"]
 

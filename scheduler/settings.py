@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from scheduler.lessons import check_special, is_dns1123_label
+from scheduler.core.lessons import check_special, is_dns1123_label
 
 __all__ = ["Settings", "get_settings"]
 

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.redis_server import PrivateRedis
+from scheduler.dev.redis_server import PrivateRedis
 from scheduler.settings import Settings
 from tests.support.ids import unique
 from tests.support.leftovers import cleanup_instance
 from tests.support.lessons import CATALOG
 from tests.support.prereqs import is_root, needs
 from tests.support.processes import start_celery
-from workers.launcher import CeleryProcess
+from workers.celery_process import CeleryProcess
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ from celery import Celery, signals
 from celery.worker import state as worker_state
 from celery.worker.consumer import Consumer
 
-from scheduler.logging import configure
-from scheduler.queue import celery_config, time_limits
-from scheduler.records import ID_PATTERN
+from scheduler.core.records import ID_PATTERN
+from scheduler.services.logging import configure
+from scheduler.services.queue import celery_config, time_limits
 from scheduler.settings import get_settings
 
 __all__ = ["LessonsConsumer", "app"]

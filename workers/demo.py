@@ -24,17 +24,17 @@ from pathlib import Path
 from celery import Celery
 from rich.console import Console
 
-from scheduler.catalog import load_catalog
-from scheduler.errors import TemporaryError
-from scheduler.queue import sender
-from scheduler.records import STEPS, LiveLesson, new_id
-from scheduler.redis_server import PrivateRedis
-from scheduler.service import delete_lesson, request_lesson
+from scheduler.core.errors import TemporaryError
+from scheduler.core.records import STEPS, LiveLesson, new_id
+from scheduler.dev.redis_server import PrivateRedis
+from scheduler.services.catalog import load_catalog
+from scheduler.services.lifecycle import delete_lesson, request_lesson
+from scheduler.services.queue import sender
+from scheduler.services.state import Store
 from scheduler.settings import Settings
-from scheduler.state import Store
 from workers.backends import get_backend
 from workers.backends.local import netns, rtnetlink
-from workers.launcher import CeleryProcess, WorkerNotReady
+from workers.celery_process import CeleryProcess, WorkerNotReady
 
 __all__ = ["Demo", "DemoResult", "json_events"]
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import structlog
 
-from scheduler.steps import ACTIVE, PROVISIONING, TEARDOWN_TASK, step_at, task_for_status
+from scheduler.core.steps import ACTIVE, PROVISIONING, TEARDOWN_TASK, step_at, task_for_status
 from workers.pipeline import Pipeline, bind_context
 
 __all__ = ["collect"]

@@ -15,26 +15,25 @@ from datetime import timedelta
 
 import structlog
 
-from scheduler.catalog import Catalog
-from scheduler.errors import PermanentError, SchedulerError
-from scheduler.plan import Check as PlannedCheck
-from scheduler.plan import Plan, make_plan
-from scheduler.records import (
+from scheduler.core.errors import PermanentError, SchedulerError
+from scheduler.core.plan import Plan, Probe, make_plan
+from scheduler.core.records import (
     ACTIVE,
     STEP_STATUS,
     Check,
-    Endpoint,
+    EndpointState,
     Interface,
     LiveLesson,
     StepError,
     StepTiming,
     now,
 )
+from scheduler.core.steps import WAITING_STEPS, next_task
+from scheduler.services.catalog import Catalog
+from scheduler.services.state import Store
 from scheduler.settings import Settings
-from scheduler.state import Store
-from scheduler.steps import WAITING_STEPS, next_task
 from workers.backends.base import Backend, Observation
-from workers.backends.ping import Burst, run_check
+from workers.connectivity import Burst, run_check
 
 __all__ = ["Again", "Next", "Outcome", "Pipeline", "bind_context"]
 
@@ -290,7 +289,7 @@ class Pipeline:
         s = self.settings
         burst = Burst(s.ping_probes, s.ping_interval_ms / 1000, s.ping_max_loss_pct)
 
-        def one(c: PlannedCheck) -> Check:
+        def one(c: Probe) -> Check:
             address = addresses.get((c.target, c.interface))
             result = run_check(self.backend, plan, c, address, deadline=deadline, burst=burst) if address else None
             return Check(
@@ -333,9 +332,9 @@ class Pipeline:
         log.info("live lesson torn down", livelesson=livelesson)
 
 
-def _endpoints(observation: Observation) -> dict[str, Endpoint]:
+def _endpoints(observation: Observation) -> dict[str, EndpointState]:
     return {
-        name: Endpoint(
+        name: EndpointState(
             pod=status.pod,
             ready=status.ready,
             interfaces=[Interface(name=i.name, network=i.network, address=i.address) for i in status.interfaces],
@@ -344,7 +343,7 @@ def _endpoints(observation: Observation) -> dict[str, Endpoint]:
     }
 
 
-def _with_endpoints(record: LiveLesson, endpoints: dict[str, Endpoint]) -> LiveLesson | None:
+def _with_endpoints(record: LiveLesson, endpoints: dict[str, EndpointState]) -> LiveLesson | None:
     if record.endpoints == endpoints:
         return None
     record.endpoints = endpoints

@@ -13,12 +13,12 @@ from typing import Any
 import structlog
 from celery import Task
 
-from scheduler.catalog import Catalog, configured_catalog
-from scheduler.errors import InvalidRequest, SchedulerError
-from scheduler.records import check_id
-from scheduler.service import request_lesson
+from scheduler.core.errors import InvalidRequest, SchedulerError
+from scheduler.core.records import check_id
+from scheduler.services.catalog import Catalog, configured_catalog
+from scheduler.services.lifecycle import request_lesson
+from scheduler.services.state import Store
 from scheduler.settings import get_settings
-from scheduler.state import Store
 from workers.app import app
 from workers.backends import get_backend
 from workers.gc import collect

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from scheduler.catalog import load_catalog
-from scheduler.errors import PermanentError
-from scheduler.plan import Plan, make_plan
+from scheduler.core.errors import PermanentError
+from scheduler.core.plan import Plan, make_plan
+from scheduler.services.catalog import load_catalog
 from tests.contract.conftest import MakeBackend
 from tests.support.ids import new_id
 from tests.support.lessons import CATALOG

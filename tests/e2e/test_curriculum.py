@@ -28,7 +28,7 @@ from tests.support.curriculum import LESSONS, walk_through_api
 from tests.support.leftovers import leftovers
 from tests.support.lessons import CURRICULUM
 from tests.support.processes import ApiServer
-from workers.launcher import CeleryProcess
+from workers.celery_process import CeleryProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.usefixtures("root")]
 

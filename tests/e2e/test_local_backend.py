@@ -24,11 +24,11 @@ from typing import TypeVar
 
 import pytest
 
-from scheduler import naming
-from scheduler.catalog import load_paths
-from scheduler.errors import PrerequisiteMissing
-from scheduler.lessons import ResolvedLesson
-from scheduler.plan import Check, Plan, make_plan
+from scheduler.core import naming
+from scheduler.core.errors import PrerequisiteMissing
+from scheduler.core.lessons import ResolvedLesson
+from scheduler.core.plan import Plan, Probe, make_plan
+from scheduler.services.catalog import load_paths
 from tests.support import netns_tools as netns
 from tests.support.faults import REAL_CNI
 from tests.support.faults import cni_dir_with as fake_cni
@@ -38,7 +38,7 @@ from tests.support.lessons import CURRICULUM, REPO, TRIANGLE, triangle
 from tests.support.prereqs import needs
 from workers.backends.base import Observation
 from workers.backends.local import LocalBackend, attach
-from workers.backends.ping import PingResult, run_check
+from workers.connectivity import PingResult, run_check
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("root")]
 
@@ -76,10 +76,10 @@ def ready(backend: LocalBackend, plan: Plan, wait: float = 10.0) -> Observation:
     return obs
 
 
-def ping_all(backend: LocalBackend, plan: Plan, obs: Observation) -> dict[Check, PingResult]:
+def ping_all(backend: LocalBackend, plan: Plan, obs: Observation) -> dict[Probe, PingResult]:
     deadline = time.monotonic() + 5
 
-    def one(check: Check) -> PingResult:
+    def one(check: Probe) -> PingResult:
         address = obs.address(check.target, check.interface)
         assert address is not None, check
         return run_check(backend, plan, check, address, deadline=deadline)
@@ -345,8 +345,8 @@ def kill_mid_apply(backend: LocalBackend, plan: Plan, tmp_path: Path) -> None:
 import sys
 sys.path.insert(0, {str(REPO)!r})
 from pathlib import Path
-from scheduler.catalog import load_paths
-from scheduler.plan import make_plan
+from scheduler.services.catalog import load_paths
+from scheduler.core.plan import make_plan
 from workers.backends.local import LocalBackend
 lesson = load_paths([{str(TRIANGLE)!r}]).get("busybox-triangle")
 plan = make_plan(lesson, {plan.livelesson!r}, {plan.session!r}, instance={plan.instance!r})
@@ -602,7 +602,7 @@ def test_missing_privileges_name_the_capabilities(tmp_path: Path) -> None:
     code = (
         "from pathlib import Path\n"
         "from workers.backends.local import LocalBackend\n"
-        "from scheduler.errors import PrerequisiteMissing\n"
+        "from scheduler.core.errors import PrerequisiteMissing\n"
         f"b = LocalBackend(instance='nocaps', state_dir=Path({str(tmp_path)!r}))\n"
         "try:\n"
         "    b.apply_networks(None)\n"

@@ -24,8 +24,8 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import allow_header_conformance
 
-from scheduler.api import create_app
-from scheduler.redis_server import PrivateRedis
+from scheduler.dev.redis_server import PrivateRedis
+from scheduler.http.api import create_app
 from scheduler.settings import Settings
 from tests.support.ids import unique
 from tests.support.leftovers import cleanup_instance

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.queue import sender
-from scheduler.redis_server import PrivateRedis
+from scheduler.dev.redis_server import PrivateRedis
+from scheduler.services.queue import sender
+from scheduler.services.state import Store
 from scheduler.settings import Settings
-from scheduler.state import Store
 from tests.support import netns_tools as netns
 from tests.support.leftovers import cleanup_instance, leftovers
 from tests.support.lessons import TRIANGLE
 from tests.support.waits import wait_for
-from workers.launcher import CeleryProcess
+from workers.celery_process import CeleryProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("root")]
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.catalog import load_catalog
-from scheduler.plan import make_plan
-from scheduler.records import new_id
+from scheduler.core.plan import make_plan
+from scheduler.core.records import new_id
+from scheduler.services.catalog import load_catalog
+from scheduler.services.state import Store
 from scheduler.settings import Settings
-from scheduler.state import Store
 from tests.support import netns_tools as netns
 from tests.support.lessons import TRIANGLE
 from tests.support.processes import settings_env

@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from scheduler.queue import sender
-from scheduler.records import new_id
+from scheduler.core.records import new_id
+from scheduler.services.queue import sender
+from scheduler.services.state import Store
 from scheduler.settings import Settings
-from scheduler.state import Store
 from tests.support.lessons import TRIANGLE
 from tests.support.waits import wait_for
 from workers.backends.local import LocalBackend
-from workers.launcher import CeleryProcess
+from workers.celery_process import CeleryProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("root")]
 
@@ -132,7 +132,7 @@ def test_a_real_lesson_still_runs_beside_hostile_messages(
 
 def test_backend_and_store_refuse_hostile_ids_directly(settings_for: Callable[..., Settings], tmp_path: Path) -> None:
     """The last line of defence, for callers that skip the task layer (the CLI, the demo, a future task)."""
-    from scheduler.errors import InvalidRequest, PermanentError
+    from scheduler.core.errors import InvalidRequest, PermanentError
 
     settings = settings_for()
     backend = LocalBackend(instance=settings.instance, state_dir=settings.state_dir)

@@ -22,16 +22,16 @@ from pathlib import Path
 
 import pytest
 
-from scheduler import naming
-from scheduler.lessons import ResolvedLesson
-from scheduler.plan import Plan, make_plan
-from scheduler.records import new_id
-from scheduler.redis_server import free_port
-from scheduler.render import network_policy, render
+from scheduler.core import naming
+from scheduler.core.lessons import ResolvedLesson
+from scheduler.core.plan import Plan, make_plan
+from scheduler.core.records import new_id
+from scheduler.core.render import network_policy, render
+from scheduler.dev.redis_server import free_port
 from tests.support import lessons
 from tests.support import netns_tools as netns
 from workers.backends.local import LocalBackend
-from workers.backends.ping import parse_ping, ping_argv, run_check
+from workers.connectivity import parse_ping, ping_argv, run_check
 
 pytestmark = [pytest.mark.slow]
 
@@ -226,6 +226,6 @@ def test_kubernetes_network_policy_is_rendered_as_designed(triangle: ResolvedLes
     assert sorted((p["protocol"], p["port"]) for p in dns["ports"]) == [("TCP", 53), ("UDP", 53)]
     objects = render(plan)
     assert [o["kind"] for o in objects].index("NetworkPolicy") < [o["kind"] for o in objects].index("Pod")
-    # the kubernetes backend applies exactly this object (it imports it from scheduler.render)
+    # the kubernetes backend applies exactly this object (it imports it from scheduler.core.render)
     source = (Path(__file__).resolve().parents[2] / "workers" / "backends" / "kubernetes" / "backend.py").read_text()
     assert "network_policy(plan)" in source and "create_namespaced_network_policy" in source

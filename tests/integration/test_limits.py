@@ -16,9 +16,9 @@ import pytest
 import redis
 
 from scheduler.client import Client
-from scheduler.redis_server import PrivateRedis
+from scheduler.dev.redis_server import PrivateRedis
+from scheduler.services.state import Store
 from scheduler.settings import Settings
-from scheduler.state import Store
 from tests.support.leftovers import cleanup_instance
 from tests.support.prereqs import needs
 from tests.support.processes import settings_env
@@ -44,7 +44,7 @@ def test_serve_refuses_a_non_loopback_bind_without_a_token(settings_for: Callabl
 
 def test_serve_with_a_token_binds_anywhere_and_without_one_on_loopback(settings_for: Callable[..., Settings]) -> None:
     """The refusal is about the token only: with one, a non-loopback bind serves; without, loopback does."""
-    from scheduler.redis_server import free_port
+    from scheduler.dev.redis_server import free_port
 
     for host, token in (("0.0.0.0", "t0ken"), ("127.0.0.1", None), ("::1", None), ("localhost", None)):
         env = {**os.environ, **settings_env(settings_for())}

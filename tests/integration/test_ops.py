@@ -23,14 +23,14 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from scheduler.client import Client
-from scheduler.redis_server import PrivateRedis
+from scheduler.dev.redis_server import PrivateRedis
+from scheduler.services.state import Store
 from scheduler.settings import Settings
-from scheduler.state import Store
 from tests.support.leftovers import leftovers
 from tests.support.lessons import REPO
 from tests.support.processes import ApiServer, Flower, settings_env
 from tests.support.waits import eventually, wait_for
-from workers.launcher import CeleryProcess
+from workers.celery_process import CeleryProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("root")]
 

@@ -17,14 +17,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from scheduler.redis_server import PrivateRedis
+from scheduler.dev.redis_server import PrivateRedis
+from scheduler.services.state import Store
 from scheduler.settings import Settings
-from scheduler.state import Store
 from tests.support.faults import cni_dir_with, wrapper_dir
 from tests.support.leftovers import leftovers
 from tests.support.lessons import REPO
 from tests.support.processes import ApiServer
-from workers.launcher import CeleryProcess
+from workers.celery_process import CeleryProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("root")]
 

@@ -9,9 +9,9 @@ from collections.abc import Callable
 import pytest
 
 from scheduler.client import Client
+from scheduler.services.state import Store
 from scheduler.settings import Settings
-from scheduler.state import Store
-from workers.launcher import CeleryProcess
+from workers.celery_process import CeleryProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("root")]
 

@@ -18,15 +18,15 @@ import pytest
 import redis
 
 from scheduler.client import Client
-from scheduler.records import LiveLesson
+from scheduler.core.records import LiveLesson
+from scheduler.services.state import Store
 from scheduler.settings import Settings
-from scheduler.state import Store
 from tests.support.faults import cni_dir_with, wrapper_dir
 from tests.support.leftovers import leftovers
 from tests.support.lessons import TRIANGLE
 from tests.support.processes import ApiServer
 from tests.support.waits import wait_for
-from workers.launcher import CeleryProcess
+from workers.celery_process import CeleryProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("root")]
 
@@ -255,7 +255,7 @@ def test_redelivered_steps_are_harmless(stack) -> None:
     livelesson = client.request_lesson("busybox-triangle", "dup").id
     ready = wait_for(store, livelesson, {"ready", "failed"})
     assert ready.status == "ready"
-    from scheduler.queue import sender
+    from scheduler.services.queue import sender
 
     # every step delivered again, twice, as Redis would after a visibility timeout
     steps = ["lessons.create_networks", "lessons.schedule_pods", "lessons.wait_ready", "lessons.verify_connectivity"]

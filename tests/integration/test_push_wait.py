@@ -24,12 +24,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from scheduler import api as api_module
 from scheduler.client import Client
-from scheduler.errors import NotFound
-from scheduler.records import Status
+from scheduler.core.errors import NotFound
+from scheduler.core.records import Status
+from scheduler.http import api as api_module
+from scheduler.services.state import Store, parse_status_message
 from scheduler.settings import Settings
-from scheduler.state import Store, parse_status_message
 from tests.support.processes import ApiServer, settings_env
 
 

@@ -30,17 +30,17 @@ import pytest
 import websocket
 from fastapi.testclient import TestClient
 
-from scheduler.api import create_app
-from scheduler.catalog import load_catalog
-from scheduler.records import LiveLesson
+from scheduler.core.records import LiveLesson
+from scheduler.http.api import create_app
+from scheduler.services.catalog import load_catalog
+from scheduler.services.state import Store
 from scheduler.settings import Settings
-from scheduler.state import Store
 from tests.support.leftovers import leftovers
 from tests.support.lessons import REPO, live_record
 from tests.support.prereqs import needs
 from tests.support.processes import ApiServer, settings_env
 from tests.support.waits import wait_for
-from workers.launcher import CeleryProcess
+from workers.celery_process import CeleryProcess
 
 TOKEN = "page-s3cret"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")

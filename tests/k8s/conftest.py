@@ -1,4 +1,4 @@
-"""Fixtures for tests that need the real test cluster (tests/k8s/cluster.py).
+"""Fixtures for tests that need the real test cluster (tests/k8s/machinery/cluster.py).
 
 ``k8s_kubeconfig`` (session) starts the cluster if it is not up and stops it again at the end of the
 session if it started it (set LESSON_K8S_KEEP=1 to leave it running). Without the binaries from
@@ -41,7 +41,7 @@ def k8s_kubeconfig() -> Iterator[Path]:
     started = False
     if not cluster.is_up():
         proc = subprocess.run(
-            [sys.executable, str(HERE / "cluster.py"), "up"],
+            [sys.executable, str(HERE / "machinery" / "cluster.py"), "up"],
             capture_output=True,
             text=True,
             timeout=300,
@@ -53,7 +53,10 @@ def k8s_kubeconfig() -> Iterator[Path]:
     yield cluster.STATE / "kubeconfig"
     if started and os.environ.get("LESSON_K8S_KEEP") != "1":
         subprocess.run(
-            [sys.executable, str(HERE / "cluster.py"), "down"], capture_output=True, timeout=300, check=False
+            [sys.executable, str(HERE / "machinery" / "cluster.py"), "down"],
+            capture_output=True,
+            timeout=300,
+            check=False,
         )
 
 
@@ -89,7 +92,7 @@ def k8s_namespace(k8s_kubectl: Kubectl) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def k8s_cluster(k8s_kubeconfig: Path) -> Any:
-    """tests/k8s/cluster.py as a module (STATE, COMPONENTS, recorded(), NETNS_PREFIX, ...)."""
+    """tests/k8s/machinery/cluster.py as a module (STATE, COMPONENTS, recorded(), NETNS_PREFIX, ...)."""
     return cluster
 
 
@@ -134,8 +137,8 @@ def k8s_allow(k8s_kubectl: Kubectl, k8s_worker_token: str) -> Iterator[Callable[
 
 @pytest.fixture
 def k8s_proxy(k8s_kubeconfig: Path) -> Iterator[Any]:
-    """A fault-injecting, request-counting proxy in front of the API server (tests/k8s/api_proxy.py)."""
-    from tests.k8s.api_proxy import ApiProxy
+    """A fault-injecting, request-counting proxy in front of the API server (tests/k8s/machinery/api_proxy.py)."""
+    from tests.k8s.machinery.api_proxy import ApiProxy
 
     with ApiProxy.for_cluster(cluster.STATE) as proxy:
         yield proxy
@@ -158,7 +161,7 @@ def direct_worker_kubeconfig(
     k8s_kubeconfig: Path, k8s_worker_token: str, tmp_path: Path, k8s_allow: Callable[..., None], instance: str
 ) -> Path:
     """The same ServiceAccount, straight to the API server."""
-    from tests.k8s.api_proxy import write_token_kubeconfig
+    from tests.k8s.machinery.api_proxy import write_token_kubeconfig
 
     k8s_allow(instance)
     port = json.loads((cluster.STATE / "ports.json").read_text())["apiserver"]

@@ -16,9 +16,9 @@ import pytest
 import yaml
 from kubernetes import client
 
-from scheduler.errors import PermanentError
-from scheduler.render import NETWORK_STATUS_ANNOTATION
-from tests.k8s.api_proxy import ApiProxy
+from scheduler.core.errors import PermanentError
+from scheduler.core.render import NETWORK_STATUS_ANNOTATION
+from tests.k8s.machinery.api_proxy import ApiProxy
 from tests.support.k8s import RBAC, WORKER_SA, Kubectl, backend, namespace_json, namespaces_of, plan_for, ring_checks
 from tests.support.waits import wait_until
 from workers.backends.kubernetes import ApiError

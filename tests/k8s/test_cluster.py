@@ -17,7 +17,7 @@ from tests.support.waits import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
-MANIFESTS = Path(__file__).resolve().parent / "manifests"
+MANIFESTS = Path(__file__).resolve().parent / "machinery" / "manifests"
 STATUS = "k8s.v1.cni.cncf.io/network-status"
 SUBNETS = {
     "12-net": ipaddress.ip_network("10.10.12.0/24"),
@@ -175,8 +175,8 @@ def test_exec_is_confined_to_the_pods_network_namespace_as_nobody(
 ) -> None:
     """`kubectl exec` runs wrapped commands only, in the pod's network namespace, as nobody with CAP_NET_RAW
     alone: no shell, no way into the host's namespaces, none of root's files."""
-    from scheduler.catalog import load_catalog
-    from scheduler.plan import make_plan
+    from scheduler.core.plan import make_plan
+    from scheduler.services.catalog import load_catalog
     from workers.backends.kubernetes import KubernetesBackend
 
     lesson = load_catalog(k8s_cluster.REPO / "config" / "lessons").get("busybox-line")

@@ -14,17 +14,17 @@ from typing import Any
 
 import pytest
 
-from scheduler.catalog import load_catalog
 from scheduler.client import Client
-from scheduler.plan import make_plan
+from scheduler.core.plan import make_plan
+from scheduler.services.catalog import load_catalog
+from scheduler.services.state import Store
 from scheduler.settings import Settings
-from scheduler.state import Store
-from tests.k8s.api_proxy import ApiProxy
+from tests.k8s.machinery.api_proxy import ApiProxy
 from tests.support.k8s import Kubectl, cluster, namespaces_of
 from tests.support.lessons import CURRICULUM, TRIANGLE
 from tests.support.waits import wait_for, wait_until
 from workers.backends.kubernetes import KubernetesBackend
-from workers.launcher import CeleryProcess
+from workers.celery_process import CeleryProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

@@ -15,7 +15,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.stream import stream
 
-from scheduler.render import LESSON_ROLE
+from scheduler.core.render import LESSON_ROLE
 from tests.support.k8s import (
     WORKER_SA,
     Kubectl,

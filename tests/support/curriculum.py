@@ -8,8 +8,8 @@ from typing import Any
 
 import httpx
 
-from scheduler.catalog import load_catalog
-from scheduler.lessons import ResolvedLesson
+from scheduler.core.lessons import ResolvedLesson
+from scheduler.services.catalog import load_catalog
 from tests.support.lessons import CURRICULUM
 
 LESSONS: dict[str, ResolvedLesson] = dict(sorted(load_catalog(CURRICULUM).lessons.items()))

@@ -1,4 +1,4 @@
-"""The test cluster (tests/k8s/cluster.py) as a module, its prerequisites, the worker's ServiceAccount and
+"""The test cluster (tests/k8s/machinery/cluster.py) as a module, its prerequisites, the worker's ServiceAccount and
 the admission probe, and the kubernetes backend on it."""
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from scheduler.catalog import load_catalog
-from scheduler.plan import Plan, make_plan
+from scheduler.core.plan import Plan, make_plan
+from scheduler.services.catalog import load_catalog
 from tests.support.ids import new_id
 from tests.support.lessons import CATALOG, REPO
 from tests.support.prereqs import needs
 from workers.backends.kubernetes import KubernetesBackend
-from workers.backends.ping import run_check
+from workers.connectivity import run_check
 
 K8S_TESTS = REPO / "tests" / "k8s"
 RBAC = REPO / "config" / "k8s" / "rbac.yaml"
@@ -32,7 +32,7 @@ Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
 
 def _load_cluster_module() -> Any:
-    spec = importlib.util.spec_from_file_location("lesson_test_k8s_cluster", K8S_TESTS / "cluster.py")
+    spec = importlib.util.spec_from_file_location("lesson_test_k8s_cluster", K8S_TESTS / "machinery" / "cluster.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

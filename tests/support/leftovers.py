@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from scheduler import naming
+from scheduler.core import naming
 
 
 def marked_processes(mark: str | bytes) -> set[int]:

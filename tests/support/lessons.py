@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from scheduler.catalog import load_paths
-from scheduler.lessons import ResolvedLesson
-from scheduler.plan import Plan, make_plan
-from scheduler.records import Check, Endpoint, Interface, LiveLesson, StepTiming, now
+from scheduler.core.lessons import ResolvedLesson
+from scheduler.core.plan import Plan, make_plan
+from scheduler.core.records import Check, EndpointState, Interface, LiveLesson, StepTiming, now
+from scheduler.services.catalog import load_paths
 
 REPO = Path(__file__).resolve().parents[2]
 CATALOG = REPO / "config" / "lessons"
@@ -45,7 +45,7 @@ def live_record(
             interfaces.append(
                 Interface(name=itf.name, network=itf.network, address=address[(pod.endpoint, itf.network)])
             )
-        endpoints[pod.endpoint] = Endpoint(pod=pod.name, ready=True, interfaces=interfaces)
+        endpoints[pod.endpoint] = EndpointState(pod=pod.name, ready=True, interfaces=interfaces)
     checks = [
         Check(
             source=c.source,

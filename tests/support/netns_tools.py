@@ -14,7 +14,7 @@ from typing import Any
 
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from scheduler.errors import PermanentError
+from scheduler.core.errors import PermanentError
 from workers.backends.local.netns import NETNS_DIR, add, delete, exists, in_netns, names
 from workers.backends.local.rtnetlink import NetlinkRace, addresses, bridges, link_table
 

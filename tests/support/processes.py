@@ -16,9 +16,9 @@ from typing import Any
 
 import httpx
 
-from scheduler.redis_server import free_port
+from scheduler.dev.redis_server import free_port
 from scheduler.settings import Settings
-from workers.launcher import CeleryProcess
+from workers.celery_process import CeleryProcess
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -8,8 +8,8 @@ from typing import Any
 
 import httpx
 
-from scheduler.records import LiveLesson
-from scheduler.state import Store
+from scheduler.core.records import LiveLesson
+from scheduler.services.state import Store
 
 
 def wait_for(

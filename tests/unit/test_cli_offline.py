@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from scheduler.render import NETWORKS_ANNOTATION
+from scheduler.core.render import NETWORKS_ANNOTATION
 from tests.support.lessons import REPO
 
 LESSONCTL = Path(sys.executable).parent / "lessonctl"

@@ -30,10 +30,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scheduler.catalog import Catalog, load_catalog
-from scheduler.errors import LessonError, SchedulerError
-from scheduler.lessons import Lesson, parse_image, parse_lesson, resolve
-from scheduler.plan import make_plan
+from scheduler.core.errors import LessonError, SchedulerError
+from scheduler.core.lessons import Lesson, parse_image, parse_lesson, resolve
+from scheduler.core.plan import make_plan
+from scheduler.services.catalog import Catalog, load_catalog
 from tests.support.lessons import CURRICULUM, REPO
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "500"))
@@ -344,7 +344,7 @@ def test_the_fuzzers_reach_both_outcomes() -> None:
     assert OUTCOMES["catalog-flat:lesson"] + OUTCOMES["catalog-antidote:lesson"] > 0, OUTCOMES
 
 
-# --- regressions the fuzzers found (fixed in scheduler/lessons.py) ------------------------------------------
+# --- regressions the fuzzers found (fixed in scheduler/core/lessons.py) ------------------------------------------
 
 CONSTRUCTOR_CRASHES = ["a: !!int ''", "a: !!float ''", "a: !!bool ''", "a: !!timestamp x", "!!int", "a: !!int +"]
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from scheduler import graph
-from scheduler.catalog import load_catalog, load_paths
 from scheduler.cli import main
-from scheduler.lessons import ResolvedLesson, parse_lesson, resolve
-from scheduler.plan import make_plan
+from scheduler.core import graph
+from scheduler.core.lessons import ResolvedLesson, parse_lesson, resolve
+from scheduler.core.plan import make_plan
+from scheduler.services.catalog import load_catalog, load_paths
 from tests.support.lessons import CURRICULUM, REPO, TRIANGLE, live_record, triangle
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -278,11 +278,11 @@ def test_livelesson_topology_uses_the_plan_when_the_lesson_is_known() -> None:
 
 def test_render_dispatches_on_the_format_and_refuses_unknown_ones() -> None:
     topology = graph.lesson_topology(triangle())
-    assert graph.render(topology, "mermaid").startswith("graph LR")
-    assert graph.render(topology, "dot").startswith("graph ")
-    assert graph.render(topology, "svg").startswith("<svg")
+    assert graph.draw(topology, "mermaid").startswith("graph LR")
+    assert graph.draw(topology, "dot").startswith("graph ")
+    assert graph.draw(topology, "svg").startswith("<svg")
     with pytest.raises(ValueError, match="unknown format 'png'"):
-        graph.render(topology, "png")
+        graph.draw(topology, "png")
 
 
 # --- lessonctl graph -----------------------------------------------------------------------------------
@@ -316,7 +316,7 @@ def test_lessonctl_graph_prints_the_triangle_as_mermaid() -> None:
 def test_lessonctl_graph_formats(runner: CliRunner, fmt: str) -> None:
     result = runner.invoke(main, ["graph", str(TRIANGLE), "--format", fmt])
     assert result.exit_code == 0, result.output
-    assert result.stdout == graph.render(graph.lesson_topology(triangle()), fmt)
+    assert result.stdout == graph.draw(graph.lesson_topology(triangle()), fmt)
 
 
 def test_lessonctl_graph_picks_a_lesson_from_a_folder(runner: CliRunner) -> None:

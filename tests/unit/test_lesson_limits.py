@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.catalog import load_catalog, load_paths
-from scheduler.errors import LessonError, Problem, shorten
-from scheduler.lessons import check_reserved, check_special, parse_image, parse_lesson, resolve
+from scheduler.core.errors import LessonError, Problem, shorten
+from scheduler.core.lessons import check_reserved, check_special, parse_image, parse_lesson, resolve
+from scheduler.services.catalog import load_catalog, load_paths
 from tests.support.lessons import CATALOG as CONFIG_LESSONS
 from tests.support.lessons import CURRICULUM, REPO
 

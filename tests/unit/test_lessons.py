@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scheduler.catalog import load_catalog, load_paths
-from scheduler.errors import LessonError, Problem
-from scheduler.lessons import parse_image, parse_lesson, resolve
+from scheduler.core.errors import LessonError, Problem
+from scheduler.core.lessons import parse_image, parse_lesson, resolve
+from scheduler.services.catalog import load_catalog, load_paths
 from tests.support.lessons import CATALOG as CONFIG_LESSONS
 from tests.support.lessons import CURRICULUM, REPO
 

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 
 import pytest
 
-from scheduler.errors import PermanentError, TemporaryError
-from scheduler.plan import Check, Plan
+from scheduler.core.errors import PermanentError, TemporaryError
+from scheduler.core.plan import Plan, Probe
 from workers.backends.base import Backend, ExecResult, Observation
-from workers.backends.ping import Burst, PingResult, parse_ping, ping_argv, run_check
+from workers.connectivity import Burst, PingResult, parse_ping, ping_argv, run_check
 
 IPUTILS_OK = """\
 PING 10.10.12.3 (10.10.12.3) 56(84) bytes of data.
@@ -192,7 +192,7 @@ class ScriptedBackend(Backend):
         raise NotImplementedError
 
 
-CHECK = Check(source="bb1", target="bb2", network="bb1-bb2", interface="net1")
+CHECK = Probe(source="bb1", target="bb2", network="bb1-bb2", interface="net1")
 PLAN = None  # run_check only hands the plan through to exec
 
 

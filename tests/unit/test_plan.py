@@ -20,10 +20,10 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from scheduler.catalog import load_catalog
-from scheduler.errors import LessonError
-from scheduler.lessons import Lesson, ResolvedLesson, is_dns1123_label, parse_lesson, resolve
-from scheduler.plan import Plan, make_plan
+from scheduler.core.errors import LessonError
+from scheduler.core.lessons import Lesson, ResolvedLesson, is_dns1123_label, parse_lesson, resolve
+from scheduler.core.plan import Plan, make_plan
+from scheduler.services.catalog import load_catalog
 from tests.support.lessons import REPO
 
 POOL = "10.10.0.0/16"
@@ -230,7 +230,7 @@ def test_the_plan_is_deterministic(doc: dict[str, Any], livelesson: str, session
 def test_the_plan_does_not_depend_on_the_process() -> None:
     """Hash randomisation (PYTHONHASHSEED) must not leak into names or order."""
     code = (
-        "from scheduler.catalog import load_catalog; from scheduler.plan import make_plan\n"
+        "from scheduler.services.catalog import load_catalog; from scheduler.core.plan import make_plan\n"
         f"c = load_catalog({str(REPO / 'config' / 'lessons')!r})\n"
         "for l in sorted(c, key=lambda l: l.slug):\n"
         "    print(repr(make_plan(l, 'abcde12345', 's1', instance='lessons')))\n"

@@ -15,9 +15,8 @@ import pytest
 import yaml
 from packaging.version import Version
 
-from scheduler.catalog import load_catalog
-from scheduler.plan import CNI_VERSION, Plan, make_plan
-from scheduler.render import (
+from scheduler.core.plan import CNI_VERSION, Plan, make_plan
+from scheduler.core.render import (
     LESSON_ROLE,
     NETWORKS_ANNOTATION,
     RESOURCES,
@@ -27,6 +26,7 @@ from scheduler.render import (
     subject_for,
     to_yaml,
 )
+from scheduler.services.catalog import load_catalog
 from tests.support.lessons import CURRICULUM, REPO
 
 CRD = REPO / "config" / "k8s" / "network-attachment-definition-crd.yaml"

@@ -33,13 +33,13 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scheduler.api import MAX_BODY_BYTES, create_app
-from scheduler.catalog import MAX_FILE_BYTES, load_catalog, load_paths
-from scheduler.errors import InvalidRequest, LessonError
-from scheduler.lessons import parse_lesson
-from scheduler.plan import make_plan
-from scheduler.render import network_policy, pods, render
-from scheduler.service import validate_session
+from scheduler.core.errors import InvalidRequest, LessonError
+from scheduler.core.lessons import parse_lesson
+from scheduler.core.plan import make_plan
+from scheduler.core.render import network_policy, pods, render
+from scheduler.http.api import MAX_BODY_BYTES, create_app
+from scheduler.services.catalog import MAX_FILE_BYTES, load_catalog, load_paths
+from scheduler.services.lifecycle import validate_session
 from scheduler.settings import Settings
 from tests.support.lessons import REPO
 
@@ -193,7 +193,7 @@ def test_every_name_a_backend_gets_is_plain(names: list[str], data: st.DataObjec
         "connections": [{"a": a, "b": b} for a, b in chosen],
     }
     path = Path("/nonexistent/lesson.yaml")
-    from scheduler.lessons import resolve
+    from scheduler.core.lessons import resolve
 
     lesson = resolve(parse_lesson(yaml.safe_dump(doc), str(path)), str(path), None)
     plan = make_plan(lesson, "abcdefghij", session, instance="sec-x")
@@ -332,7 +332,7 @@ def test_a_catalog_file_over_the_limit_is_refused_with_a_clear_error(tmp_path: P
 
 
 def _load_with_timeout(target: Path, timeout: float = 5.0) -> subprocess.CompletedProcess[str]:
-    code = "import sys; from scheduler.catalog import load_catalog; load_catalog(sys.argv[1])"
+    code = "import sys; from scheduler.services.catalog import load_catalog; load_catalog(sys.argv[1])"
     return subprocess.run(
         [sys.executable, "-c", code, str(target)], cwd=REPO, capture_output=True, text=True, timeout=timeout
     )

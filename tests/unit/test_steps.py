@@ -3,7 +3,7 @@ it names is a task the workers register."""
 
 from __future__ import annotations
 
-from scheduler import steps
+from scheduler.core import steps
 
 
 def test_the_chain_runs_from_request_to_ready_in_order() -> None:

@@ -5,7 +5,7 @@ Guarantees every implementation keeps:
 - ``destroy`` accepts any id (typically one ``list`` returned); objects already gone count as destroyed,
   and only objects carrying this instance's, this deployment's and this live lesson's mark are touched;
 - each method's docstring below is its contract; tests/contract runs it against every backend;
-- errors are :mod:`scheduler.errors` types, so callers read ``transient`` instead of guessing.
+- errors are :mod:`scheduler.core.errors` types, so callers read ``transient`` instead of guessing.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from scheduler.plan import Plan
-from scheduler.records import PodKind
+from scheduler.core.plan import Plan
+from scheduler.core.records import PodKind
 
 __all__ = ["Backend", "ExecResult", "InterfaceStatus", "Observation", "PodStatus"]
 

@@ -3,7 +3,7 @@
 - ``call``: one API call, bounded in time, retried by tenacity on transient errors only (429 with
   Retry-After, 500/502/503/504, connection resets and timeouts: the API server or a proxy was briefly
   unable); other 4xx errors are permanent and never retried.
-- ``translate``: an ``ApiException`` as a :mod:`scheduler.errors` type (``TemporaryError`` or
+- ``translate``: an ``ApiException`` as a :mod:`scheduler.core.errors` type (``TemporaryError`` or
   :class:`ApiError`), always raised ``from`` the client's exception.
 - ``list_watch``: list, then watch from the listing's resourceVersion, listing again on 410 Gone.
 """
@@ -22,7 +22,7 @@ from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 from tenacity import RetryCallState, retry, retry_if_exception, stop_after_delay
 
-from scheduler.errors import PermanentError, SchedulerError, TemporaryError
+from scheduler.core.errors import PermanentError, SchedulerError, TemporaryError
 
 __all__ = [
     "REQUEST_TIMEOUT",

@@ -1,6 +1,6 @@
 """The kubernetes backend: the real deployment, on the official client.
 
-Objects come from ``scheduler.render`` (the same YAML ``lessonctl render`` prints). Every create is
+Objects come from ``scheduler.core.render`` (the same YAML ``lessonctl render`` prints). Every create is
 create-or-get: 409 AlreadyExists counts as done once the object's labels show it is ours (this instance,
 this deployment, this live lesson). Each lesson namespace gets its grant first (``grant``); API calls are
 bounded, retried and translated by ``api``; pods are read into statuses by ``status``.
@@ -24,11 +24,11 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.stream import stream
 
-from scheduler import naming
-from scheduler.errors import PermanentError, PrerequisiteMissing, SchedulerError, TemporaryError
-from scheduler.naming import LABEL_DEPLOYMENT, LABEL_INSTANCE, LABEL_LIVELESSON, LABEL_MANAGED_BY, MANAGED_BY
-from scheduler.plan import Plan
-from scheduler.render import namespace, network_attachment_definitions, network_policy, pods
+from scheduler.core import naming
+from scheduler.core.errors import PermanentError, PrerequisiteMissing, SchedulerError, TemporaryError
+from scheduler.core.naming import LABEL_DEPLOYMENT, LABEL_INSTANCE, LABEL_LIVELESSON, LABEL_MANAGED_BY, MANAGED_BY
+from scheduler.core.plan import Plan
+from scheduler.core.render import namespace, network_attachment_definitions, network_policy, pods
 from scheduler.settings import Settings
 from workers.backends.base import Backend, ExecResult, Observation
 from workers.backends.kubernetes.api import (

@@ -14,9 +14,9 @@ from typing import Any
 
 from kubernetes import client
 
-from scheduler.errors import PermanentError, TemporaryError
-from scheduler.plan import Plan
-from scheduler.render import role_binding, subject_for
+from scheduler.core.errors import PermanentError, TemporaryError
+from scheduler.core.plan import Plan
+from scheduler.core.render import role_binding, subject_for
 from workers.backends.kubernetes.api import ApiError, call
 
 __all__ = ["GRANT_WAIT_SECONDS", "Grant"]

@@ -8,8 +8,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from scheduler.plan import Plan
-from scheduler.render import NETWORK_STATUS_ANNOTATION
+from scheduler.core.plan import Plan
+from scheduler.core.render import NETWORK_STATUS_ANNOTATION
 from workers.backends.base import InterfaceStatus, Observation, PodStatus
 
 __all__ = ["FATAL_WAITING", "observation", "pod_status", "settled"]

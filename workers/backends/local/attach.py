@@ -12,8 +12,8 @@ from typing import Any
 
 import structlog
 
-from scheduler.errors import SchedulerError
-from scheduler.plan import Interface, Plan, Pod
+from scheduler.core.errors import SchedulerError
+from scheduler.core.plan import Attachment, Plan, Pod
 from workers.backends.local import cni
 from workers.backends.local.netns import NETNS_DIR
 from workers.backends.local.ownership import Ownership, read_json, write_json
@@ -53,7 +53,7 @@ class Attachments:
         return False
 
     def ensure(
-        self, plan: Plan, pod: Pod, itf: Interface, present: dict[str, list[str]], node_links: dict[str, Link]
+        self, plan: Plan, pod: Pod, itf: Attachment, present: dict[str, list[str]], node_links: dict[str, Link]
     ) -> None:
         ifname, network = itf.name, plan.network(itf.network)
         path = self.result_file(plan.livelesson, pod.endpoint, ifname)

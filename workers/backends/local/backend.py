@@ -48,9 +48,9 @@ from typing import Any, TypeVar
 
 import structlog
 
-from scheduler import naming
-from scheduler.errors import PermanentError, TemporaryError
-from scheduler.plan import Interface, Plan, Pod
+from scheduler.core import naming
+from scheduler.core.errors import PermanentError, TemporaryError
+from scheduler.core.plan import Attachment, Plan, Pod
 from workers.backends.base import Backend, ExecResult, InterfaceStatus, Observation, PodStatus
 from workers.backends.local import cni, netns, rtnetlink
 from workers.backends.local.attach import Attachments
@@ -161,7 +161,7 @@ class LocalBackend(Backend):
         present = {p.endpoint: a for p, a in zip(plan.pods, found, strict=True)}
         missing = [p for p in plan.pods if not self._processes.process_ok(plan.livelesson, p)]
 
-        def attach(pod: Pod, itf: Interface) -> Callable[[], None]:
+        def attach(pod: Pod, itf: Attachment) -> Callable[[], None]:
             return lambda: self._attachments.ensure(plan, pod, itf, present[pod.endpoint], node_links)
 
         # the launcher and every CNI ADD at once: they touch different objects

@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from scheduler.errors import PermanentError, PrerequisiteMissing, TemporaryError
+from scheduler.core.errors import PermanentError, PrerequisiteMissing, TemporaryError
 from workers.backends.local import netns as _netns
 
 __all__ = ["CniError", "CniResult", "add", "delete", "netns_path", "plugin"]

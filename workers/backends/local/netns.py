@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from scheduler.errors import PermanentError, PrerequisiteMissing, TemporaryError
+from scheduler.core.errors import PermanentError, PrerequisiteMissing, TemporaryError
 
 __all__ = [
     "NETNS_DIR",

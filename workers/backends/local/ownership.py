@@ -24,10 +24,10 @@ from typing import Any
 
 import structlog
 
-from scheduler import naming
-from scheduler.errors import PermanentError
-from scheduler.plan import Plan
-from scheduler.records import ID_PATTERN, check_id
+from scheduler.core import naming
+from scheduler.core.errors import PermanentError
+from scheduler.core.plan import Plan
+from scheduler.core.records import ID_PATTERN, check_id
 
 __all__ = ["Ownership", "read_json", "write_json"]
 

@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from scheduler.errors import TemporaryError
-from scheduler.plan import Plan, Pod
+from scheduler.core.errors import TemporaryError
+from scheduler.core.plan import Plan, Pod
 from workers.backends.local.netns import NETNS_DIR
 from workers.backends.local.ownership import Ownership
 

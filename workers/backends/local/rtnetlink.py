@@ -13,7 +13,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
-from scheduler.errors import PermanentError, TemporaryError
+from scheduler.core.errors import PermanentError, TemporaryError
 from workers.backends.local.netns import exists, in_netns
 
 __all__ = [

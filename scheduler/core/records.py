@@ -10,8 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from scheduler.errors import InvalidRequest, shorten
-from scheduler.steps import ACTIVE, PROVISIONING, STEP_STATUS, STEPS, TERMINAL, Status
+from scheduler.core.errors import InvalidRequest, shorten
+from scheduler.core.steps import ACTIVE, PROVISIONING, STEP_STATUS, STEPS, TERMINAL, Status
 
 __all__ = [
     "ACTIVE",
@@ -23,7 +23,7 @@ __all__ = [
     "STEP_STATUS",
     "TERMINAL",
     "Check",
-    "Endpoint",
+    "EndpointState",
     "Interface",
     "LiveLesson",
     "PodKind",
@@ -77,7 +77,7 @@ class Interface(_Model):
     address: str | None = None
 
 
-class Endpoint(_Model):
+class EndpointState(_Model):
     pod: str
     ready: bool = False
     interfaces: list[Interface] = Field(default_factory=list)
@@ -122,7 +122,7 @@ class LiveLesson(_Model):
     # what a pod is: a container running the endpoint's image, or an emulated stand-in (a process that
     # listens on the declared ports; the image and command are not run). Known once pods are scheduled.
     pods: PodKind | None = None
-    endpoints: dict[str, Endpoint] = Field(default_factory=dict)
+    endpoints: dict[str, EndpointState] = Field(default_factory=dict)
     checks: list[Check] = Field(default_factory=list)
     error: StepError | None = None
 

@@ -448,7 +448,7 @@ def write_token_kubeconfig(path: Path, server: str, *, token: str, ca: Path) -> 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--state", type=Path, default=Path(__file__).resolve().parents[2] / ".k8s")
+    parser.add_argument("--state", type=Path, default=Path(__file__).resolve().parents[3] / ".k8s")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--fault", action="append", default=[], help="VERB:RESOURCE:KIND[:TIMES], '*' for any")
     args = parser.parse_args(argv)

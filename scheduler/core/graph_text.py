@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from scheduler.topology import COLOURS, Edge, Topology
+from scheduler.core.topology import COLOURS, Edge, Topology
 
 __all__ = ["to_dot", "to_mermaid"]
 

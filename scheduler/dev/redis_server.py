@@ -11,7 +11,7 @@ from pathlib import Path
 
 import redis
 
-from scheduler.errors import PrerequisiteMissing, TemporaryError
+from scheduler.core.errors import PrerequisiteMissing, TemporaryError
 
 __all__ = ["PrivateRedis", "free_port"]
 

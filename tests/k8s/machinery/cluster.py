@@ -7,7 +7,7 @@
     cluster.py down     stop everything by PID, undo the agent's network namespaces, remove .k8s/.
     cluster.py status   exit 0 if the cluster is up and answering.
 
-The binaries come from `make k8s-tools` (tests/k8s/build-tools.sh); nothing is downloaded here.
+The binaries come from `make k8s-tools` (tests/k8s/machinery/build-tools.sh); nothing is downloaded here.
 Standard library only, so any python3 can run it; the node agent runs with the project's venv.
 
 Environment: LESSON_K8S_STATE (default <repo>/.k8s), LESSON_K8S_NODES (default 3),
@@ -31,7 +31,7 @@ import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
+REPO = HERE.parents[2]
 STATE = Path(os.environ.get("LESSON_K8S_STATE") or REPO / ".k8s").resolve()
 MARKER = STATE / ".lesson-scheduler-test-cluster"
 NODES = int(os.environ.get("LESSON_K8S_NODES", "3"))
@@ -321,7 +321,7 @@ def write_wrappers() -> Path:
     script = wrappers / "netns-exec"
     script.write_text(f"""#!/bin/sh
 # `kubectl exec POD -- CMD` on a kwok node: the kwok controller runs CMD from this directory, with the
-# env of the pod's Exec resource (written by tests/k8s/node_agent.py). Run CMD in the pod's network
+# env of the pod's Exec resource (written by tests/k8s/machinery/node_agent.py). Run CMD in the pod's network
 # namespace, never in the root one, and confined like a container's process: as nobody, no_new_privs,
 # CAP_NET_RAW only, with a PATH of wrapped commands only.
 PATH={REAL_PATH}

@@ -37,10 +37,10 @@ from typing import Any
 import redis
 import structlog
 
-from scheduler import naming
-from scheduler.errors import AtCapacity, LimitExceeded, NotFound, TemporaryError
-from scheduler.metrics import Metrics
-from scheduler.records import ACTIVE, ID_PATTERN, PROVISIONING, TERMINAL, LiveLesson, Status, check_id, new_id, now
+from scheduler.core import naming
+from scheduler.core.errors import AtCapacity, LimitExceeded, NotFound, TemporaryError
+from scheduler.core.records import ACTIVE, ID_PATTERN, PROVISIONING, TERMINAL, LiveLesson, Status, check_id, new_id, now
+from scheduler.services.metrics import Metrics
 from scheduler.settings import Settings
 
 __all__ = ["LEASED", "Created", "Store", "connect", "parse_status_message", "status_message"]

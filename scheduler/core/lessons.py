@@ -1,7 +1,7 @@
 """The lesson model, in two stages: raw (as written, Antidote's `lesson.meta.yaml`) and resolved.
 
-Pure: text in, models or a :class:`~scheduler.errors.LessonError` out. Reading files is
-``scheduler.catalog``'s job. Every problem names the source, the path inside it
+Pure: text in, models or a :class:`~scheduler.core.errors.LessonError` out. Reading files is
+``scheduler.services.catalog``'s job. Every problem names the source, the path inside it
 (``connections[1].subnet``) and what is wrong in words.
 """
 
@@ -27,7 +27,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from scheduler.errors import LessonError, Problem, shorten
+from scheduler.core.errors import LessonError, Problem, shorten
 
 __all__ = [
     "DNS1123_LABEL",

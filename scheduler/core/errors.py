@@ -17,7 +17,7 @@
 Backend and client errors are translated at the boundary, always keeping the cause
 (``raise TemporaryError(...) from exc``), so retry policy reads ``transient`` instead of guessing from
 exception types it does not own. The HTTP API maps this tree to status codes in one place
-(``scheduler/api.py``: ``STATUS_FOR``).
+(``scheduler/http/api.py``: ``STATUS_FOR``).
 """
 
 from __future__ import annotations

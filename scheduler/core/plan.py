@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from scheduler import naming
-from scheduler.errors import LessonError, PermanentError, Problem
-from scheduler.lessons import ResolvedLesson
-from scheduler.naming import (
+from scheduler.core import naming
+from scheduler.core.errors import LessonError, PermanentError, Problem
+from scheduler.core.lessons import ResolvedLesson
+from scheduler.core.naming import (
     LABEL_DEPLOYMENT,
     LABEL_ENDPOINT,
     LABEL_INSTANCE,
@@ -28,7 +28,7 @@ from scheduler.naming import (
     network_name,
 )
 
-__all__ = ["CNI_VERSION", "Check", "Interface", "Network", "Plan", "Pod", "make_plan"]
+__all__ = ["CNI_VERSION", "Attachment", "Network", "Plan", "Pod", "Probe", "make_plan"]
 
 CNI_VERSION = "0.4.0"
 
@@ -65,7 +65,7 @@ class Network:
 
 
 @dataclass(frozen=True)
-class Interface:
+class Attachment:
     name: str  # net1, net2, ... in connection definition order
     network: str  # the Network's nad name
     peer: str
@@ -83,11 +83,11 @@ class Pod:
     args: tuple[str, ...] | None
     forwarding: bool
     labels: Mapping[str, str]
-    interfaces: tuple[Interface, ...]
+    interfaces: tuple[Attachment, ...]
 
 
 @dataclass(frozen=True)
-class Check:
+class Probe:
     """Ping ``target`` from ``source`` over ``network``; the address is known only once pods are up."""
 
     source: str
@@ -107,7 +107,7 @@ class Plan:
     labels: Mapping[str, str]
     networks: tuple[Network, ...]
     pods: tuple[Pod, ...]
-    checks: tuple[Check, ...]
+    checks: tuple[Probe, ...]
     node_netns: str = field(default="")
     deployment: str = ""
 
@@ -190,7 +190,7 @@ def make_plan(
     for ep in lesson.endpoints:
         mine = [n for n in networks if ep.name in (n.a, n.b)]
         interfaces = tuple(
-            Interface(f"net{k}", n.nad, n.b if n.a == ep.name else n.a) for k, n in enumerate(mine, start=1)
+            Attachment(f"net{k}", n.nad, n.b if n.a == ep.name else n.a) for k, n in enumerate(mine, start=1)
         )
         pods.append(
             Pod(
@@ -212,7 +212,7 @@ def make_plan(
     for n in networks:
         for src, dst in ((n.a, n.b), (n.b, n.a)):
             iface = next(i.name for i in by_name[dst].interfaces if i.network == n.nad)
-            checks.append(Check(src, dst, n.nad, iface))
+            checks.append(Probe(src, dst, n.nad, iface))
     return Plan(
         livelesson=livelesson,
         lesson=lesson.slug,

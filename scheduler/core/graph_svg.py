@@ -8,7 +8,7 @@ import math
 from collections.abc import Iterable
 from html import escape
 
-from scheduler.topology import COLOURS, Edge, LinkState, Topology
+from scheduler.core.topology import COLOURS, Edge, LinkState, Topology
 
 __all__ = ["to_svg"]
 

@@ -11,8 +11,8 @@ import re
 import time
 from dataclasses import dataclass
 
-from scheduler.errors import SchedulerError
-from scheduler.plan import Check, Plan
+from scheduler.core.errors import SchedulerError
+from scheduler.core.plan import Plan, Probe
 from workers.backends.base import Backend
 
 __all__ = ["Burst", "PingResult", "parse_ping", "ping_argv", "run_check"]
@@ -70,7 +70,7 @@ def ping_argv(address: str, count: int = 1, wait_s: int = 1, interval: float | N
 
 
 def run_check(
-    backend: Backend, plan: Plan, check: Check, address: str, *, deadline: float, burst: Burst | None = None
+    backend: Backend, plan: Plan, check: Probe, address: str, *, deadline: float, burst: Burst | None = None
 ) -> PingResult:
     """Ping once at a time until a reply or the deadline, then measure the link with a burst."""
     burst = burst or Burst()

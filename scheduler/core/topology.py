@@ -4,7 +4,7 @@ state of their pings. Pure.
 A :class:`Topology` is built from a plan (every subnet already decided) and, for a live lesson, its record:
 then each endpoint carries its interface addresses and each link the state of its pings, ``ok`` (both
 directions passed), ``failed`` (a ping on it failed) or ``unknown`` (not measured yet). The writers
-(:mod:`scheduler.graph_text`, :mod:`scheduler.graph_svg`) only draw a Topology.
+(:mod:`scheduler.core.graph_text`, :mod:`scheduler.core.graph_svg`) only draw a Topology.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from scheduler.errors import LessonError
-from scheduler.lessons import ResolvedLesson
-from scheduler.plan import Plan, make_plan
-from scheduler.records import LiveLesson
+from scheduler.core.errors import LessonError
+from scheduler.core.lessons import ResolvedLesson
+from scheduler.core.plan import Plan, make_plan
+from scheduler.core.records import LiveLesson
 
 __all__ = [
     "COLOURS",

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from scheduler.errors import LessonError, Problem, shorten
-from scheduler.lessons import Image, ResolvedLesson, parse_image, parse_lesson, resolve
+from scheduler.core.errors import LessonError, Problem, shorten
+from scheduler.core.lessons import Image, ResolvedLesson, parse_image, parse_lesson, resolve
 
 if TYPE_CHECKING:
     from scheduler.settings import Settings

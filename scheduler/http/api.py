@@ -17,9 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from scheduler.auth import token_ok
-from scheduler.catalog import Catalog, configured_catalog
-from scheduler.errors import (
+from scheduler.core.errors import (
     AtCapacity,
     InvalidRequest,
     LessonError,
@@ -30,12 +28,14 @@ from scheduler.errors import (
     TemporaryError,
     shorten,
 )
-from scheduler.metrics import RedisCollector
-from scheduler.pages import add_pages
-from scheduler.records import ID_PATTERN, SESSION_PATTERN, TERMINAL, LiveLesson, Status
-from scheduler.service import delete_lesson, request_lesson
+from scheduler.core.records import ID_PATTERN, SESSION_PATTERN, TERMINAL, LiveLesson, Status
+from scheduler.http.auth import token_ok
+from scheduler.http.pages import add_pages
+from scheduler.services.catalog import Catalog, configured_catalog
+from scheduler.services.lifecycle import delete_lesson, request_lesson
+from scheduler.services.metrics import RedisCollector
+from scheduler.services.state import UNAVAILABLE, Store, parse_status_message
 from scheduler.settings import Settings, get_settings
-from scheduler.state import UNAVAILABLE, Store, parse_status_message
 
 __all__ = ["MAX_BODY_BYTES", "MAX_WAITERS", "MAX_WAIT_SECONDS", "StatusHub", "create_app"]
 
@@ -235,7 +235,7 @@ class LessonSummary(BaseModel):
     connections: int
 
 
-class Problem(BaseModel):
+class ErrorBody(BaseModel):
     detail: str
 
 
@@ -284,7 +284,7 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
-    errors: dict[int | str, dict[str, Any]] = {401: {"model": Problem}, 404: {"model": Problem}}
+    errors: dict[int | str, dict[str, Any]] = {401: {"model": ErrorBody}, 404: {"model": ErrorBody}}
 
     def livelesson_id(livelesson: str) -> str:
         if not ID_PATTERN.fullmatch(livelesson):
@@ -317,8 +317,8 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
         "/livelessons",
         status_code=202,
         response_model=LiveLesson,
-        responses={**errors, 200: {"model": LiveLesson}, 400: {"model": Problem}, 413: {"model": Problem},
-                   422: {"model": InvalidBody}, 429: {"model": Problem}, 503: {"model": Problem}},
+        responses={**errors, 200: {"model": LiveLesson}, 400: {"model": ErrorBody}, 413: {"model": ErrorBody},
+                   422: {"model": InvalidBody}, 429: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     )  # fmt: skip
     def create(body: LessonRequest, response: Response) -> LiveLesson:
         created = request_lesson(settings, store, catalog, body.lesson, body.session)
@@ -334,7 +334,7 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     @v1.get(
         "/livelessons/{livelesson}",
         response_model=LiveLesson,
-        responses={**errors, 422: {"model": InvalidBody}, 503: {"model": Problem}},
+        responses={**errors, 422: {"model": InvalidBody}, 503: {"model": ErrorBody}},
         description="The live lesson's record. With `wait_for`, a long-poll: the answer comes as soon as the "
         "status is one of `wait_for` or terminal (`failed`, `deleted`: it will never change again), or after "
         f"`timeout` seconds (0-{MAX_WAIT_SECONDS}, default 30) with the record as it is then; 200 either way, "
@@ -380,7 +380,7 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     def delete(livelesson: str) -> LiveLesson:
         return delete_lesson(settings, store, livelesson_id(livelesson))
 
-    @v1.get("/lessons", response_model=list[LessonSummary], responses={401: {"model": Problem}})
+    @v1.get("/lessons", response_model=list[LessonSummary], responses={401: {"model": ErrorBody}})
     def lessons() -> list[LessonSummary]:
         return [
             LessonSummary(

@@ -7,8 +7,8 @@ from typing import Any
 
 import yaml
 
-from scheduler.naming import LABEL_LIVELESSON
-from scheduler.plan import Plan, Pod
+from scheduler.core.naming import LABEL_LIVELESSON
+from scheduler.core.plan import Plan, Pod
 
 __all__ = [
     "LESSON_ROLE",

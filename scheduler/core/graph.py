@@ -1,13 +1,13 @@
 """Topology pictures of a lesson, or of a live lesson, as Mermaid, Graphviz dot or SVG: the one entry
-point the CLI and the status page use. The model and its builders live in :mod:`scheduler.topology`, the
-writers in :mod:`scheduler.graph_text` and :mod:`scheduler.graph_svg`. Pure.
+point the CLI and the status page use. The model and its builders live in :mod:`scheduler.core.topology`, the
+writers in :mod:`scheduler.core.graph_text` and :mod:`scheduler.core.graph_svg`. Pure.
 """
 
 from __future__ import annotations
 
-from scheduler.graph_svg import to_svg
-from scheduler.graph_text import to_dot, to_mermaid
-from scheduler.topology import (
+from scheduler.core.graph_svg import to_svg
+from scheduler.core.graph_text import to_dot, to_mermaid
+from scheduler.core.topology import (
     COLOURS,
     FORMATS,
     Edge,
@@ -28,12 +28,12 @@ __all__ = [
     "LinkState",
     "Node",
     "Topology",
+    "draw",
     "from_plan",
     "from_record",
     "lesson_topology",
     "live_topology",
     "livelesson_topology",
-    "render",
     "to_dot",
     "to_mermaid",
     "to_svg",
@@ -43,7 +43,7 @@ __all__ = [
 RENDERERS = {"mermaid": to_mermaid, "dot": to_dot, "svg": to_svg}
 
 
-def render(topology: Topology, fmt: str = "mermaid") -> str:
+def draw(topology: Topology, fmt: str = "mermaid") -> str:
     try:
         return RENDERERS[fmt](topology)
     except KeyError as exc:

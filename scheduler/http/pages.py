@@ -24,13 +24,13 @@ import redis
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from scheduler.auth import COOKIE, COOKIE_MAX_AGE, token_ok
-from scheduler.catalog import Catalog
-from scheduler.errors import TemporaryError
-from scheduler.graph import livelesson_topology, to_svg
-from scheduler.records import EMULATED_NOTE, ID_PATTERN, PROVISIONING, STEPS, LiveLesson, now
+from scheduler.core.errors import TemporaryError
+from scheduler.core.graph import livelesson_topology, to_svg
+from scheduler.core.records import EMULATED_NOTE, ID_PATTERN, PROVISIONING, STEPS, LiveLesson, now
+from scheduler.http.auth import COOKIE, COOKIE_MAX_AGE, token_ok
+from scheduler.services.catalog import Catalog
+from scheduler.services.state import Store
 from scheduler.settings import Settings
-from scheduler.state import Store
 
 __all__ = ["COOKIE", "add_pages"]
 

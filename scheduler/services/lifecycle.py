@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from scheduler.catalog import Catalog
-from scheduler.errors import InvalidRequest, NotFound, shorten
-from scheduler.queue import enqueue_step
-from scheduler.records import ACTIVE, SESSION_PATTERN, LiveLesson, check_id
+from scheduler.core.errors import InvalidRequest, NotFound, shorten
+from scheduler.core.records import ACTIVE, SESSION_PATTERN, LiveLesson, check_id
+from scheduler.services.catalog import Catalog
+from scheduler.services.queue import enqueue_step
+from scheduler.services.state import Created, Store
 from scheduler.settings import Settings
-from scheduler.state import Created, Store
 
 __all__ = ["delete_lesson", "request_lesson", "validate_session", "validate_slug"]
 
