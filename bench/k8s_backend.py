@@ -11,7 +11,8 @@ with a private redis-server and a real Celery worker running as the worker's Ser
    ("teardown"). The goal: no polling loops, and a count that grows linearly with endpoints (E) plus
    connections (C). What the backend should need: namespace + the RoleBinding that grants the lesson role
    there + NetworkPolicy + C NADs + E pods (creates), a list and a watch of the pods (one more pair per
-   2-second slice that wait_ready needs), and one exec per ping, 2C: 5 + E + 3C. Counted apart ("self"):
+   2-second slice that wait_ready needs), and two execs per link direction (a ping until the first reply,
+   then the measuring burst), 4C: 5 + E + 5C. Counted apart ("self"):
    the SelfSubjectReview (once per backend) and the SelfSubjectAccessReviews that wait for the grant to
    take effect (usually one). Teardown: get, delete, list, watch of the namespace: 4.
 2. timing: ``--runs`` live lessons of each of the triangle and a 10-node ring, straight to the API server
@@ -55,7 +56,7 @@ from tests.support.k8s import INSTANCES_CONFIGMAP, WORKER_SA, probe_namespace  #
 from tests.support.waits import wait_for  # noqa: E402
 from workers.celery_process import CeleryProcess  # noqa: E402
 
-CLUSTER = REPO / "tests" / "k8s" / "cluster.py"
+CLUSTER = REPO / "tests" / "k8s" / "machinery" / "cluster.py"
 STATE = REPO / ".k8s"
 DEFAULT_LESSONS = ["busybox-line", "busybox-triangle", "busybox-hub", "ring-10", "ring-20"]
 TIMED = ["busybox-triangle", "ring-10"]
@@ -156,7 +157,7 @@ def print_requests(rows: list[dict[str, Any]]) -> None:
     print("\nAPI requests per lesson, counted at the proxy (worker as its ServiceAccount)")
     head = " | ".join(f"{v:>6}" for v in VERBS)
     print(
-        f"| {'lesson':<17} | {'E':>2} | {'C':>2} | {head} | {'total':>5} | {'5+E+3C':>6} | {'self':>4} "
+        f"| {'lesson':<17} | {'E':>2} | {'C':>2} | {head} | {'total':>5} | {'5+E+5C':>6} | {'self':>4} "
         f"| {'teardown':>8} |"
     )
     print(
@@ -166,7 +167,7 @@ def print_requests(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         p, t = row["provision"], row["teardown"]
         counts = " | ".join(f"{p.get(v, 0):>6}" for v in VERBS)
-        model = 5 + row["E"] + 3 * row["C"]
+        model = 5 + row["E"] + 5 * row["C"]
         extra = sorted(set(p) - set(VERBS))
         note = f" (+{', '.join(f'{k} {p[k]}' for k in extra)})" if extra else ""
         total = sum(p.values())
