@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := redis-server containernetworking-plugins iproute2 iputils-ping util-linux procps
 # only the tests need these: headless Chromium for the status page, and a font for its screenshot
-TEST_APT_PACKAGES := chromium fonts-dejavu-core openssl
+TEST_APT_PACKAGES := chromium fonts-dejavu-core openssl containerd runc busybox-static
 # a stamp per input, so `make` reinstalls only when pyproject.toml changes
 STAMP := $(VENV)/.installed
 

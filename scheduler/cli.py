@@ -20,7 +20,7 @@ from rich.table import Table
 
 from scheduler.core.errors import InvalidRequest, LessonError, LimitExceeded, NotFound, SchedulerError
 from scheduler.core.plan import make_plan
-from scheduler.core.records import EMULATED_NOTE, LiveLesson, new_id, now
+from scheduler.core.records import EMULATED_NOTE, LiveLesson, new_id, now, substitute_note
 from scheduler.core.render import render as render_objects
 from scheduler.core.render import to_yaml
 from scheduler.services.catalog import Catalog, configured_catalog
@@ -82,6 +82,8 @@ def print_record(record: LiveLesson, as_json: bool) -> None:
     out.print(f"[bold]{record.id}[/bold]  {record.lesson}  session={record.session}  status={_status(record.status)}")
     if record.error:
         out.print(f"  [red]error in {record.error.step}:[/red] {record.error.message}", highlight=False)
+    if record.image_substitute:
+        out.print(f"  {substitute_note(record.image_substitute)}", style="yellow", markup=False, highlight=False)
     if record.endpoints:
         out.print(_endpoints_table(record))
     if record.checks:
@@ -168,7 +170,12 @@ def render_command(path: Path, session: str, livelesson: str | None, slug: str |
         catalog = configured_catalog(settings, [path])
         lesson = _pick(catalog, slug)
         plan = make_plan(
-            lesson, livelesson or new_id(), session, instance=settings.instance, subnet_pool=settings.subnet_pool
+            lesson,
+            livelesson or new_id(),
+            session,
+            instance=settings.instance,
+            subnet_pool=settings.subnet_pool,
+            image_substitute=settings.image_substitute,
         )
         click.echo(to_yaml(render_objects(plan)), nl=False)
 
@@ -331,9 +338,7 @@ def serve(host: str, port: int) -> None:
 
 @main.command()
 @click.argument("path", required=False, type=click.Path(path_type=Path))
-@click.option(
-    "--format", "fmt", type=click.Choice(["mermaid", "dot", "svg"]), default="mermaid", show_default=True
-)
+@click.option("--format", "fmt", type=click.Choice(["mermaid", "dot", "svg"]), default="mermaid", show_default=True)
 @click.option("--livelesson", default=None, metavar="ID", help="Draw a live lesson: addresses, links by ping result.")
 @click.option("--lesson", "slug", default=None, help="Which lesson, when PATH holds several.")
 def graph(path: Path | None, fmt: str, livelesson: str | None, slug: str | None) -> None:

@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from scheduler.core.lessons import check_special, is_dns1123_label
+from scheduler.core.lessons import check_image_reference, check_special, is_dns1123_label
 
 __all__ = ["Settings", "get_settings"]
 
@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     )
     cni_path: Path = Field(Path("/usr/lib/cni"), description="Where the CNI plugins (bridge, host-local) live.")
     image_registry: str = Field("antidotelabs", description="Prefix for catalog image slugs on Kubernetes.")
+    image_substitute: str | None = Field(
+        None,
+        description="An image reference every endpoint runs instead of its own (e.g. `busybox`), for machines "
+        "that cannot pull the lessons' images; an endpoint without a `command` then runs `sleep infinity`. "
+        "Off when unset or empty; the record and the status page say when it is on.",
+    )
     step_max_attempts: int = Field(5, ge=1, description="Attempts per step on transient errors before failing.")
     visibility_timeout_seconds: int = Field(
         600, ge=5, description="Redis redelivers an unacknowledged task after this; above every time limit."
@@ -84,6 +90,16 @@ class Settings(BaseSettings):
     def _token(cls, value: str | None) -> str | None:
         # an empty LESSON_API_TOKEN= must not mean "a token that equals the empty header"
         return value or None
+
+    @field_validator("image_substitute")
+    @classmethod
+    def _substitute(cls, value: str | None) -> str | None:
+        # empty means off, like an unset variable; anything else must be an image a runtime can pull
+        if not value:
+            return None
+        if (why := check_image_reference(value)) is not None:
+            raise ValueError(f"LESSON_IMAGE_SUBSTITUTE {why}")
+        return value
 
     @field_validator("subnet_pool")
     @classmethod

@@ -81,6 +81,7 @@ class Pipeline:
             instance=record.instance,
             subnet_pool=self.settings.subnet_pool,
             deployment=self.store.deployment(),
+            image_substitute=self.settings.image_substitute,
         )
 
     def deadline_passed(self, record: LiveLesson) -> bool:
@@ -190,11 +191,13 @@ class Pipeline:
 
     def schedule_pods(self, livelesson: str) -> Outcome:
         def body(record: LiveLesson) -> Outcome:
-            self.backend.apply_pods(self.plan(record))
+            plan = self.plan(record)
+            self.backend.apply_pods(plan)
             pods = self.backend.pods
 
             def edit(rec: LiveLesson) -> None:
                 rec.pods = pods
+                rec.image_substitute = plan.image_substitute  # the record says it: never silently
 
             ok = self._finish("schedule_pods", livelesson, "booting", edit)
             return Next(next_task("schedule_pods")) if ok else None

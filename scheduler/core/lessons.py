@@ -41,6 +41,7 @@ __all__ = [
     "ResolvedEndpoint",
     "ResolvedLesson",
     "ResolvedLink",
+    "check_image_reference",
     "check_reserved",
     "check_special",
     "is_dns1123_label",
@@ -63,6 +64,35 @@ SPECIAL_SUBNETS: tuple[tuple[ipaddress.IPv4Network, str], ...] = (
     (ipaddress.IPv4Network("224.0.0.0/4"), "multicast"),
     (ipaddress.IPv4Network("240.0.0.0/4"), "reserved (former class E, with the broadcast address 255.255.255.255)"),
 )
+
+# an image reference as container runtimes parse it (distribution/reference): [host[:port]/]path[:tag][@digest]
+_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?"
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE_REFERENCE = re.compile(
+    rf"^(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+    r"(?::[\w][\w.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$",
+    re.ASCII,
+)
+IMAGE_REFERENCE_MAX = 255
+
+
+def check_image_reference(value: str) -> str | None:
+    """Why ``value`` is not an image reference (``busybox``, ``registry:5000/org/img:1.2@sha256:...``),
+    or None."""
+    if not value:
+        return "is empty"
+    if any(c.isspace() or not c.isprintable() for c in value):
+        return f"{shorten(value)} contains whitespace or control characters"
+    if len(value) > IMAGE_REFERENCE_MAX:
+        return f"{shorten(value[:20] + '...')} is {len(value)} characters; at most {IMAGE_REFERENCE_MAX}"
+    if not IMAGE_REFERENCE.fullmatch(value):
+        return (
+            f"{shorten(value)} is not an image reference such as busybox, busybox:1.36 or "
+            "registry.example:5000/org/image:tag"
+        )
+    return None
+
 
 def _names(names: Sequence[str], limit: int = 10) -> str:
     """A list of known names for a message: the first ``limit``, then how many more."""

@@ -1,7 +1,7 @@
 """The plan: every name, subnet, interface and check of one live lesson, decided here and nowhere else.
 
-Pure and deterministic: the same (lesson, live lesson id, session, instance, pool) gives the same plan.
-Backends execute a plan; they never invent names.
+Pure and deterministic: the same (lesson, live lesson id, session, instance, pool, image substitute) gives
+the same plan. Backends execute a plan; they never invent names.
 """
 
 from __future__ import annotations
@@ -28,9 +28,12 @@ from scheduler.core.naming import (
     network_name,
 )
 
-__all__ = ["CNI_VERSION", "Attachment", "Network", "Plan", "Pod", "Probe", "make_plan"]
+__all__ = ["CNI_VERSION", "SUBSTITUTE_COMMAND", "Attachment", "Network", "Plan", "Pod", "Probe", "make_plan"]
 
 CNI_VERSION = "0.4.0"
+# what a substituted endpoint runs when its lesson gives no command: the substituted image's entrypoint
+# means nothing for the substitute, and a busybox left to its default `sh` would exit at once
+SUBSTITUTE_COMMAND = ("sleep", "infinity")
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,18 @@ class Pod:
     forwarding: bool
     labels: Mapping[str, str]
     interfaces: tuple[Attachment, ...]
+    # the image the lesson declared; differs from ``image`` when LESSON_IMAGE_SUBSTITUTE replaced it
+    # (left empty, it is ``image``)
+    declared_image: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.declared_image:
+            object.__setattr__(self, "declared_image", self.image)
+
+    @property
+    def substituted(self) -> bool:
+        """True when the pod runs LESSON_IMAGE_SUBSTITUTE instead of the image its lesson declared."""
+        return self.image != self.declared_image
 
 
 @dataclass(frozen=True)
@@ -110,6 +125,8 @@ class Plan:
     checks: tuple[Probe, ...]
     node_netns: str = field(default="")
     deployment: str = ""
+    # LESSON_IMAGE_SUBSTITUTE: the image every pod runs instead of its own, or None (each runs its own)
+    image_substitute: str | None = None
 
     def network(self, nad: str) -> Network:
         return next(n for n in self.networks if n.nad == nad)
@@ -126,20 +143,14 @@ class Plan:
 def _subnets(lesson: ResolvedLesson, pool: str) -> list[ipaddress.IPv4Network]:
     explicit = [link.subnet for link in lesson.links]
     taken = [n for n in explicit if n is not None]
-    free = (
-        s for s in ipaddress.IPv4Network(pool).subnets(new_prefix=24) if not any(s.overlaps(t) for t in taken)
-    )
+    free = (s for s in ipaddress.IPv4Network(pool).subnets(new_prefix=24) if not any(s.overlaps(t) for t in taken))
     out = []
     for i, net in enumerate(explicit):
         if net is None:
             net = next(free, None)
             if net is None:
                 raise LessonError(
-                    [
-                        Problem(
-                            lesson.source, f"connections[{i}].subnet", f"the subnet pool {pool} is exhausted"
-                        )
-                    ]
+                    [Problem(lesson.source, f"connections[{i}].subnet", f"the subnet pool {pool} is exhausted")]
                 )
         out.append(net)
     return out
@@ -153,7 +164,15 @@ def make_plan(
     instance: str,
     subnet_pool: str = "10.10.0.0/16",
     deployment: str = "",
+    image_substitute: str | None = None,
 ) -> Plan:
+    """The plan of one live lesson.
+
+    With ``image_substitute`` (LESSON_IMAGE_SUBSTITUTE), every pod runs that image instead of the one its
+    lesson declared (kept as ``Pod.declared_image``). A substituted pod whose lesson gives no ``command``
+    runs ``sleep infinity`` without the lesson's ``args``, which were meant for the declared image's
+    entrypoint. Names, subnets, labels, interfaces and checks do not depend on it."""
+    image_substitute = image_substitute or None
     namespace = naming.namespace(instance, livelesson)
     labels = {
         LABEL_MANAGED_BY: MANAGED_BY,
@@ -188,6 +207,11 @@ def make_plan(
         )
     pods = []
     for ep in lesson.endpoints:
+        image, command, args = ep.image, ep.command, ep.args
+        if image_substitute is not None and image_substitute != ep.image:
+            image = image_substitute
+            if not command:
+                command, args = SUBSTITUTE_COMMAND, None
         mine = [n for n in networks if ep.name in (n.a, n.b)]
         interfaces = tuple(
             Attachment(f"net{k}", n.nad, n.b if n.a == ep.name else n.a) for k, n in enumerate(mine, start=1)
@@ -197,14 +221,15 @@ def make_plan(
                 endpoint=ep.name,
                 name=ep.name,
                 netns=naming.pod_netns(instance, livelesson, ep.name),
-                image=ep.image,
+                image=image,
                 flavor=ep.flavor,
                 ports=ep.ports,
-                command=ep.command,
-                args=ep.args,
+                command=command,
+                args=args,
                 forwarding=ep.forwarding,
                 labels={**labels, LABEL_ENDPOINT: ep.name},
                 interfaces=interfaces,
+                declared_image=ep.image,
             )
         )
     by_name = {p.endpoint: p for p in pods}
@@ -226,4 +251,5 @@ def make_plan(
         checks=tuple(checks),
         node_netns=naming.node_netns(instance),
         deployment=deployment,
+        image_substitute=image_substitute,
     )

@@ -33,11 +33,18 @@ __all__ = [
     "check_id",
     "new_id",
     "now",
+    "substitute_note",
 ]
 
 
 PodKind = Literal["container", "emulated"]
 EMULATED_NOTE = "emulated pods: stand-in processes on the declared ports; the images and commands do not run"
+
+
+def substitute_note(image: str) -> str:
+    """What a record with ``image_substitute`` says, in the CLI and on the status page."""
+    return f"images: every endpoint runs {image} instead of its own image (LESSON_IMAGE_SUBSTITUTE)"
+
 
 ID_ALPHABET = string.ascii_lowercase + string.digits
 ID_PATTERN = re.compile(r"^[a-z0-9]{10}$")
@@ -122,6 +129,9 @@ class LiveLesson(_Model):
     # what a pod is: a container running the endpoint's image, or an emulated stand-in (a process that
     # listens on the declared ports; the image and command are not run). Known once pods are scheduled.
     pods: PodKind | None = None
+    # LESSON_IMAGE_SUBSTITUTE when the pods were scheduled: every endpoint runs this image instead of its
+    # own (None: each runs its own). Set with ``pods``.
+    image_substitute: str | None = None
     endpoints: dict[str, EndpointState] = Field(default_factory=dict)
     checks: list[Check] = Field(default_factory=list)
     error: StepError | None = None

@@ -26,7 +26,15 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from scheduler.core.errors import TemporaryError
 from scheduler.core.graph import livelesson_topology, to_svg
-from scheduler.core.records import EMULATED_NOTE, ID_PATTERN, PROVISIONING, STEPS, LiveLesson, now
+from scheduler.core.records import (
+    EMULATED_NOTE,
+    ID_PATTERN,
+    PROVISIONING,
+    STEPS,
+    LiveLesson,
+    now,
+    substitute_note,
+)
 from scheduler.http.auth import COOKIE, COOKIE_MAX_AGE, token_ok
 from scheduler.services.catalog import Catalog
 from scheduler.services.state import Store
@@ -160,6 +168,8 @@ def _endpoints(record: LiveLesson) -> str:
     if not rows:
         return "<p>No endpoints scheduled yet.</p>"
     note = f'<p class="meta emulated">{escape(EMULATED_NOTE)}.</p>' if record.pods == "emulated" else ""
+    if record.image_substitute:
+        note += f'<p class="meta substitute">{escape(substitute_note(record.image_substitute))}.</p>'
     return note + _table(("endpoint", "pod", "ready", "interface", "network", "address"), rows, "endpoints")
 
 

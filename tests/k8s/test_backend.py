@@ -18,8 +18,20 @@ from kubernetes import client
 
 from scheduler.core.errors import PermanentError
 from scheduler.core.render import NETWORK_STATUS_ANNOTATION
+from scheduler.services.catalog import load_catalog
 from tests.k8s.machinery.api_proxy import ApiProxy
-from tests.support.k8s import RBAC, WORKER_SA, Kubectl, backend, namespace_json, namespaces_of, plan_for, ring_checks
+from tests.support.k8s import (
+    RBAC,
+    REAL_NODE,
+    SLEEPER,
+    WORKER_SA,
+    Kubectl,
+    backend,
+    namespace_json,
+    namespaces_of,
+    plan_for,
+    ring_checks,
+)
 from tests.support.waits import wait_until
 from workers.backends.kubernetes import ApiError
 from workers.backends.kubernetes.api import call
@@ -369,7 +381,7 @@ def test_unschedulable_fails_fast_with_the_schedulers_reason(
             "metadata": {"name": f"blocker-{name}", "namespace": k8s_namespace},
             "spec": {
                 "nodeName": name,
-                "containers": [{"name": "c", "image": "busybox"}],
+                "containers": [SLEEPER],
                 "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
                     "labelSelector": {"matchLabels": {"lessons.io/livelesson": plan.livelesson}},
                     "namespaces": [plan.namespace],
@@ -395,27 +407,50 @@ def test_unschedulable_fails_fast_with_the_schedulers_reason(
     kb.destroy(plan.livelesson)
 
 
+def _pair(tmp_path: Path, image: str, command: str) -> Any:
+    """A catalog of one lesson: h1 runs, h2 runs ``image`` with ``command``."""
+    (tmp_path / "pair.yaml").write_text(
+        "slug: pair\nname: Pair\ncategory: fundamentals\ntier: prod\ndescription: two hosts\nshortDescription: Pair\n"
+        "endpoints:\n- name: h1\n  image: busybox\n  command: [sleep, infinity]\n"
+        f"- name: h2\n  image: {image}\n  command: {command}\n"
+        "connections:\n- a: h1\n  b: h2\n"
+    )
+    return load_catalog(tmp_path)
+
+
 @pytest.mark.root
 @pytest.mark.slow
-def test_crash_loop_fails_fast(
-    worker_kubeconfig: Path, k8s_kubectl: Kubectl, instance: str, k8s_cleanup: list[str]
-) -> None:
+@pytest.mark.parametrize(
+    ("image", "command", "reasons", "detail"),
+    [
+        # the container really exits (status 3): the kubelet restarts it, then backs off
+        ("busybox", "[sh, -c, 'echo going; exit 3']", ("CrashLoopBackOff", "Error"), "exit code 3"),
+        # a real pull from the loopback registry, which has no such repository
+        ("lesson-test/no-such-image:1", "[sleep, infinity]", ("ErrImagePull", "ImagePullBackOff"), "not found"),
+    ],
+    ids=["crashing-container", "image-not-found"],
+)
+def test_a_broken_pod_fails_fast_with_the_kubelets_reason(
+    image: str, command: str, reasons: tuple[str, ...], detail: str, worker_kubeconfig: Path,
+    k8s_kubectl: Kubectl, instance: str, k8s_cleanup: list[str], tmp_path: Path,
+) -> None:  # fmt: skip
     kb = backend(worker_kubeconfig, instance)
-    plan = plan_for("busybox-line", instance)
+    plan = plan_for("pair", instance, catalog=_pair(tmp_path, image, command))
     kb.apply_networks(plan)
     kb.apply_pods(plan)
-    assert kb.observe(plan, wait=30).ready
-    # what a kubelet reports for a container that keeps dying (kwok leaves a Running pod's status alone)
-    status = {"status": {
-        "conditions": [{"type": "Ready", "status": "False", "reason": "ContainersNotReady"}],
-        "containerStatuses": [{"name": "h2", "image": "busybox", "imageID": "", "ready": False, "restartCount": 5,
-                               "state": {"waiting": {"reason": "CrashLoopBackOff",
-                                                     "message": "back-off 5m0s restarting failed container"}}}],
-    }}  # fmt: skip
-    k8s_kubectl("patch", "pod", "h2", "--subresource=status", "--type=strategic", "-p", json.dumps(status),
-                namespace=plan.namespace)  # fmt: skip
-    observation = kb.observe(plan, wait=20)
-    assert observation.pods["h2"].fatal and "CrashLoopBackOff" in (observation.pods["h2"].reason or "")
+    started = time.monotonic()
+    observation = kb.observe(plan, wait=90)
+    took = time.monotonic() - started
+    h2 = observation.pods["h2"]
+    assert h2.fatal and not observation.ready, observation
+    assert h2.node == REAL_NODE
+    assert any(r in (h2.reason or "") for r in reasons), h2.reason
+    assert took < 60, f"took {took:.0f}s: fast means well before the provisioning deadline"
+    # the kubelet's own account, as the pod reports it
+    pod = json.loads(k8s_kubectl("get", "pod", "h2", "-o", "json", namespace=plan.namespace).stdout)
+    state = pod["status"]["containerStatuses"][0]
+    said = json.dumps(state)
+    assert detail in said or detail in (h2.reason or ""), said
     kb.destroy(plan.livelesson)
     assert namespaces_of(k8s_kubectl, instance) == []
 

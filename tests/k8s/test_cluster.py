@@ -1,6 +1,7 @@
 """The test cluster behaves like a real one where the project depends on it: real API server and
-scheduler, kwok nodes that are Ready, the NAD CRD, and a node agent that wires pods with the real CNI
-plugins so that `kubectl exec` runs inside the pod's network namespace."""
+scheduler, a real node (kubelet, containerd, runc, Multus) where the seed runs as written, kwok nodes that
+are Ready, the NAD CRD, and a node agent that wires pods on the kwok nodes with the real CNI plugins so that
+`kubectl exec` runs inside the pod's network namespace."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from tests.support.k8s import REAL_NODE, on_kwok
 from tests.support.waits import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -50,7 +53,7 @@ def _ready(node: dict[str, Any]) -> bool:
 
 def test_three_ready_kwok_nodes_dialed_on_loopback(k8s_kubectl: Kubectl, k8s_cluster: Any) -> None:
     nodes = json.loads(k8s_kubectl("get", "nodes", "-o", "json").stdout)["items"]
-    ready = [n for n in nodes if _ready(n)]
+    ready = [n for n in nodes if _ready(n) and n["metadata"]["name"].startswith(k8s_cluster.NODE_PREFIX)]
     assert len(ready) >= 3, [n["metadata"]["name"] for n in nodes]
     hostnames = {n["metadata"]["labels"]["kubernetes.io/hostname"] for n in ready}
     assert len(hostnames) == len(ready)
@@ -61,6 +64,21 @@ def test_three_ready_kwok_nodes_dialed_on_loopback(k8s_kubectl: Kubectl, k8s_clu
         internal = [a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP"]
         assert internal == ["127.0.0.1"], node["status"]["addresses"]
         assert node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"] == kwok_port
+        # tainted: lesson pods go to the real node; tests of many-node scheduling tolerate the taint
+        assert node["spec"]["taints"] == [k8s_cluster.KWOK_TAINT], node["spec"]
+
+
+def test_the_real_node_is_a_kubelet_on_containerd(k8s_kubectl: Kubectl, k8s_cluster: Any) -> None:
+    node = json.loads(k8s_kubectl("get", "node", REAL_NODE, "-o", "json").stdout)
+    assert _ready(node), node["status"].get("conditions")
+    info = node["status"]["nodeInfo"]
+    assert info["kubeletVersion"] == k8s_cluster.versions()["version"], info
+    assert info["containerRuntimeVersion"].startswith("containerd://"), info
+    assert not node["spec"].get("taints"), node["spec"]  # the cloud-provider taint is gone
+    internal = [a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP"]
+    assert internal == ["127.0.0.1"]  # set as a cloud controller would: the API server dials the kubelet there
+    ports = json.loads((k8s_cluster.STATE / "ports.json").read_text())
+    assert node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"] == ports["kubelet"]
 
 
 def test_control_plane_listens_on_loopback_only(k8s_cluster: Any) -> None:
@@ -101,9 +119,19 @@ def _network_status(pod: dict[str, Any]) -> list[dict[str, Any]] | None:
     return json.loads(raw) if raw else None
 
 
-def test_seed_busybox_example(k8s_kubectl: Kubectl, k8s_namespace: str, k8s_cluster: Any) -> None:
+def _seed_on_kwok() -> str:
+    """The seed's manifest with its pods placed on the kwok nodes (the node agent wires them)."""
+    items = [d for d in yaml.safe_load_all((MANIFESTS / "busybox.yaml").read_text()) if d]
+    items = [on_kwok(d) if d["kind"] == "Pod" else d for d in items]
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+
+
+def test_seed_busybox_example_on_kwok_nodes_via_the_node_agent(
+    k8s_kubectl: Kubectl, k8s_namespace: str, k8s_cluster: Any
+) -> None:
+    """The emulated path (nothing runs on a kwok node): the agent plays Multus and wires the pods."""
     ns = k8s_namespace
-    k8s_kubectl("apply", "-f", str(MANIFESTS / "busybox.yaml"), namespace=ns)
+    k8s_kubectl("apply", "-f", "-", stdin=_seed_on_kwok(), namespace=ns)
 
     def wired() -> list[dict[str, Any]] | None:
         pods = pods_json(k8s_kubectl, ns)
@@ -115,6 +143,7 @@ def test_seed_busybox_example(k8s_kubectl: Kubectl, k8s_namespace: str, k8s_clus
     # The real scheduler honoured the required pod affinity: one node for all three.
     nodes = {p["spec"]["nodeName"] for p in pods.values()}
     assert len(nodes) == 1, {name: p["spec"]["nodeName"] for name, p in pods.items()}
+    assert nodes.pop().startswith(k8s_cluster.NODE_PREFIX)
 
     addresses: dict[tuple[str, str], str] = {}
     for name, (first, second) in EXPECTED.items():
@@ -156,7 +185,7 @@ def test_seed_busybox_example(k8s_kubectl: Kubectl, k8s_namespace: str, k8s_clus
 
     # Pods gone: CNI DEL, namespaces removed, bridges without ports deleted.
     uids = [p["metadata"]["uid"] for p in pods.values()]
-    node = nodes.pop()
+    node = pods["bb1"]["spec"]["nodeName"]
     k8s_kubectl("delete", "pods", "--all", "--wait=true", "--timeout=60s", namespace=ns)
     node_ns = f"{k8s_cluster.NETNS_PREFIX}-{node}"
 
@@ -175,6 +204,7 @@ def test_exec_is_confined_to_the_pods_network_namespace_as_nobody(
 ) -> None:
     """`kubectl exec` runs wrapped commands only, in the pod's network namespace, as nobody with CAP_NET_RAW
     alone: no shell, no way into the host's namespaces, none of root's files."""
+    from scheduler.core import render
     from scheduler.core.plan import make_plan
     from scheduler.services.catalog import load_catalog
     from workers.backends.kubernetes import KubernetesBackend
@@ -184,7 +214,9 @@ def test_exec_is_confined_to_the_pods_network_namespace_as_nobody(
     plan = make_plan(lesson, "confine001", "tester", instance=instance)
     kb = KubernetesBackend.from_kubeconfig(k8s_kubeconfig, instance=instance)
     kb.apply_networks(plan)
-    kb.apply_pods(plan)
+    # the backend's own pods, placed on the kwok nodes: this is the agent's exec path, not a container's
+    pods = [on_kwok(p) for p in render.pods(plan)]
+    k8s_kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": pods}))
     assert kb.observe(plan, wait=60).ready
     check = plan.checks[0]
     pod = plan.pod(check.source).name

@@ -1,7 +1,8 @@
 """The whole NRE Labs curriculum through the HTTP API on the kubernetes backend: ``lessonctl serve`` and a real
 Celery worker (LESSON_BACKEND=kubernetes, the worker's ServiceAccount, never cluster-admin) on a real Redis,
 against the test cluster. Every lesson, with or without connections: POST, ready, DELETE, deleted, and no
-namespace of the instance left. On the test cluster kwok marks pods Ready without running their images.
+namespace of the instance left. The pods run as real containers on the test cluster's real node, with the
+local busybox image in place of the curriculum's (LESSON_IMAGE_SUBSTITUTE, which the record reports).
 
 tests/e2e/test_curriculum.py walks the same corpus on the local backend (and through ``lessonctl demo``).
 """
@@ -34,7 +35,11 @@ def test_every_curriculum_lesson_through_the_http_api_on_kubernetes(
     tmp_path: Path,
 ) -> None:
     settings = settings_for(
-        backend="kubernetes", kubeconfig=direct_worker_kubeconfig, catalog=CURRICULUM, provision_timeout_seconds=180
+        backend="kubernetes",
+        kubeconfig=direct_worker_kubeconfig,
+        catalog=CURRICULUM,
+        provision_timeout_seconds=180,
+        image_substitute="busybox",
     )
     start_worker(settings)
     server = ApiServer(settings, tmp_path / "api.log")

@@ -40,6 +40,20 @@ def _load_cluster_module() -> Any:
 
 
 cluster = _load_cluster_module()
+# The node where lesson pods run as real containers; the kwok nodes are tainted (cluster.KWOK_TAINT).
+REAL_NODE = cluster.real_node.NODE_NAME
+KWOK_TOLERATION = {**cluster.KWOK_TAINT, "operator": "Equal"}
+# a container that just runs: busybox's own default command (sh) would exit at once on the real node
+SLEEPER = {"name": "c", "image": "busybox", "command": ["sleep", "infinity"]}
+
+
+def on_kwok(pod: dict[str, Any]) -> dict[str, Any]:
+    """``pod`` placed on the kwok nodes (emulated: nothing runs), for tests of the node agent and of
+    scheduling across many nodes."""
+    spec = pod.setdefault("spec", {})
+    spec.setdefault("tolerations", []).append(KWOK_TOLERATION)
+    spec["nodeSelector"] = {**spec.get("nodeSelector", {}), "type": "kwok"}
+    return pod
 
 
 def cluster_prerequisites() -> None:
@@ -104,8 +118,10 @@ def namespaces_of(kubectl: Kubectl, instance: str) -> list[dict[str, Any]]:
 KUBE_CATALOG = load_catalog(CATALOG)
 
 
-def plan_for(slug: str, instance: str, livelesson: str | None = None, deployment: str = "") -> Plan:
-    lesson = KUBE_CATALOG.get(slug)
+def plan_for(
+    slug: str, instance: str, livelesson: str | None = None, deployment: str = "", catalog: Any = None
+) -> Plan:
+    lesson = (catalog or KUBE_CATALOG).get(slug)
     assert lesson is not None
     return make_plan(lesson, livelesson or new_id(), "tester", instance=instance, deployment=deployment)
 

@@ -38,8 +38,16 @@ command -v go >/dev/null || die "go is not on PATH"
 command -v python3 >/dev/null || die "python3 is not on PATH"
 
 if [[ -f "${stamp_file}" && "$(cat "${stamp_file}")" != "${K8S_STAMP}" ]]; then
-  log "pins changed ($(cat "${stamp_file}") -> ${K8S_STAMP}): rebuilding"
-  rm -rf "${K8S_BIN_DIR}" "${share_dir}" "${stamp_file}"
+  old="$(cat "${stamp_file}")"
+  log "pins changed (${old} -> ${K8S_STAMP}): rebuilding what changed"
+  # A component whose pin is unchanged keeps its binary: adding a component rebuilds only that one.
+  pin_changed() { [[ " ${old} " != *" $1 "* ]]; }
+  pin_changed "kubernetes=${K8S_VERSION}" && rm -f "${K8S_BIN_DIR}"/kube{-apiserver,-controller-manager,-scheduler,ctl,let}
+  pin_changed "etcd=${ETCD_VERSION}" && rm -f "${K8S_BIN_DIR}/etcd"
+  pin_changed "kwok=${KWOK_VERSION}" && { rm -f "${K8S_BIN_DIR}/kwok"; rm -rf "${share_dir}"; }
+  pin_changed "multus=${MULTUS_VERSION}" && rm -f "${K8S_BIN_DIR}/multus"
+  pin_changed "crane=${CRANE_VERSION}" && rm -f "${K8S_BIN_DIR}/crane"
+  rm -f "${stamp_file}"
 fi
 mkdir -p "${K8S_BIN_DIR}" "${src_dir}"
 
@@ -74,7 +82,7 @@ write_tools_go() {
 }
 
 # --- kubernetes -----------------------------------------------------------------------------------------
-k8s_cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+k8s_cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet)
 if need "${k8s_cmds[@]}"; then
   mod="${src_dir}/kubernetes"
   step "kubernetes ${K8S_VERSION}: writing the build module in ${mod}"
@@ -155,6 +163,29 @@ for c in kwok; do
     step_done
   fi
 done
+
+# --- multus ---------------------------------------------------------------------------------------------
+# The thin plugin, the real node's CNI. Its module path (gopkg.in/k8snetworkplumbingwg/multus-cni.v4) is
+# not served by the module proxy, but everything it requires is: build a copy of the source with -mod=mod.
+if need multus; then
+  multus_src="${THIRD_PARTY_DIR}/multus-cni"
+  [[ -f "${multus_src}/cmd/multus/main.go" ]] || die "Multus ${MULTUS_VERSION} source not found in ${multus_src}: \
+set LESSON_THIRD_PARTY to a folder holding multus-cni/ (github.com/k8snetworkplumbingwg/multus-cni at tag ${MULTUS_VERSION})"
+  step "multus ${MULTUS_VERSION}: building the thin plugin from ${multus_src}"
+  rm -rf "${src_dir}/multus-cni"
+  cp -r "${multus_src}" "${src_dir}/multus-cni"
+  (cd "${src_dir}/multus-cni" && gorun build -mod=mod -trimpath -ldflags "-s -w" -o "${K8S_BIN_DIR}/multus.tmp" ./cmd/multus)
+  mv "${K8S_BIN_DIR}/multus.tmp" "${K8S_BIN_DIR}/multus"
+  step_done
+fi
+
+# --- crane ----------------------------------------------------------------------------------------------
+if need crane; then
+  step "crane ${CRANE_VERSION}: building"
+  GOBIN="${K8S_BIN_DIR}" gorun install -trimpath -ldflags "-s -w" \
+    "github.com/google/go-containerregistry/cmd/crane@${CRANE_VERSION}"
+  step_done
+fi
 
 # `kwok` needs its default stages as a config file (kwokctl, not built, compiles them in). Its
 # Exec/ClusterExec CRDs let the node agent point `kubectl exec` at a pod's network namespace.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -27,6 +28,7 @@ import ssl
 import subprocess
 import sys
 import time
+import types
 import urllib.request
 from pathlib import Path
 
@@ -52,8 +54,36 @@ REAL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # cluster's keys). Its PATH holds links to the wrapped commands only.
 CONFINED_UID = 65534
 CONFINED_CAPS = "net_raw"
+
+
+def _sibling(name: str):  # loaded by path: this file runs as a script and is loaded by path by the tests
+    spec = importlib.util.spec_from_file_location(f"lesson_test_k8s_{name}", HERE / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+real_node = _sibling("real_node")
 # Start order; `down` stops in reverse.
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "node-agent")
+COMPONENTS = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok",
+    *real_node.COMPONENTS,
+    "node-agent",
+)
+# The kwok nodes carry this taint, so lesson pods land on the real node; tests that want kwok's many
+# nodes (spreading, unschedulable cases) tolerate it.
+
+
+def node():  # the real node, with this module's helpers (spawn, stop, kubectl, ...)
+    return real_node.RealNode(types.SimpleNamespace(**globals()))
+
+
+KWOK_TAINT = {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}
 SERVICE_CIDR = "10.96.0.0/16"
 
 
@@ -84,7 +114,17 @@ def bin_dir() -> Path:
 def missing_binaries() -> list[str]:
     v = versions()
     tools = Path(v["tools_dir"])
-    names = ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "etcd", "kwok"]
+    names = [
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kubectl",
+        "kubelet",
+        "etcd",
+        "kwok",
+        "multus",
+        "crane",
+    ]
     missing = [n for n in names if not os.access(Path(v["bin_dir"]) / n, os.X_OK)]
     missing += [f"share/kwok/{f}" for f in ("stages.yaml", "crds.yaml") if not (tools / "share/kwok" / f).is_file()]
     return missing
@@ -387,6 +427,7 @@ def node_manifest(i: int) -> dict:
                 "type": "kwok",
             },
         },
+        "spec": {"taints": [KWOK_TAINT]},
     }
 
 
@@ -446,6 +487,9 @@ def up() -> int:
     for tool in ("openssl", "nsenter", "setpriv", "ip"):
         if shutil.which(tool) is None:
             raise ClusterError(f"`{tool}` is not on PATH")
+    node_missing = real_node.missing_prerequisites()
+    if node_missing:
+        raise ClusterError("the real node needs " + ", ".join(node_missing))
     v = versions()
     bins, tools = Path(v["bin_dir"]), Path(v["tools_dir"])
     STATE.mkdir(parents=True, exist_ok=True)
@@ -454,6 +498,7 @@ def up() -> int:
         _up(bins, tools)
     except BaseException:
         log("start failed: stopping what was started (logs kept in .k8s/logs until `make k8s-down`)")
+        node().down()
         for c in reversed(COMPONENTS):
             stop(c)
         raise
@@ -462,7 +507,17 @@ def up() -> int:
 
 
 def _up(bins: Path, tools: Path) -> None:
-    names = ("etcd", "etcd_peer", "apiserver", "controller_manager", "scheduler", "kwok")
+    names = (
+        "etcd",
+        "etcd_peer",
+        "apiserver",
+        "controller_manager",
+        "scheduler",
+        "kwok",
+        "registry",
+        "kubelet",
+        "kubelet_healthz",
+    )
     ports = dict(zip(names, free_ports(len(names)), strict=True))
     (STATE / "ports.json").write_text(json.dumps(ports, indent=2) + "\n")
     make_pki()
@@ -618,6 +673,8 @@ def _up(bins: Path, tools: Path) -> None:
 
     wait_for(f"{NODES} Ready nodes", nodes_ready, 60, "kwok")
 
+    node().up(bins, ports)
+
     start_agent()
     for c in COMPONENTS:
         if recorded(c) is None:
@@ -678,6 +735,11 @@ def down(quiet: bool = False) -> int:
         return 0
     if not MARKER.exists() and any(STATE.iterdir()):
         raise ClusterError(f"{STATE} was not made by this script (no {MARKER.name}): not touching it")
+    # The real node first, while the API server still answers: the kubelet stops its pods itself.
+    try:
+        node().down()
+    except Exception as exc:  # go on: the rest of the cluster still has to go
+        log(f"real node teardown failed: {exc}")
     stop("node-agent")
     # The agent's namespaces, bridges, IPAM leases and CNI state: torn down by the agent's own code.
     agent_state = STATE / "agent"

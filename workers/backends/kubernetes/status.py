@@ -64,13 +64,22 @@ def _not_ready(pod: Any) -> tuple[str | None, bool]:
     for cs in status.container_statuses or []:
         waiting = cs.state.waiting if cs.state else None
         if waiting is not None and waiting.reason in FATAL_WAITING:
-            return f"{waiting.reason}: {waiting.message or cs.image}", True
+            return f"{waiting.reason}: {waiting.message or cs.image}{_last_exit(cs)}", True
+        terminated = cs.state.terminated if cs.state else None
+        if terminated is not None:  # a lesson's container runs until the lesson ends: an exit is a crash
+            return f"container {cs.name} exited ({terminated.reason}, exit code {terminated.exit_code})", True
     if status.phase != "Running":
         return f"phase {status.phase}", False
     ready = next((c for c in status.conditions or [] if c.type == "Ready"), None)
     if ready is None or ready.status != "True":
         return "containers not ready", False
     return None, False
+
+
+def _last_exit(cs: Any) -> str:
+    """The kubelet's account of a restarted container's last run, e.g. " (last exit: Error, exit code 3)"."""
+    last = cs.last_state.terminated if cs.last_state else None
+    return f" (last exit: {last.reason}, exit code {last.exit_code})" if last is not None else ""
 
 
 def _interfaces(plan: Plan, planned: Sequence[Any], raw: str | None) -> list[InterfaceStatus]:

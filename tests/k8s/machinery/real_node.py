@@ -1,0 +1,633 @@
+"""The test cluster's real node: containerd + runc + a kubelet, with Multus's thin plugin as its CNI.
+
+Lesson pods land here and run as real containers (the kwok nodes are tainted, see cluster.py). What it
+is made of, all private to the cluster's state folder (``.k8s/node``) unless said otherwise:
+
+* a registry on loopback (go-containerregistry's ``crane registry serve``) that containerd uses as the
+  mirror of ``docker.io`` and ``registry.k8s.io``: the busybox and pause images are built here from
+  Debian's busybox-static and pushed with ``crane``, so a pull is a real pull and an unknown image is a
+  real "not found";
+* Debian's containerd with its own root, state, socket and config (CRI: ``restrict_oom_score_adj``, since
+  processes here lack CAP_SYS_RESOURCE; network namespaces mounted under its state folder), and runc;
+* a kubelet (cgroupfs driver under the cgroup ``/lesson-scheduler-test``, ``--cloud-provider=external``):
+  it refuses a loopback node IP, so this script plays the cloud controller and sets the node's
+  InternalIP to 127.0.0.1, which the API server dials with the cluster CA;
+* Multus (thin plugin) as the node's CNI, the seed's ``1-multus-cni.conf`` shape: its default delegate is
+  a bridge (``lsk8smain0``, standing in for weave) for ``eth0`` with no address on the host; the lesson
+  NADs run the real bridge/host-local plugins.
+
+The bridges and host-local files of the NADs live where a node keeps them: in the host's root network
+namespace and under /var/lib/cni/networks. ``teardown`` removes every bridge and IPAM folder that was not
+there when the node came up, with the containers, mounts and cgroups. Standard library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+NODE_NAME = "real-node-0"
+NODE_LABELS = {"type": "real", "lesson-scheduler.test/node": "real"}
+MAIN_BRIDGE = "lsk8smain0"
+MAIN_SUBNET = "10.246.0.0/16"
+CGROUP_ROOT = "/lesson-scheduler-test"
+SANDBOX_IMAGE = "registry.k8s.io/pause:3.10"
+# The images the tests use, as a kubelet names them, and the registry's repository for each.
+IMAGES = {
+    "busybox": ("library/busybox", "latest", ["sh"], None),
+    "pause": ("pause", "3.10", None, ["/bin/sleep", "infinity"]),
+}
+MIRRORED = ("docker.io", "registry.k8s.io")
+CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
+HOST_CNI_DIR = Path("/usr/lib/cni")
+HOST_IPAM_DIR = Path("/var/lib/cni/networks")
+DEBIAN_BUSYBOX = Path("/bin/busybox")
+COMPONENTS = ("registry", "containerd", "kubelet")
+MULTUS_USER = "lesson-test:multus"
+
+
+class NodeError(RuntimeError):
+    pass
+
+
+def missing_prerequisites() -> list[str]:
+    """What the real node needs from the host and does not have."""
+    missing = [
+        f"`{tool}` (apt-get install {pkg})"
+        for tool, pkg in (("containerd", "containerd"), ("ctr", "containerd"), ("runc", "runc"))
+        if shutil.which(tool) is None
+    ]
+    if shutil.which("containerd-shim-runc-v2") is None and "containerd" not in " ".join(missing):
+        missing.append("`containerd-shim-runc-v2` (apt-get install containerd)")
+    if not _is_static_busybox(DEBIAN_BUSYBOX):
+        missing.append(f"a static {DEBIAN_BUSYBOX} (apt-get install busybox-static)")
+    missing += [
+        f"{HOST_CNI_DIR / p} (apt-get install containernetworking-plugins)"
+        for p in CNI_PLUGINS
+        if not os.access(HOST_CNI_DIR / p, os.X_OK)
+    ]
+    return missing
+
+
+def _is_static_busybox(path: Path) -> bool:
+    try:
+        out = subprocess.run(["file", "-L", str(path)], capture_output=True, text=True, check=False).stdout
+    except OSError:  # no `file`: trust the ELF has no interpreter
+        with contextlib.suppress(OSError):
+            return b"/lib64/ld-linux" not in path.read_bytes()[:4096]
+        return False
+    return "statically linked" in out or "static-pie" in out
+
+
+class RealNode:
+    """Start and stop the node; ``cluster`` is cluster.py as a module (spawn, stop, wait_for, kubectl...)."""
+
+    def __init__(self, cluster: Any) -> None:
+        self.c = cluster
+        self.state: Path = cluster.STATE / "node"
+        self.sock = self.state / "containerd" / "containerd.sock"
+
+    # --- up ----------------------------------------------------------------------------------------------
+
+    def up(self, bins: Path, ports: dict[str, int]) -> None:
+        missing = missing_prerequisites()
+        if missing:
+            raise NodeError("the real node needs " + ", ".join(missing))
+        self.state.mkdir(parents=True, exist_ok=True)
+        self._snapshot_host()
+        registry = f"127.0.0.1:{ports['registry']}"
+        self._start_registry(bins, registry)
+        self._push_images(bins, registry)
+        self._write_cni(bins)
+        self._start_containerd(registry)
+        self._make_node_pki()
+        self._start_kubelet(bins, ports)
+        self._initialise_node(ports)
+
+    def _snapshot_host(self) -> None:
+        """What the host had before the node: teardown removes only what is new since."""
+        before = {"bridges": sorted(_bridges()), "ipam": sorted(_ipam_dirs())}
+        (self.state / "host-before.json").write_text(json.dumps(before, indent=2) + "\n")
+
+    def _start_registry(self, bins: Path, registry: str) -> None:
+        self.c.log(f"registry (crane registry serve) on {registry}, the mirror of {', '.join(MIRRORED)}")
+        blobs = self.state / "registry"
+        blobs.mkdir(parents=True, exist_ok=True)
+        self.c.spawn(
+            "registry", [str(bins / "crane"), "registry", "serve", "--address", registry, "--disk", str(blobs)]
+        )
+
+        def answers() -> bool:
+            with urllib.request.urlopen(f"http://{registry}/v2/", timeout=1) as r:
+                return r.status == 200
+
+        self.c.wait_for("the registry", answers, 30, "registry")
+
+    def _push_images(self, bins: Path, registry: str) -> None:
+        layer = self.state / "images" / "busybox-layer.tar"
+        _busybox_layer(layer)
+        env = {**os.environ, "HOME": str(self.state / "images")}  # crane's config (none) stays ours
+        for name, (repo, tag, cmd, entrypoint) in IMAGES.items():
+            ref = f"{registry}/{repo}:{tag}"
+            self.c.log(f"image {name}: pushing {ref} (busybox-static, one layer)")
+            _run([str(bins / "crane"), "append", "--platform=linux/amd64", "-f", str(layer), "-t", ref], env=env)
+            mutate = [str(bins / "crane"), "mutate", ref, "-t", ref, "--env", "PATH=/bin"]
+            if cmd:
+                mutate += ["--cmd", ",".join(cmd)]
+            if entrypoint:
+                mutate += ["--entrypoint", ",".join(entrypoint)]
+            _run(mutate, env=env)
+
+    def _write_cni(self, bins: Path) -> None:
+        cni_bin = self.state / "cni" / "bin"
+        cni_bin.mkdir(parents=True, exist_ok=True)
+        for plugin in CNI_PLUGINS:
+            _symlink(HOST_CNI_DIR / plugin, cni_bin / plugin)
+        _symlink(bins / "multus", cni_bin / "multus")
+        conf_dir = self.state / "cni" / "net.d"
+        conf_dir.mkdir(parents=True, exist_ok=True)
+        kubeconfig = self._client_kubeconfig("multus", MULTUS_USER)
+        self._grant_multus()
+        # The seed's 1-multus-cni.conf: Multus with one delegate for eth0 (weave there, a bridge with no
+        # host address here) and the NADs' networks from the pod's annotation.
+        conf = {
+            "cniVersion": "0.3.1",
+            "name": "multus-cni-network",
+            "type": "multus",
+            "kubeconfig": str(kubeconfig),
+            "binDir": str(cni_bin),
+            "cniDir": str(self.state / "cni" / "multus-cache"),
+            "logFile": str(self.c.STATE / "logs" / "multus.log"),
+            "logLevel": "error",
+            "delegates": [
+                {
+                    "cniVersion": "0.3.1",
+                    "name": "main",
+                    "type": "bridge",
+                    "bridge": MAIN_BRIDGE,
+                    "isGateway": False,
+                    "ipMasq": False,
+                    "hairpinMode": True,
+                    "ipam": {"type": "host-local", "subnet": MAIN_SUBNET, "dataDir": str(self.state / "ipam")},
+                }
+            ],
+        }
+        (conf_dir / "00-multus.conf").write_text(json.dumps(conf, indent=2) + "\n")
+
+    def _grant_multus(self) -> None:
+        """Multus's own ClusterRole (deployments/multus-daemonset.yml), bound to the node's Multus user."""
+        role = {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "lesson-test-multus"},
+            "rules": [
+                {"apiGroups": ["k8s.cni.cncf.io"], "resources": ["*"], "verbs": ["*"]},
+                {"apiGroups": [""], "resources": ["pods", "pods/status"], "verbs": ["get", "update"]},
+                {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
+            ],
+        }
+        binding = {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "lesson-test-multus"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "lesson-test-multus"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": MULTUS_USER}],
+        }
+        self.c.kubectl(
+            "apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": [role, binding]})
+        )
+
+    def _containerd_config(self, registry: str) -> Path:
+        root = self.state / "containerd"
+        hosts = root / "certs.d"
+        for upstream in MIRRORED:
+            (hosts / upstream).mkdir(parents=True, exist_ok=True)
+            # `server` is the loopback registry: no fallback to the internet, so "not found" is final.
+            (hosts / upstream / "hosts.toml").write_text(
+                f'server = "http://{registry}"\n\n[host."http://{registry}"]\n  capabilities = ["pull", "resolve"]\n'
+            )
+        cri = '[plugins."io.containerd.grpc.v1.cri"]'
+        text = f"""version = 2
+root = "{root / "root"}"
+state = "{root / "state"}"
+oom_score = 0
+
+[grpc]
+  address = "{self.sock}"
+
+[ttrpc]
+  address = "{self.sock}.ttrpc"
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{root / "opt"}"
+
+{cri}
+  sandbox_image = "{SANDBOX_IMAGE}"
+  # processes here lack CAP_SYS_RESOURCE: a negative oom_score_adj (-998 for sandboxes) is refused
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  enable_selinux = false
+  disable_apparmor = true
+
+{cri[:-1]}.containerd]
+  snapshotter = "overlayfs"
+  default_runtime_name = "runc"
+
+{cri[:-1]}.containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+
+{cri[:-1]}.containerd.runtimes.runc.options]
+  SystemdCgroup = false
+
+{cri[:-1]}.cni]
+  bin_dir = "{self.state / "cni" / "bin"}"
+  conf_dir = "{self.state / "cni" / "net.d"}"
+  max_conf_num = 1
+
+{cri[:-1]}.registry]
+  config_path = "{hosts}"
+"""
+        path = root / "config.toml"
+        path.write_text(text)
+        return path
+
+    def _start_containerd(self, registry: str) -> None:
+        config = self._containerd_config(registry)
+        self.c.log(f"containerd (Debian's, private root and socket {self.sock})")
+        self.c.spawn("containerd", ["containerd", "--config", str(config)])
+        self.c.wait_for("containerd's socket", lambda: self._ctr("version").returncode == 0, 30, "containerd")
+
+    def _ctr(self, *args: str, namespace: str = "k8s.io") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ctr", "--address", str(self.sock), "--namespace", namespace, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def _make_node_pki(self) -> None:
+        pki = self.c.STATE / "pki"
+        # the kubelet's serving certificate, for the address the API server dials (127.0.0.1)
+        _sign(pki, "kubelet", f"/CN={NODE_NAME}", "serverAuth", f"IP:127.0.0.1,DNS:{NODE_NAME}")
+        # the kubelet's client identity, which the Node authorizer and NodeRestriction know
+        _sign(pki, "node", f"/O=system:nodes/CN=system:node:{NODE_NAME}", "clientAuth", None)
+
+    def _client_kubeconfig(self, name: str, user: str) -> Path:
+        pki = self.c.STATE / "pki"
+        if not (pki / f"{name}.crt").exists():
+            _sign(pki, name, f"/CN={user}", "clientAuth", None)
+        port = json.loads((self.c.STATE / "ports.json").read_text())["apiserver"]
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "lesson-test",
+                    "cluster": {"server": f"https://127.0.0.1:{port}", "certificate-authority": str(pki / "ca.crt")},
+                }
+            ],
+            "users": [
+                {
+                    "name": name,
+                    "user": {"client-certificate": str(pki / f"{name}.crt"), "client-key": str(pki / f"{name}.key")},
+                }
+            ],
+            "contexts": [{"name": "lesson-test", "context": {"cluster": "lesson-test", "user": name}}],
+            "current-context": "lesson-test",
+        }
+        path = self.state / f"{name}.kubeconfig"
+        path.write_text(json.dumps(config, indent=2) + "\n")
+        path.chmod(0o600)
+        return path
+
+    def _start_kubelet(self, bins: Path, ports: dict[str, int]) -> None:
+        pki = self.c.STATE / "pki"
+        kubeconfig = self._client_kubeconfig("node", f"system:node:{NODE_NAME}")
+        root = self.state / "kubelet"
+        root.mkdir(parents=True, exist_ok=True)
+        _make_cgroups(CGROUP_ROOT)
+        config = {
+            "apiVersion": "kubelet.config.k8s.io/v1beta1",
+            "kind": "KubeletConfiguration",
+            "address": "127.0.0.1",
+            "port": ports["kubelet"],
+            "readOnlyPort": 0,
+            "healthzBindAddress": "127.0.0.1",
+            "healthzPort": ports["kubelet_healthz"],
+            "tlsCertFile": str(pki / "kubelet.crt"),
+            "tlsPrivateKeyFile": str(pki / "kubelet.key"),
+            "authentication": {
+                "anonymous": {"enabled": False},
+                "webhook": {"enabled": True},
+                "x509": {"clientCAFile": str(pki / "ca.crt")},
+            },
+            "authorization": {"mode": "Webhook"},
+            "cgroupDriver": "cgroupfs",
+            "cgroupRoot": CGROUP_ROOT,
+            "cgroupsPerQOS": True,
+            "failSwapOn": False,
+            "containerRuntimeEndpoint": f"unix://{self.sock}",
+            "podLogsDir": str(self.state / "pod-logs"),
+            "volumePluginDir": str(self.state / "volume-plugins"),
+            "resolvConf": "/etc/resolv.conf",
+            "serializeImagePulls": False,
+            "registerNode": True,
+            "maxPods": 110,
+            "makeIPTablesUtilChains": False,
+            # a shared build machine: never evict test pods for disk or memory the tests do not use
+            "evictionHard": {
+                "memory.available": "1Mi",
+                "nodefs.available": "1%",
+                "imagefs.available": "1%",
+                "nodefs.inodesFree": "1%",
+            },
+            "imageGCHighThresholdPercent": 100,
+            "imageGCLowThresholdPercent": 99,
+            "nodeStatusUpdateFrequency": "10s",
+            "syncFrequency": "10s",
+            "fileCheckFrequency": "20s",
+            "shutdownGracePeriod": "0s",
+        }
+        path = self.state / "kubelet.yaml"
+        path.write_text(json.dumps(config, indent=2) + "\n")  # JSON is YAML
+        labels = ",".join(f"{k}={v}" for k, v in NODE_LABELS.items())
+        self.c.log(f"kubelet for node {NODE_NAME} on 127.0.0.1:{ports['kubelet']} (cgroup {CGROUP_ROOT})")
+        self.c.spawn(
+            "kubelet",
+            [
+                str(bins / "kubelet"),
+                f"--config={path}",
+                f"--kubeconfig={kubeconfig}",
+                f"--root-dir={root}",
+                f"--cert-dir={self.state / 'kubelet-pki'}",
+                f"--hostname-override={NODE_NAME}",
+                "--cloud-provider=external",
+                f"--node-labels={labels}",
+                "--v=1",
+            ],
+        )
+
+        def registered() -> bool:
+            return self.c.kubectl("get", "node", NODE_NAME, check=False).returncode == 0
+
+        self.c.wait_for(f"node {NODE_NAME} to register", registered, 90, "kubelet")
+
+    def _initialise_node(self, ports: dict[str, int]) -> None:
+        """What a cloud-node controller does for --cloud-provider=external: addresses, then untaint."""
+        self.c.log(f"node {NODE_NAME}: InternalIP 127.0.0.1 (as a cloud controller would), removing its taint")
+        patch = {
+            "status": {
+                "addresses": [
+                    {"type": "InternalIP", "address": "127.0.0.1"},
+                    {"type": "Hostname", "address": NODE_NAME},
+                ]
+            }
+        }
+        self.c.kubectl("patch", "node", NODE_NAME, "--subresource=status", "--type=merge", "-p", json.dumps(patch))
+        self.c.kubectl("taint", "node", NODE_NAME, "node.cloudprovider.kubernetes.io/uninitialized-", check=False)
+
+        def ready() -> bool:
+            node = json.loads(self.c.kubectl("get", "node", NODE_NAME, "-o", "json").stdout)
+            conds = {c["type"]: c["status"] for c in node["status"].get("conditions", [])}
+            taints = [t["key"] for t in node["spec"].get("taints", [])]
+            return conds.get("Ready") == "True" and not taints and bool(node["status"].get("addresses"))
+
+        self.c.wait_for(f"node {NODE_NAME} Ready and untainted", ready, 120, "kubelet")
+
+    # --- down --------------------------------------------------------------------------------------------
+
+    def down(self) -> None:
+        """Remove every container, mount, cgroup, bridge and IPAM file of the node; safe to call twice."""
+        if not self.state.exists():
+            return
+        if self.c.recorded("kubelet") and self.c.api_ready():
+            # the kubelet stops the pods itself: CNI DEL runs, IPAM leases are released
+            self.c.kubectl(
+                "delete",
+                "pods",
+                "--all-namespaces",
+                f"--field-selector=spec.nodeName={NODE_NAME}",
+                "--grace-period=1",
+                "--wait=true",
+                "--timeout=60s",
+                check=False,
+            )
+        self.c.stop("kubelet")
+        if self.c.recorded("containerd"):
+            self._remove_containers()
+        self.c.stop("containerd")
+        self._kill_shims()
+        self.c.stop("registry")
+        _unmount_under(self.c.STATE)
+        _remove_cgroups(CGROUP_ROOT)
+        self._remove_host_leftovers()
+        _remove_container_log_links(self.state / "pod-logs")
+
+    def _remove_containers(self) -> None:
+        for ns in ("k8s.io", "default"):
+            ids = self._ctr("containers", "list", "-q", namespace=ns).stdout.split()
+            for cid in ids:
+                self._ctr("tasks", "kill", "--signal", "SIGKILL", cid, namespace=ns)
+            for cid in ids:
+                self._ctr("tasks", "delete", "--force", cid, namespace=ns)
+                self._ctr("containers", "delete", cid, namespace=ns)
+
+    def _kill_shims(self) -> None:
+        """Shims outlive containerd by design; ours are those whose command line names our socket."""
+        ours = str(self.sock)
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv and argv[0].endswith(b"containerd-shim-runc-v2") and ours.encode() in argv:
+                self.c.log(f"killing containerd shim {proc.name}")
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(proc.name), signal.SIGKILL)
+        time.sleep(0.2)
+
+    def _remove_host_leftovers(self) -> None:
+        try:
+            before = json.loads((self.state / "host-before.json").read_text())
+        except (OSError, ValueError):
+            before = {"bridges": [], "ipam": []}
+        for bridge in sorted(_bridges() - set(before["bridges"])):
+            self.c.log(f"removing bridge {bridge} (made on the node)")
+            subprocess.run(["ip", "link", "del", bridge], capture_output=True, timeout=30, check=False)
+        for folder in sorted(_ipam_dirs() - set(before["ipam"])):
+            shutil.rmtree(HOST_IPAM_DIR / folder, ignore_errors=True)
+
+
+# --- host helpers ---------------------------------------------------------------------------------------
+
+
+def _run(argv: list[str], env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, check=False)
+    if proc.returncode != 0:
+        raise NodeError(f"`{' '.join(argv)}` failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc.stdout
+
+
+def _symlink(target: Path, link: Path) -> None:
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(target)
+
+
+def _sign(pki: Path, name: str, subject: str, usage: str, san: str | None) -> None:
+    ext = f"basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage={usage}\n"
+    if san:
+        ext += f"subjectAltName={san}\n"
+    (pki / f"{name}.ext").write_text(ext)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=pki, check=True, capture_output=True)
+
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject)
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        f"{name}.crt",
+        "-days",
+        "3650",
+        "-extfile",
+        f"{name}.ext",
+    )
+    (pki / f"{name}.key").chmod(0o600)
+
+
+def _busybox_layer(path: Path) -> None:
+    """One layer: Debian's static busybox as /bin/busybox plus a link per applet, and the usual folders."""
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    applets = subprocess.run([str(DEBIAN_BUSYBOX), "--list"], capture_output=True, text=True, check=True).stdout.split()
+    tmp = path.with_suffix(".tmp")
+    with tarfile.open(tmp, "w") as tar:
+        for folder, mode in (
+            ("bin", 0o755),
+            ("etc", 0o755),
+            ("tmp", 0o1777),
+            ("root", 0o700),
+            ("var", 0o755),
+            ("proc", 0o555),
+            ("sys", 0o555),
+            ("dev", 0o755),
+        ):
+            info = tarfile.TarInfo(folder)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, mode, 0
+            tar.addfile(info)
+        info = tar.gettarinfo(str(DEBIAN_BUSYBOX), "bin/busybox")
+        info.uid = info.gid = 0
+        info.uname = info.gname = "root"
+        info.mtime = 0
+        with DEBIAN_BUSYBOX.open("rb") as f:
+            tar.addfile(info, f)
+        for applet in sorted(set(applets) - {"busybox"}):
+            link = tarfile.TarInfo(f"bin/{applet}")
+            link.type, link.linkname, link.mode, link.mtime = tarfile.SYMTYPE, "busybox", 0o777, 0
+            tar.addfile(link)
+        for name, text in (
+            ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"),
+            ("etc/group", "root:x:0:\nnobody:x:65534:\n"),
+        ):
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
+    tmp.rename(path)
+
+
+def _bridges() -> set[str]:
+    out = subprocess.run(["ip", "-j", "link", "show", "type", "bridge"], capture_output=True, text=True, check=False)
+    try:
+        return {link["ifname"] for link in json.loads(out.stdout or "[]")}
+    except ValueError:
+        return set()
+
+
+def _ipam_dirs() -> set[str]:
+    return {p.name for p in HOST_IPAM_DIR.iterdir()} if HOST_IPAM_DIR.is_dir() else set()
+
+
+def _unmount_under(root: Path) -> None:
+    """Every mount under ``root`` (overlay rootfs, shm, netns, tmpfs volumes), deepest first."""
+    prefix = str(root.resolve()) + "/"
+    for _ in range(3):
+        mounts = []
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/self/mountinfo").read_text().splitlines():
+                point = line.split()[4].replace("\\040", " ")
+                if point.startswith(prefix):
+                    mounts.append(point)
+        if not mounts:
+            return
+        for point in sorted(set(mounts), key=len, reverse=True):
+            subprocess.run(["umount", "-l", point], capture_output=True, timeout=30, check=False)
+
+
+def _make_cgroups(root: str) -> None:
+    """The kubelet's cgroup root in every v1 hierarchy (it must exist); cpuset gets its parent's CPUs and
+    memory nodes, which a new v1 cpuset does not inherit."""
+    base = Path("/sys/fs/cgroup")
+    for hierarchy in sorted(base.iterdir()):
+        if not hierarchy.is_dir() or hierarchy.is_symlink() or not (hierarchy / "cgroup.procs").exists():
+            continue
+        top = hierarchy / root.lstrip("/")
+        top.mkdir(exist_ok=True)
+        for name in ("cpuset.cpus", "cpuset.mems"):
+            if (hierarchy / name).exists() and not (top / name).read_text().strip():
+                (top / name).write_text((hierarchy / name).read_text())
+
+
+def _remove_cgroups(root: str) -> None:
+    """The kubelet's cgroup tree in every v1 hierarchy, leaves first (empty once the shims are gone)."""
+    base = Path("/sys/fs/cgroup")
+    for hierarchy in base.iterdir() if base.is_dir() else []:
+        top = hierarchy / root.lstrip("/")
+        if not top.is_dir() or top.is_symlink():
+            continue
+        for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda t: len(t[0]), reverse=True):
+            for _ in range(20):
+                try:
+                    os.rmdir(dirpath)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.1)
+
+
+def _remove_container_log_links(pod_logs: Path) -> None:
+    """The kubelet links /var/log/containers/*.log to its pod logs (a fixed path); drop links to ours."""
+    folder = Path("/var/log/containers")
+    for link in folder.glob("*.log") if folder.is_dir() else []:
+        with contextlib.suppress(OSError):
+            if link.is_symlink() and os.readlink(link).startswith(str(pod_logs)):
+                link.unlink()
