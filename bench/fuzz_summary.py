@@ -23,6 +23,7 @@ def main(path: Path) -> int:
             continue
         counts = properties.setdefault(row["property"], Counter())
         counts.update({k: int(row[k]) for k in ("examples", "lessons", "errors")})
+
     def row(name: str, c: Counter[str]) -> str:
         return f"{name:<40} {c['examples']:>7} examples {c['lessons']:>6} valid lessons {c['errors']:>6} refused"
 

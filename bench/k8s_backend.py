@@ -2,8 +2,9 @@
 
     sudo .venv/bin/python bench/k8s_backend.py [--runs 5] [--lessons busybox-line busybox-triangle ring-10 ...]
 
-On the test cluster (tests/k8s/machinery/cluster.py: real kube-apiserver, scheduler and controller-manager, kwok
-nodes, the node agent with the real CNI plugins; started here if it is not up, and stopped again after),
+On the test cluster (tests/k8s/machinery/cluster.py: real kube-apiserver, scheduler and controller-manager, a
+real node (kubelet, containerd, runc, Multus) where lesson pods run as real containers, and kwok nodes wired by
+the node agent with the real CNI plugins; started here if it is not up, and stopped again after),
 with a private redis-server and a real Celery worker running as the worker's ServiceAccount:
 
 1. requests: each lesson once through tests/k8s/machinery/api_proxy.py, which counts every API request the worker
@@ -16,7 +17,10 @@ with a private redis-server and a real Celery worker running as the worker's Ser
    the SelfSubjectReview (once per backend) and the SelfSubjectAccessReviews that wait for the grant to
    take effect (usually one). Teardown: get, delete, list, watch of the namespace: 4.
 2. timing: ``--runs`` live lessons of each of the triangle and a 10-node ring, straight to the API server
-   (no proxy), one at a time: request -> ready from the record (created_at -> ready_at) and per step.
+   (no proxy), one at a time: request -> ready from the record (created_at -> ready_at) and per step,
+   first on the real node (real containers: image pull through the loopback registry, runc, Multus), then
+   on the kwok nodes (emulated: kwok marks pods Ready, the agent wires them) in the same run. For the kwok
+   rows the bench moves the taint: the real node is tainted and the kwok nodes untainted, and back after.
    A pause (``--settle``) follows each teardown: the test cluster's node agent (standing in for Multus and
    the kubelet) runs the CNI DELs of the last lesson's pods after their namespace is gone, one pod at a
    time, and would otherwise delay the next lesson's wiring.
@@ -39,6 +43,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +57,8 @@ from scheduler.services.catalog import load_catalog  # noqa: E402
 from scheduler.services.state import Store  # noqa: E402
 from scheduler.settings import Settings  # noqa: E402
 from tests.k8s.machinery.api_proxy import ApiProxy, write_token_kubeconfig  # noqa: E402
-from tests.support.k8s import INSTANCES_CONFIGMAP, WORKER_SA, probe_namespace  # noqa: E402
+from tests.support.k8s import INSTANCES_CONFIGMAP, REAL_NODE, WORKER_SA, probe_namespace  # noqa: E402
+from tests.support.k8s import cluster as test_cluster  # noqa: E402
 from tests.support.waits import wait_for  # noqa: E402
 from workers.celery_process import CeleryProcess  # noqa: E402
 
@@ -184,37 +190,70 @@ def ms(values: list[float], q: float) -> float:
     return 1000 * ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
+BENCH_TAINT = "lesson-scheduler.test/bench=kwok:NoSchedule"
+
+
+@contextlib.contextmanager
+def placed_on(where: str) -> Iterator[None]:
+    """Lesson pods land on the real node (the cluster's default) or, for "kwok", on the kwok nodes: the
+    real node is tainted and the kwok nodes' taint lifted for the duration."""
+    if where == "real":
+        yield
+        return
+    names = [n.split("/", 1)[1] for n in kubectl("get", "nodes", "-o", "name").split()]
+    kwok = [n for n in names if n.startswith(test_cluster.NODE_PREFIX)]
+    t = test_cluster.KWOK_TAINT
+    taint = f"{t['key']}={t['value']}:{t['effect']}"
+    kubectl("taint", "node", REAL_NODE, BENCH_TAINT)
+    for node in kwok:
+        kubectl("taint", "node", node, f"{taint}-")
+    try:
+        yield
+    finally:
+        for node in kwok:
+            kubectl("taint", "--overwrite", "node", node, taint)
+        kubectl("taint", "node", REAL_NODE, BENCH_TAINT.split("=")[0] + ":NoSchedule-")
+
+
 def timing_table(bench: Bench, settings: Settings, lessons: list[str], runs: int, settle: float) -> None:
     print(
         f"\nrequest -> ready, {runs} runs each, one lesson at a time, straight to the API server, "
-        f"{settle:g} s pause after each teardown"
+        f"{settle:g} s pause after each teardown; real node (real containers) and kwok nodes (emulated)"
     )
     cols = ["record p50", "record p90", "min", "max", "client p50", *STEPS, "teardown p50"]
-    print("| lesson | " + " | ".join(cols) + " |")
-    print("|---" * (len(cols) + 1) + "|")
-    for slug in lessons:
-        records, walls, teardowns = [], [], []
-        for run in range(runs):
-            record, wall, teardown = bench.one(settings, slug, f"time{run}")
-            time.sleep(settle)  # the node agent unwires the last lesson's pods after its namespace is gone
-            records.append(record)
-            walls.append(wall)
-            teardowns.append(teardown)
-        totals = [(r.ready_at - r.created_at).total_seconds() for r in records]  # type: ignore[operator]
-        steps = []
-        for step in STEPS:
-            durations = [
-                (r.steps[step].finished_at - r.steps[step].started_at).total_seconds()  # type: ignore[operator]
-                for r in records
-            ]
-            steps.append(f"{ms(durations, 50):.0f}")
-        cells = [
-            f"{ms(totals, 50):.0f}", f"{ms(totals, 90):.0f}", f"{1000 * min(totals):.0f}", f"{1000 * max(totals):.0f}",
-            f"{ms(walls, 50):.0f}", *steps, f"{ms(teardowns, 50):.0f}",
-        ]  # fmt: skip
-        e, c = sizes(bench.catalog, slug)
-        print(f"| {slug} (E={e}, C={c}) | " + " | ".join(cells) + " |")
+    print("| lesson | node | " + " | ".join(cols) + " |")
+    print("|---" * (len(cols) + 2) + "|")
+    for where in ("real", "kwok"):
+        with placed_on(where):
+            for slug in lessons:
+                timing_row(bench, settings, slug, where, runs, settle)
     print("(milliseconds; steps are p50 of each step's own duration, the rest is queueing between them)")
+
+
+def timing_row(bench: Bench, settings: Settings, slug: str, where: str, runs: int, settle: float) -> None:
+    records, walls, teardowns = [], [], []
+    for run in range(runs):
+        record, wall, teardown = bench.one(settings, slug, f"time{run}")
+        time.sleep(settle)  # the node agent unwires the last lesson's pods after its namespace is gone
+        records.append(record)
+        walls.append(wall)
+        teardowns.append(teardown)
+    totals = [(r.ready_at - r.created_at).total_seconds() for r in records]  # type: ignore[operator]
+    steps = []
+    for step in STEPS:
+        durations = [
+            (r.steps[step].finished_at - r.steps[step].started_at).total_seconds()  # type: ignore[operator]
+            for r in records
+        ]
+        steps.append(f"{ms(durations, 50):.0f}")
+    cells = [
+        f"{ms(totals, 50):.0f}", f"{ms(totals, 90):.0f}", f"{1000 * min(totals):.0f}", f"{1000 * max(totals):.0f}",
+        f"{ms(walls, 50):.0f}", *steps, f"{ms(teardowns, 50):.0f}",
+    ]  # fmt: skip
+    e, c = sizes(bench.catalog, slug)
+    nodes = {r.node for r in records}
+    placed = ", ".join(sorted(str(n) for n in nodes))
+    print(f"| {slug} (E={e}, C={c}) | {where} ({placed}) | " + " | ".join(cells) + " |")
 
 
 def main() -> int:

@@ -52,12 +52,16 @@ def k8s_kubeconfig() -> Iterator[Path]:
         started = True
     yield cluster.STATE / "kubeconfig"
     if started and os.environ.get("LESSON_K8S_KEEP") != "1":
-        subprocess.run(
+        proc = subprocess.run(
             [sys.executable, str(HERE / "machinery" / "cluster.py"), "down"],
             capture_output=True,
+            text=True,
             timeout=300,
             check=False,
         )
+        # down checks the host afterwards: a container, mount, cgroup, bridge or IPAM file left is a failure
+        if proc.returncode != 0:
+            pytest.fail(f"`cluster.py down` failed:\n{proc.stdout}{proc.stderr}", pytrace=False)
 
 
 @pytest.fixture(scope="session")

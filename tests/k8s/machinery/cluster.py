@@ -736,10 +736,12 @@ def down(quiet: bool = False) -> int:
     if not MARKER.exists() and any(STATE.iterdir()):
         raise ClusterError(f"{STATE} was not made by this script (no {MARKER.name}): not touching it")
     # The real node first, while the API server still answers: the kubelet stops its pods itself.
+    real = node()
     try:
-        node().down()
+        real.down()
     except Exception as exc:  # go on: the rest of the cluster still has to go
         log(f"real node teardown failed: {exc}")
+    left = real.leftovers()
     stop("node-agent")
     # The agent's namespaces, bridges, IPAM leases and CNI state: torn down by the agent's own code.
     agent_state = STATE / "agent"
@@ -770,6 +772,9 @@ def down(quiet: bool = False) -> int:
         subprocess.run(["ip", "netns", "del", ns.name], capture_output=True, timeout=30, check=False)
     for c in reversed(COMPONENTS[:-1]):
         stop(c)
+    if left:
+        log("left behind on the host (remove by hand; .k8s/ is kept for its logs):\n  " + "\n  ".join(left))
+        return 1
     shutil.rmtree(STATE)
     if not quiet:
         log(f"down in {time.monotonic() - started:.1f}s")

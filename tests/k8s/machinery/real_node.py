@@ -439,6 +439,25 @@ oom_score = 0
         self._remove_host_leftovers()
         _remove_container_log_links(self.state / "pod-logs")
 
+    def leftovers(self) -> list[str]:
+        """What of the node is still on the host: empty after a clean ``down``."""
+        found = [f"containerd shim {pid}" for pid in self._shims()]
+        prefix = str(self.c.STATE.resolve()) + "/"
+        found += [f"mount {m}" for m in _mounts() if m.startswith(prefix)]
+        base = Path("/sys/fs/cgroup")
+        found += [
+            f"cgroup {h / CGROUP_ROOT.lstrip('/')}"
+            for h in (base.iterdir() if base.is_dir() else [])
+            if (h / CGROUP_ROOT.lstrip("/")).is_dir()
+        ]
+        try:
+            before = json.loads((self.state / "host-before.json").read_text())
+        except (OSError, ValueError):
+            return found
+        found += [f"bridge {b}" for b in sorted(_bridges() - set(before["bridges"]))]
+        found += [f"{HOST_IPAM_DIR / d}" for d in sorted(_ipam_dirs() - set(before["ipam"]))]
+        return found
+
     def _remove_containers(self) -> None:
         for ns in ("k8s.io", "default"):
             ids = self._ctr("containers", "list", "-q", namespace=ns).stdout.split()
@@ -448,9 +467,9 @@ oom_score = 0
                 self._ctr("tasks", "delete", "--force", cid, namespace=ns)
                 self._ctr("containers", "delete", cid, namespace=ns)
 
-    def _kill_shims(self) -> None:
+    def _shims(self) -> list[int]:
         """Shims outlive containerd by design; ours are those whose command line names our socket."""
-        ours = str(self.sock)
+        ours, pids = str(self.sock).encode(), []
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit():
                 continue
@@ -458,10 +477,15 @@ oom_score = 0
                 argv = (proc / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if argv and argv[0].endswith(b"containerd-shim-runc-v2") and ours.encode() in argv:
-                self.c.log(f"killing containerd shim {proc.name}")
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(proc.name), signal.SIGKILL)
+            if argv and argv[0].endswith(b"containerd-shim-runc-v2") and ours in argv:
+                pids.append(int(proc.name))
+        return pids
+
+    def _kill_shims(self) -> None:
+        for pid in self._shims():
+            self.c.log(f"killing containerd shim {pid}")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         time.sleep(0.2)
 
     def _remove_host_leftovers(self) -> None:
@@ -580,12 +604,7 @@ def _unmount_under(root: Path) -> None:
     """Every mount under ``root`` (overlay rootfs, shm, netns, tmpfs volumes), deepest first."""
     prefix = str(root.resolve()) + "/"
     for _ in range(3):
-        mounts = []
-        with contextlib.suppress(OSError):
-            for line in Path("/proc/self/mountinfo").read_text().splitlines():
-                point = line.split()[4].replace("\\040", " ")
-                if point.startswith(prefix):
-                    mounts.append(point)
+        mounts = [m for m in _mounts() if m.startswith(prefix)]
         if not mounts:
             return
         for point in sorted(set(mounts), key=len, reverse=True):
@@ -604,6 +623,14 @@ def _make_cgroups(root: str) -> None:
         for name in ("cpuset.cpus", "cpuset.mems"):
             if (hierarchy / name).exists() and not (top / name).read_text().strip():
                 (top / name).write_text((hierarchy / name).read_text())
+
+
+def _mounts() -> list[str]:
+    points = []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            points.append(line.split()[4].replace("\\040", " "))
+    return points
 
 
 def _remove_cgroups(root: str) -> None:
