@@ -72,6 +72,9 @@ def cluster_prerequisites() -> None:
             unavailable(f"`{tool}` is not on PATH")
     if not os.access("/usr/lib/cni/bridge", os.X_OK):
         unavailable("the CNI plugins are missing: apt-get install containernetworking-plugins")
+    node_missing = cluster.real_node.missing_prerequisites()
+    if node_missing:
+        unavailable("the test cluster's real node needs " + ", ".join(node_missing))
 
 
 def token_api(token: str) -> Any:
