@@ -268,6 +268,31 @@ def test_unschedulable_lesson_fails_fast_with_the_reason_and_releases_everything
     wait_until("the failed lesson's namespace gone", lambda: namespace_gone(k8s_kubectl, record.namespace), 60)
 
 
+def test_a_crashing_container_fails_the_lesson_fast_with_the_kubelets_reason(
+    settings_for: Callable[..., Settings], start_worker: Callable[..., CeleryProcess], worker_kubeconfig: Path,
+    k8s_kubectl: Kubectl, instance: str, k8s_cleanup: list[str], tmp_path: Path,
+) -> None:  # fmt: skip
+    """On the real node, one endpoint's command exits: the record fails in seconds with the kubelet's
+    account (the exit code), not at the provisioning deadline, and the namespace goes."""
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    (catalog / "crash.yaml").write_text(
+        "slug: crash\nname: Crash\ncategory: fundamentals\ntier: prod\ndescription: one host dies\n"
+        "shortDescription: Crash\nendpoints:\n- name: h1\n  image: busybox\n  command: [sleep, infinity]\n"
+        "- name: h2\n  image: busybox\n  command: [sh, -c, 'exit 7']\nconnections:\n- a: h1\n  b: h2\n"
+    )
+    settings = k8s_settings(settings_for, worker_kubeconfig, catalog=catalog)
+    start_worker(settings)
+    store = Store.from_settings(settings)
+    livelesson = Client(settings).request_lesson("crash", "crasher").id
+    record = wait_for(store, livelesson, {"ready", "failed"}, timeout=90)
+    assert record.status == "failed", record
+    assert record.error is not None and record.error.step == "wait_ready", record.error
+    assert "deadline" not in record.error.message, record.error
+    assert "h2" in record.error.message and "exit code 7" in record.error.message, record.error
+    wait_until("the failed lesson's namespace gone", lambda: namespace_gone(k8s_kubectl, record.namespace), 60)
+
+
 # --- garbage collection -------------------------------------------------------------------------------------
 
 
