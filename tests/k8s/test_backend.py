@@ -382,6 +382,7 @@ def test_unschedulable_fails_fast_with_the_schedulers_reason(
             "spec": {
                 "nodeName": name,
                 "containers": [SLEEPER],
+            "terminationGracePeriodSeconds": 0,  # sleep ignores SIGTERM: no 30 s wait at cleanup
                 "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
                     "labelSelector": {"matchLabels": {"lessons.io/livelesson": plan.livelesson}},
                     "namespaces": [plan.namespace],

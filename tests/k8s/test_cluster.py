@@ -15,20 +15,17 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.k8s import REAL_NODE, on_kwok
+from scheduler.core.render import NETWORK_STATUS_ANNOTATION
+from tests.support.k8s import (
+    REAL_NODE,
+    SEED_EXPECTED,
+    SEED_MANIFEST,
+    SEED_SUBNETS,
+    on_kwok,
+)
 from tests.support.waits import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
-
-MANIFESTS = Path(__file__).resolve().parent / "machinery" / "manifests"
-STATUS = "k8s.v1.cni.cncf.io/network-status"
-SUBNETS = {
-    "12-net": ipaddress.ip_network("10.10.12.0/24"),
-    "23-net": ipaddress.ip_network("10.10.23.0/24"),
-    "31-net": ipaddress.ip_network("10.10.31.0/24"),
-}
-# The seed's annotation order: net1 is the first network listed, net2 the second.
-EXPECTED = {"bb1": ("31-net", "12-net"), "bb2": ("12-net", "23-net"), "bb3": ("23-net", "31-net")}
 
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
@@ -115,13 +112,13 @@ def test_nad_crd_is_served(k8s_kubectl: Kubectl) -> None:
 
 
 def _network_status(pod: dict[str, Any]) -> list[dict[str, Any]] | None:
-    raw = (pod["metadata"].get("annotations") or {}).get(STATUS)
+    raw = (pod["metadata"].get("annotations") or {}).get(NETWORK_STATUS_ANNOTATION)
     return json.loads(raw) if raw else None
 
 
 def _seed_on_kwok() -> str:
     """The seed's manifest with its pods placed on the kwok nodes (the node agent wires them)."""
-    items = [d for d in yaml.safe_load_all((MANIFESTS / "busybox.yaml").read_text()) if d]
+    items = [d for d in yaml.safe_load_all(SEED_MANIFEST.read_text()) if d]
     items = [on_kwok(d) if d["kind"] == "Pod" else d for d in items]
     return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
 
@@ -146,7 +143,7 @@ def test_seed_busybox_example_on_kwok_nodes_via_the_node_agent(
     assert nodes.pop().startswith(k8s_cluster.NODE_PREFIX)
 
     addresses: dict[tuple[str, str], str] = {}
-    for name, (first, second) in EXPECTED.items():
+    for name, (first, second) in SEED_EXPECTED.items():
         status = _network_status(pods[name])
         assert status is not None
         extra = {s["interface"]: s for s in status if not s.get("default")}
@@ -155,7 +152,7 @@ def test_seed_busybox_example_on_kwok_nodes_via_the_node_agent(
             entry = extra[ifname]
             assert entry["name"] == f"{ns}/{nad}"
             assert len(entry["ips"]) == 1, entry
-            assert ipaddress.ip_address(entry["ips"][0]) in SUBNETS[nad], entry
+            assert ipaddress.ip_address(entry["ips"][0]) in SEED_SUBNETS[nad], entry
             assert entry["mac"]
             addresses[(name, nad)] = entry["ips"][0]
         # The addresses are really there, inside the pod's network namespace.

@@ -240,6 +240,7 @@ def test_unschedulable_lesson_fails_fast_with_the_reason_and_releases_everything
         "spec": {
             "nodeName": node,
             "containers": [SLEEPER],
+            "terminationGracePeriodSeconds": 0,  # sleep ignores SIGTERM: no 30 s wait at cleanup
             "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
                 "labelSelector": {"matchLabels": {"lessons.io/instance": instance}},
                 "namespaceSelector": {},

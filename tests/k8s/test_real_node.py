@@ -17,20 +17,23 @@ from typing import Any
 
 import pytest
 
-from tests.support.k8s import REAL_NODE, Kubectl, backend, cluster, namespaces_of, plan_for, ring_checks
+from scheduler.core.render import NETWORK_STATUS_ANNOTATION
+from tests.support.k8s import (
+    REAL_NODE,
+    SEED_EXPECTED,
+    SEED_MANIFEST,
+    SEED_SUBNETS,
+    Kubectl,
+    backend,
+    cluster,
+    namespaces_of,
+    plan_for,
+    ring_checks,
+)
 from tests.support.waits import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
-MANIFESTS = Path(__file__).resolve().parent / "machinery" / "manifests"
-STATUS = "k8s.v1.cni.cncf.io/network-status"
-SUBNETS = {
-    "12-net": ipaddress.ip_network("10.10.12.0/24"),
-    "23-net": ipaddress.ip_network("10.10.23.0/24"),
-    "31-net": ipaddress.ip_network("10.10.31.0/24"),
-}
-# The seed's annotation order: net1 is the first network listed, net2 the second.
-EXPECTED = {"bb1": ("31-net", "12-net"), "bb2": ("12-net", "23-net"), "bb3": ("23-net", "31-net")}
 # Each link of the triangle and its two ends.
 LINKS = {"12-net": ("bb1", "bb2"), "23-net": ("bb2", "bb3"), "31-net": ("bb3", "bb1")}
 SEED_BRIDGES = ("12-bridge", "23-bridge", "31-bridge")
@@ -80,7 +83,7 @@ def test_the_seed_as_written_runs_real_containers(k8s_kubectl: Kubectl, k8s_name
 
 
 def _seed(k8s_kubectl: Kubectl, ns: str) -> None:
-    k8s_kubectl("apply", "-f", str(MANIFESTS / "busybox.yaml"), namespace=ns)
+    k8s_kubectl("apply", "-f", str(SEED_MANIFEST), namespace=ns)
     pods = {
         p["metadata"]["name"]: p
         for p in wait_until("bb1..bb3 Running and Ready", lambda: _running(k8s_kubectl, ns, 3), timeout=120)
@@ -95,7 +98,7 @@ def _seed(k8s_kubectl: Kubectl, ns: str) -> None:
         assert "@sha256:" in container["imageID"], container
         # Multus's own network-status: eth0 on the main network first, the cluster default. (Multus lists
         # net1/net2 there only for NADs that declare a cniVersion; the seed's do not.)
-        status = json.loads(pod["metadata"]["annotations"][STATUS])
+        status = json.loads(pod["metadata"]["annotations"][NETWORK_STATUS_ANNOTATION])
         assert status[0]["interface"] == "eth0" and status[0]["default"] is True, status
         assert ipaddress.ip_address(status[0]["ips"][0]) in main, status
         # PID 1 of the container is the seed's command
@@ -104,17 +107,17 @@ def _seed(k8s_kubectl: Kubectl, ns: str) -> None:
 
     events = json.loads(k8s_kubectl("get", "events", "-o", "json", namespace=ns).stdout)["items"]
     pulled = {e["involvedObject"]["name"] for e in events if e["reason"] == "Pulled"}
-    assert pulled == set(EXPECTED), [(e["reason"], e["message"]) for e in events]
+    assert pulled == set(SEED_EXPECTED), [(e["reason"], e["message"]) for e in events]
 
     # The seed's transcript: `kubectl exec bb1 -- ip addr show` lists eth0, net1 and net2.
     addresses: dict[tuple[str, str], str] = {}
-    for name, (first, second) in EXPECTED.items():
+    for name, (first, second) in SEED_EXPECTED.items():
         shown = ip_addr_show(k8s_kubectl, ns, name)
         assert {"lo", "eth0", "net1", "net2"} <= set(shown), shown
         for ifname, nad in (("net1", first), ("net2", second)):
             [cidr] = shown[ifname]
             address = ipaddress.ip_interface(cidr)
-            assert address.ip in SUBNETS[nad], (name, ifname, cidr)
+            assert address.ip in SEED_SUBNETS[nad], (name, ifname, cidr)
             addresses[(name, nad)] = str(address.ip)
 
     # Pings from inside each container, over each link, both ways.
@@ -153,7 +156,7 @@ def test_the_backends_lessons_run_as_real_containers(
         [container] = pod["status"]["containerStatuses"]
         assert container["containerID"].startswith("containerd://") and container["started"], container
         # Multus, not the agent, wrote the addresses the backend reads
-        status = json.loads(pod["metadata"]["annotations"][STATUS])
+        status = json.loads(pod["metadata"]["annotations"][NETWORK_STATUS_ANNOTATION])
         assert status[0]["name"] == "main" and status[0]["interface"] == "eth0", status
         assert [s["interface"] for s in status[1:]] == [i.name for i in plan.pod(pod["metadata"]["name"]).interfaces]
     results = ring_checks(kb, plan)

@@ -31,8 +31,10 @@ def wait_status(api: httpx.Client, livelesson: str, statuses: set[str], timeout:
 def walk_through_api(
     api: httpx.Client, lessons: dict[str, ResolvedLesson], *, backend: str, timeout: float
 ) -> list[dict[str, Any]]:
-    """Each lesson in turn: POST -> ready (every link pinged both ways) -> DELETE -> deleted. The final records."""
-    finals = []
+    """Each lesson in turn: POST -> ready (every link pinged both ways) -> DELETE; then every one deleted.
+    The final records. The teardowns overlap (a namespace takes seconds to go on a real node); the next
+    lesson is requested only once the last one was ready and its DELETE accepted."""
+    deleting = []
     for i, (slug, lesson) in enumerate(lessons.items()):
         created = api.post("/v1/livelessons", json={"lesson": slug, "session": f"curriculum{i}"})
         assert created.status_code == 202, (slug, created.status_code, created.text)
@@ -46,6 +48,9 @@ def walk_through_api(
         assert all(c["ok"] for c in record["checks"]), (slug, record["checks"])
         deleted = api.delete(f"/v1/livelessons/{livelesson}")
         assert deleted.status_code == 202, (slug, deleted.status_code, deleted.text)
+        deleting.append((slug, livelesson))
+    finals = []
+    for slug, livelesson in deleting:
         final = wait_status(api, livelesson, {"deleted", "failed"}, timeout)
         assert final["status"] == "deleted", (slug, final["error"])
         finals.append(final)

@@ -4,6 +4,7 @@ the admission probe, and the kubernetes backend on it."""
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import json
 import os
 import shutil
@@ -22,6 +23,15 @@ from workers.backends.kubernetes import KubernetesBackend
 from workers.connectivity import run_check
 
 K8S_TESTS = REPO / "tests" / "k8s"
+# The seed's busybox example (its YAML indentation mended), and what it declares: each NAD's subnet, and
+# each pod's networks in annotation order (net1 the first listed, net2 the second).
+SEED_MANIFEST = K8S_TESTS / "machinery" / "manifests" / "busybox.yaml"
+SEED_SUBNETS = {
+    "12-net": ipaddress.ip_network("10.10.12.0/24"),
+    "23-net": ipaddress.ip_network("10.10.23.0/24"),
+    "31-net": ipaddress.ip_network("10.10.31.0/24"),
+}
+SEED_EXPECTED = {"bb1": ("31-net", "12-net"), "bb2": ("12-net", "23-net"), "bb3": ("23-net", "31-net")}
 RBAC = REPO / "config" / "k8s" / "rbac.yaml"
 WORKER_SA = ("lesson-scheduler", "lesson-scheduler-worker")
 # the admission policy's parameter: one data key per instance the worker serves (config/k8s/rbac.yaml)

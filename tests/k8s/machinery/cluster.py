@@ -273,44 +273,32 @@ def make_pki() -> None:
     )
     # One key and certificate for every component, as kwokctl does: the API server's serving cert (every
     # name and address it is reached by), the admin's client cert (system:masters), the kwok server's cert.
-    (pki / "admin.ext").write_text(
-        "basicConstraints=CA:FALSE\n"
-        "keyUsage=critical,digitalSignature,keyEncipherment\n"
-        "extendedKeyUsage=serverAuth,clientAuth\n"
-        "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
-        "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n"
-    )
-    openssl(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "admin.key",
-        "-out",
-        "admin.csr",
-        "-subj",
+    sign(
+        pki,
+        "admin",
         "/O=system:masters/CN=kube-admin",
-    )
-    openssl(
-        "x509",
-        "-req",
-        "-in",
-        "admin.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "admin.crt",
-        "-days",
-        "3650",
-        "-extfile",
-        "admin.ext",
+        "serverAuth,clientAuth",
+        "IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
+        "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local",
     )
     for key in pki.glob("*.key"):  # root's alone: an exec'd command (confined to nobody) must not read them
         key.chmod(0o600)
+
+
+def sign(pki: Path, name: str, subject: str, usage: str, san: str | None) -> None:
+    """A key and a certificate ``name``.crt for ``subject``, signed by the cluster CA (``pki``/ca.*)."""
+    ext = f"basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage={usage}\n"
+    if san:
+        ext += f"subjectAltName={san}\n"
+    (pki / f"{name}.ext").write_text(ext)
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=pki, check=True, capture_output=True)
+
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject)
+    run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", f"{name}.crt", "-days", "3650", "-extfile", f"{name}.ext")  # fmt: skip
+    (pki / f"{name}.key").chmod(0o600)
 
 
 def write_kubeconfig(api_port: int) -> Path:

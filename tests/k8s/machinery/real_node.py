@@ -103,6 +103,12 @@ class RealNode:
         missing = missing_prerequisites()
         if missing:
             raise NodeError("the real node needs " + ", ".join(missing))
+        # Its bridge and cgroup names are fixed (one real node per machine): refuse to share them.
+        if MAIN_BRIDGE in _bridges() or Path("/sys/fs/cgroup/pids", CGROUP_ROOT.lstrip("/")).is_dir():
+            raise NodeError(
+                f"another test cluster's real node runs on this machine (bridge {MAIN_BRIDGE} or cgroup "
+                f"{CGROUP_ROOT} exists): run `make k8s-down` in its checkout first"
+            )
         self.state.mkdir(parents=True, exist_ok=True)
         self._snapshot_host()
         registry = f"127.0.0.1:{ports['registry']}"
@@ -284,14 +290,14 @@ oom_score = 0
     def _make_node_pki(self) -> None:
         pki = self.c.STATE / "pki"
         # the kubelet's serving certificate, for the address the API server dials (127.0.0.1)
-        _sign(pki, "kubelet", f"/CN={NODE_NAME}", "serverAuth", f"IP:127.0.0.1,DNS:{NODE_NAME}")
+        self.c.sign(pki, "kubelet", f"/CN={NODE_NAME}", "serverAuth", f"IP:127.0.0.1,DNS:{NODE_NAME}")
         # the kubelet's client identity, which the Node authorizer and NodeRestriction know
-        _sign(pki, "node", f"/O=system:nodes/CN=system:node:{NODE_NAME}", "clientAuth", None)
+        self.c.sign(pki, "node", f"/O=system:nodes/CN=system:node:{NODE_NAME}", "clientAuth", None)
 
     def _client_kubeconfig(self, name: str, user: str) -> Path:
         pki = self.c.STATE / "pki"
         if not (pki / f"{name}.crt").exists():
-            _sign(pki, name, f"/CN={user}", "clientAuth", None)
+            self.c.sign(pki, name, f"/CN={user}", "clientAuth", None)
         port = json.loads((self.c.STATE / "ports.json").read_text())["apiserver"]
         config = {
             "apiVersion": "v1",
@@ -514,36 +520,6 @@ def _symlink(target: Path, link: Path) -> None:
     if link.is_symlink() or link.exists():
         link.unlink()
     link.symlink_to(target)
-
-
-def _sign(pki: Path, name: str, subject: str, usage: str, san: str | None) -> None:
-    ext = f"basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage={usage}\n"
-    if san:
-        ext += f"subjectAltName={san}\n"
-    (pki / f"{name}.ext").write_text(ext)
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=pki, check=True, capture_output=True)
-
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject)
-    openssl(
-        "x509",
-        "-req",
-        "-in",
-        f"{name}.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        f"{name}.crt",
-        "-days",
-        "3650",
-        "-extfile",
-        f"{name}.ext",
-    )
-    (pki / f"{name}.key").chmod(0o600)
 
 
 def _busybox_layer(path: Path) -> None:
