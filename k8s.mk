@@ -1,4 +1,5 @@
-# The test Kubernetes cluster (issue 5): a real control plane built from the Go module proxy, kwok nodes,
+# The test Kubernetes cluster (issues 5, 14): a real control plane built from the Go module proxy, a real node
+# (kubelet, containerd, runc, Multus), kwok nodes,
 # and a node agent that wires pods with the real CNI plugins. Included by the Makefile.
 #
 #   make k8s-tools    build the binaries once into ~/.cache/lesson-scheduler/k8s/<version>/bin

@@ -77,13 +77,13 @@ COMPONENTS = (
 )
 # The kwok nodes carry this taint, so lesson pods land on the real node; tests that want kwok's many
 # nodes (spreading, unschedulable cases) tolerate it.
+KWOK_TAINT = {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}
 
 
-def node():  # the real node, with this module's helpers (spawn, stop, kubectl, ...)
+def node():  # the real node, with this module's helpers (spawn, stop, kubectl, sign, ...)
     return real_node.RealNode(types.SimpleNamespace(**globals()))
 
 
-KWOK_TAINT = {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}
 SERVICE_CIDR = "10.96.0.0/16"
 
 
@@ -274,7 +274,6 @@ def make_pki() -> None:
     # One key and certificate for every component, as kwokctl does: the API server's serving cert (every
     # name and address it is reached by), the admin's client cert (system:masters), the kwok server's cert.
     sign(
-        pki,
         "admin",
         "/O=system:masters/CN=kube-admin",
         "serverAuth,clientAuth",
@@ -285,18 +284,15 @@ def make_pki() -> None:
         key.chmod(0o600)
 
 
-def sign(pki: Path, name: str, subject: str, usage: str, san: str | None) -> None:
-    """A key and a certificate ``name``.crt for ``subject``, signed by the cluster CA (``pki``/ca.*)."""
+def sign(name: str, subject: str, usage: str, san: str | None) -> None:
+    """A key and a certificate ``name``.crt for ``subject`` in .k8s/pki, signed by the cluster CA."""
+    pki = STATE / "pki"
     ext = f"basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage={usage}\n"
     if san:
         ext += f"subjectAltName={san}\n"
     (pki / f"{name}.ext").write_text(ext)
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=pki, check=True, capture_output=True)
-
-    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject)
-    run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject)
+    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
         "-out", f"{name}.crt", "-days", "3650", "-extfile", f"{name}.ext")  # fmt: skip
     (pki / f"{name}.key").chmod(0o600)
 

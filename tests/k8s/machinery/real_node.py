@@ -288,16 +288,15 @@ oom_score = 0
         )
 
     def _make_node_pki(self) -> None:
-        pki = self.c.STATE / "pki"
         # the kubelet's serving certificate, for the address the API server dials (127.0.0.1)
-        self.c.sign(pki, "kubelet", f"/CN={NODE_NAME}", "serverAuth", f"IP:127.0.0.1,DNS:{NODE_NAME}")
+        self.c.sign("kubelet", f"/CN={NODE_NAME}", "serverAuth", f"IP:127.0.0.1,DNS:{NODE_NAME}")
         # the kubelet's client identity, which the Node authorizer and NodeRestriction know
-        self.c.sign(pki, "node", f"/O=system:nodes/CN=system:node:{NODE_NAME}", "clientAuth", None)
+        self.c.sign("node", f"/O=system:nodes/CN=system:node:{NODE_NAME}", "clientAuth", None)
 
     def _client_kubeconfig(self, name: str, user: str) -> Path:
         pki = self.c.STATE / "pki"
         if not (pki / f"{name}.crt").exists():
-            self.c.sign(pki, name, f"/CN={user}", "clientAuth", None)
+            self.c.sign(name, f"/CN={user}", "clientAuth", None)
         port = json.loads((self.c.STATE / "ports.json").read_text())["apiserver"]
         config = {
             "apiVersion": "v1",
