@@ -259,6 +259,12 @@ class Pipeline:
                     if self.deadline_passed(record):
                         self.fail(livelesson, "verify_connectivity", f"pings failed: {failing}")
                         return None
+                    # A pod can die right after it was seen ready (a command that exits at once): then no
+                    # retry helps, and the backend's reason says why.
+                    fatal = [f"{p.endpoint}: {p.reason}" for p in self.backend.observe(plan).pods.values() if p.fatal]
+                    if fatal:
+                        self.fail(livelesson, "verify_connectivity", "pods stopped: " + "; ".join(fatal))
+                        return None
                     log.warning("pings failing, will retry", failing=failing)
                     return Again(WAIT_COUNTDOWN)
                 passed_at = now()

@@ -288,7 +288,8 @@ def test_a_crashing_container_fails_the_lesson_fast_with_the_kubelets_reason(
     livelesson = Client(settings).request_lesson("crash", "crasher").id
     record = wait_for(store, livelesson, {"ready", "failed"}, timeout=90)
     assert record.status == "failed", record
-    assert record.error is not None and record.error.step == "wait_ready", record.error
+    # wait_ready may see h2 Ready for the moment before it exits; then verify_connectivity fails it
+    assert record.error is not None and record.error.step in ("wait_ready", "verify_connectivity"), record.error
     assert "deadline" not in record.error.message, record.error
     assert "h2" in record.error.message and "exit code 7" in record.error.message, record.error
     wait_until("the failed lesson's namespace gone", lambda: namespace_gone(k8s_kubectl, record.namespace), 60)
