@@ -103,12 +103,17 @@ class RealNode:
         missing = missing_prerequisites()
         if missing:
             raise NodeError("the real node needs " + ", ".join(missing))
-        # Its bridge and cgroup names are fixed (one real node per machine): refuse to share them.
-        if MAIN_BRIDGE in _bridges() or Path("/sys/fs/cgroup/pids", CGROUP_ROOT.lstrip("/")).is_dir():
+        # Its bridge and cgroup names are fixed (one real node per machine): refuse to share them with a
+        # node that runs; remove what a node that died left.
+        if _cgroup_processes(CGROUP_ROOT):
             raise NodeError(
-                f"another test cluster's real node runs on this machine (bridge {MAIN_BRIDGE} or cgroup "
-                f"{CGROUP_ROOT} exists): run `make k8s-down` in its checkout first"
+                f"another test cluster's real node runs on this machine (processes in cgroup {CGROUP_ROOT}): "
+                "run `make k8s-down` in its checkout first"
             )
+        if MAIN_BRIDGE in _bridges():
+            self.c.log(f"removing bridge {MAIN_BRIDGE}, left by a real node that is gone")
+            subprocess.run(["ip", "link", "del", MAIN_BRIDGE], capture_output=True, timeout=30, check=False)
+        _remove_cgroups(CGROUP_ROOT)
         self.state.mkdir(parents=True, exist_ok=True)
         self._snapshot_host()
         registry = f"127.0.0.1:{ports['registry']}"
@@ -606,6 +611,16 @@ def _mounts() -> list[str]:
         for line in Path("/proc/self/mountinfo").read_text().splitlines():
             points.append(line.split()[4].replace("\\040", " "))
     return points
+
+
+def _cgroup_processes(root: str) -> bool:
+    """Whether any process lives in the cgroup tree ``root`` of the pids hierarchy."""
+    top = Path("/sys/fs/cgroup/pids") / root.lstrip("/")
+    for dirpath, _dirs, _files in os.walk(top):
+        with contextlib.suppress(OSError):
+            if (Path(dirpath) / "cgroup.procs").read_text().strip():
+                return True
+    return False
 
 
 def _remove_cgroups(root: str) -> None:
