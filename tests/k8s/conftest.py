@@ -34,34 +34,30 @@ from tests.support.waits import wait_until
 HERE = Path(__file__).resolve().parent
 
 
+def _cluster(command: str) -> None:
+    """`cluster.py COMMAND`; a failure fails the session with its output. `down` checks the host after
+    itself: a container, mount, cgroup, bridge or IPAM file left is a failure."""
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "machinery" / "cluster.py"), command],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"`cluster.py {command}` failed:\n{proc.stdout}{proc.stderr}", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def k8s_kubeconfig() -> Iterator[Path]:
     """Path to the test cluster's kubeconfig; the cluster is up for the whole session."""
     cluster_prerequisites()
-    started = False
-    if not cluster.is_up():
-        proc = subprocess.run(
-            [sys.executable, str(HERE / "machinery" / "cluster.py"), "up"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        if proc.returncode != 0:
-            pytest.fail(f"`cluster.py up` failed:\n{proc.stdout}{proc.stderr}", pytrace=False)
-        started = True
+    started = not cluster.is_up()
+    if started:
+        _cluster("up")
     yield cluster.STATE / "kubeconfig"
     if started and os.environ.get("LESSON_K8S_KEEP") != "1":
-        proc = subprocess.run(
-            [sys.executable, str(HERE / "machinery" / "cluster.py"), "down"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        # down checks the host afterwards: a container, mount, cgroup, bridge or IPAM file left is a failure
-        if proc.returncode != 0:
-            pytest.fail(f"`cluster.py down` failed:\n{proc.stdout}{proc.stderr}", pytrace=False)
+        _cluster("down")
 
 
 @pytest.fixture(scope="session")
