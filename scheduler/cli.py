@@ -301,6 +301,66 @@ def gc() -> None:
     out.print(" ".join(f"{k}={v}" for k, v in counts.items()))
 
 
+@main.command(name="exec", context_settings={"ignore_unknown_options": True})
+@click.argument("livelesson")
+@click.argument("endpoint")
+@click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--tty", "-t", is_flag=True, help="A terminal in the pod (stdin must be one), as docker/kubectl exec -t.")
+def exec_command(livelesson: str, endpoint: str, argv: tuple[str, ...], tty: bool) -> None:
+    """Run a command (no shell) in ENDPOINT's pod: lessonctl exec ID ENDPOINT -- CMD ARGS...
+
+    stdin, stdout and stderr are the pod command's, and its exit status is lessonctl's. A live lesson that
+    is not ready is a runtime condition (exit 1); an unknown id or endpoint is bad input (exit 2)."""
+    if tty and not sys.stdin.isatty():
+        _fail("--tty needs stdin to be a terminal; leave it out to pipe input", 2)
+    _attach(livelesson, endpoint, argv, tty=tty)
+
+
+@main.command()
+@click.argument("livelesson")
+@click.argument("endpoint")
+@click.option("--shell", "shell_path", default="sh", show_default=True, help="The shell to run in the pod.")
+def shell(livelesson: str, endpoint: str, shell_path: str) -> None:
+    """An interactive terminal in ENDPOINT's pod, until its shell exits (with the shell's exit status).
+
+    Needs a terminal (else exit 2; lessonctl exec runs a command without one). A live lesson that is not
+    ready is a runtime condition (exit 1); an unknown id or endpoint is bad input (exit 2)."""
+    if not sys.stdin.isatty():
+        _fail(f"lessonctl shell needs a terminal; use lessonctl exec {livelesson} {endpoint} -- CMD", 2)
+    _attach(livelesson, endpoint, (shell_path,), tty=True)
+
+
+def _attach(livelesson: str, endpoint: str, argv: tuple[str, ...], *, tty: bool) -> NoReturn:
+    """Find the ready live lesson's plan and run ``argv`` in the endpoint's pod; exits with its status.
+    Writes nothing to stdout itself: that is the pod command's alone."""
+    from workers.backends import get_backend
+    from workers.pipeline import Pipeline
+
+    settings = _settings()
+    with _errors():
+        store = _store(settings)
+        record = store.require(livelesson)
+        catalog = _catalog(settings)
+        backend = get_backend(settings, deployment=store.deployment())
+        try:
+            plan = Pipeline(settings, store, backend, catalog).plan(record)
+            if endpoint not in {pod.endpoint for pod in plan.pods}:
+                known = ", ".join(pod.endpoint for pod in plan.pods)
+                raise InvalidRequest(f"live lesson {record.id} has no endpoint {endpoint!r} (known: {known})")
+            if record.status != "ready":
+                _fail(
+                    f"live lesson {record.id} is not ready (status: {record.status}); "
+                    f"lessonctl status {record.id} shows its progress",
+                    1,
+                )
+            code = backend.attach(plan, endpoint, argv, tty=tty)
+        except KeyboardInterrupt:
+            code = 130  # ^C without a terminal in the pod stops us; a shell reports 128 + SIGINT
+        finally:
+            backend.close()
+    sys.exit(code)
+
+
 def _loopback(host: str) -> bool:
     """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
     import ipaddress

@@ -47,6 +47,14 @@ class Settings(BaseSettings):
         Path("/var/lib/lesson-scheduler"), description="Local backend: IPAM, CNI results, pod pid files."
     )
     cni_path: Path = Field(Path("/usr/lib/cni"), description="Where the CNI plugins (bridge, host-local) live.")
+    local_pods: Literal["container", "emulated"] = Field(
+        "container",
+        description="Local backend: `container` runs each endpoint's image and command with runc; `emulated` "
+        "runs a stand-in process on the declared ports instead (hosts without runc), and says so.",
+    )
+    image_dir: Path | None = Field(
+        None, description="Local backend's image store (an OCI layout and unpacked images); default STATE_DIR/images."
+    )
     image_registry: str = Field("antidotelabs", description="Prefix for catalog image slugs on Kubernetes.")
     image_substitute: str | None = Field(
         None,

@@ -39,6 +39,20 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRe
     server.cleanup()
 
 
+@pytest.fixture(scope="session")
+def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An image store with busybox, built once per session from Debian's busybox-static (as `make demo` does).
+
+    Every test's settings use it: the lessons in config/lessons run busybox as real containers."""
+    from workers.backends.local.images import ImageStore
+
+    for tool in ("runc", "umoci", "skopeo", "busybox"):
+        needs(shutil.which(tool) is not None, f"needs {tool} (apt-get install runc umoci skopeo busybox-static)")
+    path = tmp_path_factory.mktemp("images")
+    ImageStore(path).build_busybox()
+    return path
+
+
 @pytest.fixture
 def instance(tmp_path: Path) -> Iterator[str]:
     """A unique LESSON_INSTANCE; whatever it left in the kernel is removed after the test, pass or fail."""
@@ -48,12 +62,15 @@ def instance(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def settings_for(redis_server: PrivateRedis, instance: str, tmp_path: Path) -> Callable[..., Settings]:
+def settings_for(
+    redis_server: PrivateRedis, instance: str, tmp_path: Path, image_dir: Path
+) -> Callable[..., Settings]:
     def make(**overrides: object) -> Settings:
         values: dict[str, object] = {
             "redis_url": redis_server.url,
             "instance": instance,
             "state_dir": tmp_path / "state",
+            "image_dir": image_dir,
             "catalog": CATALOG,
             "log_format": "json",
         }

@@ -18,6 +18,9 @@ __all__ = [
     "LABEL_SESSION",
     "MANAGED_BY",
     "bridge_name",
+    "cgroup_instance",
+    "cgroup_parent",
+    "container_id",
     "instance_mark",
     "mark",
     "namespace",
@@ -51,6 +54,21 @@ def pod_netns(instance: str, livelesson: str, endpoint: str) -> str:
 def node_netns(instance: str) -> str:
     """The local backend's node: the network namespace that holds the bridges."""
     return f"{instance}-node"
+
+
+def container_id(instance: str, livelesson: str, endpoint: str) -> str:
+    """The local backend's container of one pod (runc's id): the pod's namespace name, unique on the host."""
+    return pod_netns(instance, livelesson, endpoint)
+
+
+def cgroup_instance(instance: str) -> str:
+    """The cgroup (relative to each hierarchy's root) of an instance's local containers."""
+    return f"/{MANAGED_BY}/{instance}"
+
+
+def cgroup_parent(instance: str, livelesson: str) -> str:
+    """The cgroup that holds one live lesson's containers, one child each."""
+    return f"{cgroup_instance(instance)}/{livelesson}"
 
 
 def instance_mark(instance: str) -> str:

@@ -28,12 +28,43 @@ from scheduler.core.naming import (
     network_name,
 )
 
-__all__ = ["CNI_VERSION", "SUBSTITUTE_COMMAND", "Attachment", "Network", "Plan", "Pod", "Probe", "make_plan"]
+__all__ = [
+    "CNI_VERSION",
+    "POD_LIMITS",
+    "POD_PIDS_LIMIT",
+    "POD_REQUESTS",
+    "SUBSTITUTE_COMMAND",
+    "UNTRUSTED_CAPABILITIES",
+    "Attachment",
+    "Network",
+    "Plan",
+    "Pod",
+    "Probe",
+    "Resources",
+    "make_plan",
+]
 
 CNI_VERSION = "0.4.0"
 # what a substituted endpoint runs when its lesson gives no command: the substituted image's entrypoint
 # means nothing for the substitute, and a busybox left to its default `sh` would exit at once
 SUBSTITUTE_COMMAND = ("sleep", "infinity")
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu_millicores: int
+    memory_bytes: int
+
+
+# Lab images are small Linux boxes or virtual routers; the limits keep one node from being starved by one
+# lesson. Kubernetes gets them as the pod's resources, the local backend as each container's cgroup.
+POD_REQUESTS = Resources(cpu_millicores=50, memory_bytes=64 << 20)
+POD_LIMITS = Resources(cpu_millicores=1000, memory_bytes=1 << 30)
+# what an untrusted pod may do beyond an unprivileged process (ping, low ports, dropping to a user); a
+# trusted one (virtual routers, which need /dev/net/tun and sysctls) runs privileged, as Antidote ran them
+UNTRUSTED_CAPABILITIES = ("NET_RAW", "NET_BIND_SERVICE", "SETUID", "SETGID", "CHOWN")
+# the local backend's cap on processes per container (a fork bomb in one lesson stays in it)
+POD_PIDS_LIMIT = 1024
 
 
 @dataclass(frozen=True)
@@ -90,6 +121,7 @@ class Pod:
     # the image the lesson declared; differs from ``image`` when LESSON_IMAGE_SUBSTITUTE replaced it
     # (left empty, it is ``image``)
     declared_image: str = ""
+    container: str = ""  # the local backend's container id (runc), from naming.container_id
 
     def __post_init__(self) -> None:
         if not self.declared_image:
@@ -127,6 +159,7 @@ class Plan:
     deployment: str = ""
     # LESSON_IMAGE_SUBSTITUTE: the image every pod runs instead of its own, or None (each runs its own)
     image_substitute: str | None = None
+    cgroup: str = ""  # the local backend's cgroup parent of the lesson's containers
 
     def network(self, nad: str) -> Network:
         return next(n for n in self.networks if n.nad == nad)
@@ -230,6 +263,7 @@ def make_plan(
                 labels={**labels, LABEL_ENDPOINT: ep.name},
                 interfaces=interfaces,
                 declared_image=ep.image,
+                container=naming.container_id(instance, livelesson, ep.name),
             )
         )
     by_name = {p.endpoint: p for p in pods}
@@ -252,4 +286,5 @@ def make_plan(
         node_netns=naming.node_netns(instance),
         deployment=deployment,
         image_substitute=image_substitute,
+        cgroup=naming.cgroup_parent(instance, livelesson),
     )

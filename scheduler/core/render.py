@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from scheduler.core.naming import LABEL_LIVELESSON
-from scheduler.core.plan import Plan, Pod
+from scheduler.core.plan import POD_LIMITS, POD_REQUESTS, UNTRUSTED_CAPABILITIES, Plan, Pod
 
 __all__ = [
     "LESSON_ROLE",
@@ -37,8 +37,10 @@ ROLE_BINDING = "lesson-scheduler-worker"
 RBAC_GROUP = "rbac.authorization.k8s.io"
 _SERVICE_ACCOUNT = "system:serviceaccount:"
 
-# Lab images are small Linux boxes or virtual routers; these keep one node from being starved by one lesson.
-RESOURCES = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
+RESOURCES = {
+    "requests": {"cpu": f"{POD_REQUESTS.cpu_millicores}m", "memory": f"{POD_REQUESTS.memory_bytes >> 20}Mi"},
+    "limits": {"cpu": f"{POD_LIMITS.cpu_millicores}m", "memory": f"{POD_LIMITS.memory_bytes >> 20}Mi"},
+}
 
 
 def namespace(plan: Plan) -> Obj:
@@ -70,7 +72,7 @@ def _security_context(pod: Pod) -> Obj:
         "allowPrivilegeEscalation": False,
         "capabilities": {
             "drop": ["ALL"],
-            "add": ["NET_RAW", "NET_BIND_SERVICE", "SETUID", "SETGID", "CHOWN"],
+            "add": list(UNTRUSTED_CAPABILITIES),
         },
         "seccompProfile": {"type": "RuntimeDefault"},
     }

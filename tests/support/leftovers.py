@@ -40,6 +40,25 @@ def leftovers(instance: str, livelesson: str, state_dir: Path) -> list[str]:
     ipam = state_dir / instance / "ipam"
     if ipam.exists():
         found += [f"ipam {p.name}" for p in ipam.iterdir() if p.is_dir()]
+    found += container_leftovers(instance, livelesson, state_dir)
+    return found
+
+
+def container_leftovers(instance: str, livelesson: str, state_dir: Path) -> list[str]:
+    """A live lesson's containers (runc's records), overlay mounts, cgroups and container layers."""
+    from workers.backends.local.containers import Runc, cgroup_dirs, mounts_under
+
+    folder = state_dir / instance / "lessons" / livelesson
+    prefix = naming.namespace(instance, livelesson)
+    found = [
+        f"container {c.id} ({c.status})"
+        for c in Runc(state_dir / instance / "runc").states().values()
+        if c.id.startswith(f"{prefix}-") or c.bundle.parent == folder / "containers"
+    ]
+    found += [f"mount {m}" for m in mounts_under(folder)]
+    found += [f"cgroup {d}" for d in cgroup_dirs(naming.cgroup_parent(instance, livelesson)) if d.exists()]
+    if (folder / "containers").exists():
+        found.append("container layers")
     return found
 
 
@@ -59,4 +78,12 @@ def cleanup_instance(name: str, state_dir: Path) -> None:
     for ns in netns.names():
         if ns.startswith(f"{name}-"):
             netns.delete(ns)
+    from workers.backends.local.containers import Runc, remove_cgroup, unmount_all
+
+    runc = Runc(state_dir / name / "runc")
+    for container in runc.states():
+        with contextlib.suppress(Exception):
+            runc.remove(container)
+    unmount_all(state_dir / name)
+    remove_cgroup(naming.cgroup_instance(name))
     shutil.rmtree(state_dir / name, ignore_errors=True)

@@ -294,6 +294,9 @@ class Recorder(Backend):
     def observe(self, plan: Plan, *, wait: float = 0.0) -> Observation:
         raise NotImplementedError
 
+    def attach(self, plan: Plan, endpoint: str, argv: Sequence[str], *, tty: bool) -> int:
+        raise NotImplementedError  # the pings under test never attach
+
     def exec(self, plan: Plan, endpoint: str, argv: Sequence[str], *, timeout: float) -> ExecResult:
         raise NotImplementedError
 

@@ -166,6 +166,9 @@ class ScriptedBackend(Backend):
         self.script = list(script)
         self.calls: list[tuple[str, list[str]]] = []
 
+    def attach(self, plan: Plan, endpoint: str, argv: Sequence[str], *, tty: bool) -> int:
+        raise NotImplementedError  # the pings under test never attach
+
     def exec(self, plan: Plan, endpoint: str, argv: Sequence[str], *, timeout: float) -> ExecResult:
         self.calls.append((endpoint, list(argv)))
         step = self.script.pop(0) if len(self.script) > 1 else self.script[0]

@@ -22,5 +22,10 @@ def get_backend(settings: Settings, *, deployment: str) -> Backend:
     from workers.backends.local import LocalBackend
 
     return LocalBackend(
-        instance=settings.instance, state_dir=settings.state_dir, cni_path=settings.cni_path, deployment=deployment
+        instance=settings.instance,
+        state_dir=settings.state_dir,
+        cni_path=settings.cni_path,
+        deployment=deployment,
+        pods=settings.local_pods,
+        image_dir=settings.image_dir,
     )

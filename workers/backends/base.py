@@ -117,6 +117,15 @@ class Backend(abc.ABC):
         ``TemporaryError`` when the command times out or the connection to the pod breaks."""
 
     @abc.abstractmethod
+    def attach(self, plan: Plan, endpoint: str, argv: Sequence[str], *, tty: bool) -> int:
+        """Run ``argv`` (no shell) inside the endpoint's pod with this process's stdin, stdout and stderr
+        (a terminal in the pod when ``tty``, which needs stdin to be one) until it exits; returns its exit
+        status. For people (``lessonctl exec``/``shell``), so there is no timeout.
+
+        Raises ``PermanentError`` for an endpoint the plan does not have or a pod that does not run;
+        ``TemporaryError`` when the connection to the pod breaks."""
+
+    @abc.abstractmethod
     def destroy(self, livelesson: str) -> None:
         """Remove everything of that live lesson, waiting until it is gone.
 

@@ -11,6 +11,8 @@ resourceVersion and lists again on 410 Gone.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -23,6 +25,8 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.stream import stream
+from kubernetes.stream.ws_client import ERROR_CHANNEL
+from websocket import WebSocketException
 
 from scheduler.core import naming
 from scheduler.core.errors import PermanentError, PrerequisiteMissing, SchedulerError, TemporaryError
@@ -31,6 +35,7 @@ from scheduler.core.plan import Plan
 from scheduler.core.render import namespace, network_attachment_definitions, network_policy, pods
 from scheduler.settings import Settings
 from workers.backends.base import Backend, ExecResult, Observation
+from workers.backends.kubernetes import terminal
 from workers.backends.kubernetes.api import (
     CONNECTION_ERRORS,
     ApiError,
@@ -234,6 +239,42 @@ class KubernetesBackend(Backend):
             finally:
                 resp.close()
         return ExecResult(code, "".join(stdout), "".join(stderr))
+
+    def attach(self, plan: Plan, endpoint: str, argv: Sequence[str], *, tty: bool) -> int:
+        """The pods/exec subresource with stdin, as ``kubectl exec -i [-t]``: bytes both ways (binary, so a
+        terminal's escape sequences and any encoding pass unchanged) through :mod:`.terminal`."""
+        pod = plan.pod(endpoint)
+        if tty and not os.isatty(0):
+            raise PermanentError("a terminal in the pod needs stdin to be a terminal")
+        with self._exec_api() as core:
+            try:
+                resp = stream(
+                    core.connect_get_namespaced_pod_exec, pod.name, plan.namespace,
+                    command=list(argv), stdin=True, stdout=True, stderr=not tty, tty=tty,
+                    binary=True, _preload_content=False,
+                )  # fmt: skip
+            except ApiException as exc:
+                error = translate(exc)
+                log.warning("attach failed to start", endpoint=endpoint, error=str(error), transient=error.transient)
+                raise error from exc
+            except (*CONNECTION_ERRORS, OSError) as exc:
+                log.warning("attach failed to connect", endpoint=endpoint, error=describe(exc))
+                raise TemporaryError(f"exec in {endpoint} failed to connect: {exc}") from exc
+            try:
+                terminal.pump(resp, tty=tty)
+            except terminal.OutputClosed:
+                return 128 + signal.SIGPIPE  # what a shell reports for a pipeline's writer whose reader left
+            except (OSError, WebSocketException) as exc:  # the connection broke mid-session
+                raise TemporaryError(f"the connection to {endpoint} broke off: {exc}") from exc
+            finally:
+                resp.close()
+        failure = terminal.start_failure(resp)
+        if failure is not None:
+            raise PermanentError(f"`{' '.join(argv)}` did not run in {endpoint}: {failure}")
+        if not resp.peek_channel(ERROR_CHANNEL):
+            # the API server always ends a session with a Status there: without one, it was cut off
+            raise TemporaryError(f"the connection to {endpoint} closed before the command's exit status came")
+        return _returncode(resp)
 
     # --- destroy and list ---------------------------------------------------------------------------
 

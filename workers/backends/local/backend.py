@@ -1,9 +1,13 @@
 """The local backend: the seed's worker node on one Linux host, with no cluster.
 
 A "node" network namespace per instance holds the Linux bridges; each pod is its own network namespace
-with ``lo`` up and a long-running process listening on its declared ports; each attachment is made by
-running the plan's CNI configuration through the real bridge and host-local plugins, as Multus would.
-Nothing is created in the host's root namespace.
+with ``lo`` up; each attachment is made by running the plan's CNI configuration through the real bridge
+and host-local plugins, as Multus would. Nothing is created in the host's root network namespace.
+
+What runs in a pod (``pods``, LESSON_LOCAL_PODS): ``container`` runs the endpoint's image and command with
+runc in the pod's namespace, after its interfaces are attached, as a kubelet would (:mod:`.containers`,
+images from :mod:`.images`); ``emulated`` runs a stand-in process that listens on the declared ports
+(:mod:`.pods`), for hosts without a container runtime, and says so wherever pods are shown.
 
 Ownership (containerlab's idea): before creating anything, the backend writes
 ``<state>/<instance>/lessons/<id>/owner.json`` naming every namespace, bridge and attachment it will make,
@@ -23,8 +27,12 @@ State directory layout::
         ipam/<cni network>/       host-local's allocations (per instance, not /var/lib/cni)
         lessons/<id>/owner.json   what this live lesson owns
         lessons/<id>/results/     CNI ADD results, so addresses survive a worker restart
-        lessons/<id>/pods/        pid files, written by each pod process once it listens, and the lock
-                                  each pod process holds for its life (one process per pod)
+        lessons/<id>/pods/        emulated: pid files, written by each pod process once it listens, and
+                                  the lock each pod process holds for its life (one process per pod)
+        lessons/<id>/containers/  container: one bundle per pod (config, overlay mount, output)
+        runc/                     runc's state of this instance's containers
+    <image_dir>/                  the image store (:mod:`.images`), shared by instances
+    cgroups: /lesson-scheduler/<instance>/<id>/<endpoint> in each hierarchy
 
 The rooms it is composed of: :mod:`.ownership` (owner records, paths, locks), :mod:`.pods` (pod
 processes), :mod:`.attach` (CNI attachments), :mod:`.netns` (namespaces), :mod:`.rtnetlink` (links and
@@ -38,6 +46,7 @@ all missing pod processes (one Python start per apply, not per pod).
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import time
@@ -49,11 +58,21 @@ from typing import Any, TypeVar
 import structlog
 
 from scheduler.core import naming
-from scheduler.core.errors import PermanentError, TemporaryError
+from scheduler.core.errors import PermanentError, PrerequisiteMissing, TemporaryError
 from scheduler.core.plan import Attachment, Plan, Pod
+from scheduler.core.records import PodKind
 from workers.backends.base import Backend, ExecResult, InterfaceStatus, Observation, PodStatus
 from workers.backends.local import cni, netns, rtnetlink
 from workers.backends.local.attach import Attachments
+from workers.backends.local.containers import (
+    ContainerState,
+    Runc,
+    cgroup_dirs,
+    output_tail,
+    remove_cgroup,
+    unmount_all,
+)
+from workers.backends.local.images import ImageStore, Unpacked, tool_message
 from workers.backends.local.ownership import Ownership
 from workers.backends.local.pods import PodProcesses, stop
 
@@ -75,11 +94,18 @@ def _parallel(fn: Callable[..., T], items: Sequence[Any]) -> list[T]:
 
 class LocalBackend(Backend):
     name = "local"
-    pods = "emulated"  # a stand-in process per pod: the image and command are not run (yet)
 
     def __init__(
-        self, *, instance: str, state_dir: Path, cni_path: Path = Path("/usr/lib/cni"), deployment: str = ""
+        self,
+        *,
+        instance: str,
+        state_dir: Path,
+        cni_path: Path = Path("/usr/lib/cni"),
+        deployment: str = "",
+        pods: PodKind = "emulated",
+        image_dir: Path | None = None,
     ) -> None:
+        self.pods = pods
         self.instance = instance
         self.deployment = deployment
         self.root = state_dir / instance
@@ -89,6 +115,8 @@ class LocalBackend(Backend):
         self._checked = False
         self._owned = Ownership(instance=instance, root=self.root, deployment=deployment)
         self._processes = PodProcesses(self._owned)
+        self.images = ImageStore(image_dir or state_dir / "images")
+        self._runc = Runc(self.root / "runc")
         self._attachments = Attachments(
             self._owned, node_netns=self.node_netns, ipam_dir=self.ipam_dir, cni_path=cni_path
         )
@@ -105,6 +133,8 @@ class LocalBackend(Backend):
             netns.check_privileges()
             for plugin in ("bridge", "host-local"):
                 cni.plugin(self.cni_path, plugin)
+            if self.pods == "container":
+                _container_prerequisites()
             self._checked = True
 
     def _record_owner(self, plan: Plan) -> None:
@@ -146,10 +176,15 @@ class LocalBackend(Backend):
 
     def apply_pods(self, plan: Plan) -> None:
         self._prerequisites()
+        # images first, outside the lesson's lock (a pull may take a while): an image that cannot be had
+        # fails the lesson before anything of its pods is made
+        images = {}
+        if self.pods == "container":
+            images = {ref: self.images.unpacked(ref) for ref in sorted({p.image for p in plan.pods})}
         with self._owned.lesson_lock(plan.livelesson):
-            self._apply_pods(plan)
+            self._apply_pods(plan, images)
 
-    def _apply_pods(self, plan: Plan) -> None:
+    def _apply_pods(self, plan: Plan, images: dict[str, Unpacked]) -> None:
         self._record_owner(plan)
         if not netns.exists(self.node_netns):
             raise TemporaryError("the node namespace is missing; networks must be applied first")
@@ -159,7 +194,8 @@ class LocalBackend(Backend):
         # a namespace made just now is empty; only older ones are read back
         found = _parallel(lambda p: {} if netns.add(p.netns) else rtnetlink.addresses(p.netns), plan.pods)
         present = {p.endpoint: a for p, a in zip(plan.pods, found, strict=True)}
-        missing = [p for p in plan.pods if not self._processes.process_ok(plan.livelesson, p)]
+        emulated = self.pods == "emulated"
+        missing = [p for p in plan.pods if emulated and not self._processes.process_ok(plan.livelesson, p)]
 
         def attach(pod: Pod, itf: Attachment) -> Callable[[], None]:
             return lambda: self._attachments.ensure(plan, pod, itf, present[pod.endpoint], node_links)
@@ -169,19 +205,50 @@ class LocalBackend(Backend):
         if missing:
             work.insert(0, lambda: self._processes.launch(plan, missing))
         _parallel(lambda f: f(), work)
+        if not emulated:
+            # after the attachments, as a kubelet starts containers after the sandbox's CNI ADD: what runs in
+            # the pod finds its interfaces there from its first instruction
+            states = self._runc.states()
+            starting = [p for p in plan.pods if not self._container_ok(states.get(p.container), p)]
+            _parallel(lambda p: self._start_container(plan, p, images[p.image], states.get(p.container)), starting)
+
+    def _bundle(self, livelesson: str, endpoint: str) -> Path:
+        return self._owned.folder(livelesson) / "containers" / endpoint
+
+    def _container_ok(self, state: ContainerState | None, pod: Pod) -> bool:
+        """Running, and in the pod's current network namespace (not one deleted and made again)."""
+        if state is None or state.status != "running":
+            return False
+        try:
+            return Path(f"/proc/{state.pid}/ns/net").stat().st_ino == (netns.NETNS_DIR / pod.netns).stat().st_ino
+        except FileNotFoundError:
+            return False
+
+    def _start_container(self, plan: Plan, pod: Pod, image: Unpacked, state: ContainerState | None) -> None:
+        bundle = self._bundle(plan.livelesson, pod.endpoint)
+        if state is not None:
+            if state.bundle != bundle:
+                raise PermanentError(f"container {pod.container} exists but is not ours (bundle {state.bundle})")
+            # created by a crashed attempt, exited, or stranded in an old namespace: replaced, as a kubelet
+            # restarts a pod's container
+            self._runc.remove(pod.container)
+        self._runc.start(plan, pod, image, bundle)
 
     # --- observe and exec --------------------------------------------------------------------------
 
-    def _status(self, plan: Plan, pod: Pod) -> PodStatus:
-        def not_ready(reason: str, interfaces: tuple[InterfaceStatus, ...] = ()) -> PodStatus:
-            return PodStatus(pod.endpoint, pod.netns, False, interfaces, self.node_netns, reason)
+    def _status(self, plan: Plan, pod: Pod, containers: dict[str, ContainerState]) -> PodStatus:
+        def not_ready(reason: str, interfaces: tuple[InterfaceStatus, ...] = (), fatal: bool = False) -> PodStatus:
+            return PodStatus(pod.endpoint, pod.netns, False, interfaces, self.node_netns, reason, fatal)
 
         if not netns.exists(pod.netns):
             return not_ready("network namespace missing")
+        # emulated pods are ready once their stand-ins listen; a container is ready once it runs, as a
+        # Kubernetes pod without a readiness probe is (what an image does on its ports is its own business)
+        ports = pod.ports if self.pods == "emulated" else ()
         try:
             # one visit to the namespace reads the addresses and tries the ports
             present, open_ports = netns.in_netns(
-                pod.netns, lambda: (rtnetlink.thread_addresses(), netns.tcp_open(pod.ports) if pod.ports else [])
+                pod.netns, lambda: (rtnetlink.thread_addresses(), netns.tcp_open(ports) if ports else [])
             )
         except PermanentError:  # deleted between the two looks
             return not_ready("network namespace missing")
@@ -194,9 +261,19 @@ class LocalBackend(Backend):
         missing = [i.name for i in statuses if i.address is None]
         if missing:
             return not_ready(f"no address yet on {', '.join(missing)}", statuses)
-        if self._processes.process(plan.livelesson, pod.endpoint) is None:
+        if self.pods == "container":
+            state = containers.get(pod.container)
+            if state is None or state.status == "created":
+                return not_ready("container not started", statuses)
+            if state.status == "stopped":
+                tail = output_tail(self._bundle(plan.livelesson, pod.endpoint))
+                said = f"; its last output: {tail}" if tail else " without output"
+                return not_ready(f"container {pod.endpoint} exited{said}", statuses, fatal=True)
+            if not self._container_ok(state, pod):
+                return not_ready(f"container {state.status} or in an old network namespace", statuses)
+        elif self._processes.process(plan.livelesson, pod.endpoint) is None:
             return not_ready("pod process not running", statuses)
-        closed = sorted(set(pod.ports) - set(open_ports))
+        closed = sorted(set(ports) - set(open_ports))
         if closed:
             return not_ready(f"ports not accepting connections: {closed}", statuses)
         return PodStatus(pod.endpoint, pod.netns, True, statuses, self.node_netns)
@@ -205,9 +282,10 @@ class LocalBackend(Backend):
         deadline = time.monotonic() + wait
         while True:
             with self._owned.reading(plan.livelesson):
-                pods = _parallel(lambda p: self._status(plan, p), plan.pods)
+                containers = self._runc.states() if self.pods == "container" else {}
+                pods = _parallel(self._status, [(plan, p, containers) for p in plan.pods])
             observation = Observation({p.endpoint: p for p in pods})
-            if observation.ready or time.monotonic() >= deadline:
+            if observation.ready or any(p.fatal for p in pods) or time.monotonic() >= deadline:
                 return observation
             time.sleep(0.02)
 
@@ -216,12 +294,30 @@ class LocalBackend(Backend):
         if not netns.exists(pod.netns):
             raise PermanentError(f"pod {endpoint} does not exist (no namespace {pod.netns})")
         try:
-            proc = netns.run(argv, netns=pod.netns, timeout=timeout)
+            if self.pods == "container":
+                proc = self._runc.exec(pod.container, argv, timeout=timeout)
+                _container_exec_error(proc.returncode, proc.stderr.decode(errors="replace"), endpoint, argv)
+            else:
+                proc = netns.run(argv, netns=pod.netns, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
             raise TemporaryError(f"`{' '.join(argv)}` in {endpoint} timed out after {timeout}s") from exc
         except FileNotFoundError as exc:
             raise PermanentError(f"`{argv[0]}` cannot run in {endpoint}: {exc.strerror}") from exc
         return ExecResult(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
+
+    def attach(self, plan: Plan, endpoint: str, argv: Sequence[str], *, tty: bool) -> int:
+        pod = plan.pod(endpoint)
+        if not netns.exists(pod.netns):
+            raise PermanentError(f"pod {endpoint} does not exist (no namespace {pod.netns})")
+        if self.pods == "container":
+            if not self._container_ok(self._runc.states().get(pod.container), pod):
+                raise PermanentError(f"the container of {endpoint} is not running")
+            return self._runc.attach(pod.container, argv, tty=tty)
+        # emulated: the host's own program, in the pod's network namespace only (said by the record)
+        try:
+            return netns.in_netns(pod.netns, lambda: subprocess.run(list(argv), check=False).returncode, timeout=1e9)
+        except FileNotFoundError as exc:
+            raise PermanentError(f"`{argv[0]}` cannot run in {endpoint}: {exc.strerror}") from exc
 
     # --- destroy and list --------------------------------------------------------------------------
 
@@ -243,6 +339,13 @@ class LocalBackend(Backend):
         pods: dict[str, str] = owner["pods"]
         # without the node namespace the bridges and host veths are gone already, and the IPAM folder is
         # removed below; running DEL from the root namespace instead would break "nothing in the root ns"
+        # containers first, as a kubelet stops them before the sandbox's CNI DEL; ours are those whose
+        # bundle is in this live lesson's folder
+        folder = self._owned.folder(livelesson)
+        containers = [c for c in self._runc.states().values() if c.bundle.parent == folder / "containers"]
+        _parallel(lambda c: self._runc.remove(c.id), containers)
+        unmount_all(folder)
+        remove_cgroup(naming.cgroup_parent(self.instance, livelesson))
         if netns.exists(self.node_netns) and self.cni_path.is_dir():
             _parallel(lambda att: self._attachments.release(owner, att), owner["attachments"])
         _parallel(
@@ -266,4 +369,31 @@ class LocalBackend(Backend):
             if any(alias.startswith(prefix) for alias in rtnetlink.bridges(self.node_netns).values()):
                 return False
             netns.delete(self.node_netns)
+            remove_cgroup(naming.cgroup_instance(self.instance))
+            for top in cgroup_dirs(naming.MANAGED_BY):  # shared by instances: only once it is empty
+                with contextlib.suppress(OSError):
+                    top.rmdir()
             return True
+
+
+def _container_prerequisites() -> None:
+    missing = [tool for tool in ("runc", "umoci", "skopeo") if shutil.which(tool) is None]
+    if missing:
+        raise PrerequisiteMissing(
+            f"container pods need {', '.join(missing)}: apt-get install runc umoci skopeo "
+            "(or set LESSON_LOCAL_PODS=emulated for stand-in processes instead of containers)"
+        )
+    with open("/proc/filesystems") as handle:
+        if "overlay" not in handle.read().split():
+            raise PrerequisiteMissing("container pods need the kernel's overlay filesystem (modprobe overlay)")
+
+
+def _container_exec_error(returncode: int, stderr: str, endpoint: str, argv: Sequence[str]) -> None:
+    """runc exec's own failures (exit 255 with its message) as errors; the command's exit is a result."""
+    if returncode != 255:
+        return
+    message = tool_message(stderr)
+    if "executable file not found" in message or "no such file or directory" in message:
+        raise PermanentError(f"`{argv[0]}` cannot run in {endpoint}: {message}")
+    if "container does not exist" in message or "not running" in message or "cannot exec" in message:
+        raise PermanentError(f"the container of {endpoint} is not running: {message}")

@@ -1,0 +1,171 @@
+"""A person's session on a pod's exec stream: this process's stdin, stdout and stderr, wired to the pod.
+
+``pump`` copies bytes both ways until the pod's command exits and the API server closes the stream: stdin
+to channel 0, channel 1 to stdout, channel 2 to stderr (without a terminal; with one the pod's terminal
+merges them). With ``tty`` the local terminal is in raw mode for the session (every key, ^C included,
+goes to the pod) and is always restored; its size goes on the resize channel at the start and after every
+SIGWINCH. The exit status stays on the error channel for ``backend._returncode``; what the runtime said
+when the command could not start at all is :func:`start_failure`.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import select
+import signal
+import ssl
+import termios
+import threading
+import tty as ttymode
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from types import FrameType
+from typing import Any
+
+import yaml
+from kubernetes.stream.ws_client import ERROR_CHANNEL, RESIZE_CHANNEL, STDERR_CHANNEL, STDIN_CHANNEL, STDOUT_CHANNEL
+
+__all__ = ["OutputClosed", "pump", "start_failure"]
+
+STDIN, STDOUT, STDERR = 0, 1, 2
+CHUNK = 64 * 1024
+
+
+class OutputClosed(Exception):
+    """Whoever read our stdout went away (``lessonctl exec ... | head``): the session ends, as a pipeline
+    would end it."""
+
+
+def pump(resp: Any, *, tty: bool) -> None:
+    """Copy stdin to the pod and the pod's output to stdout and stderr until the stream closes.
+
+    ``resp`` is an open ``WSClient`` of ``stream(..., binary=True, _preload_content=False)``. Raises
+    :class:`OutputClosed` when stdout's reader is gone; websocket and socket errors pass through for the
+    caller to translate."""
+    with _raw(tty) as winch:
+        if tty:
+            _send_size(resp)
+        reading = _readable(STDIN)
+        while resp.is_open():
+            watched = [resp.sock.sock] + ([STDIN] if reading else []) + ([winch] if winch is not None else [])
+            # TLS decrypts whole records: frames already decrypted sit in the SSL object, where select cannot
+            # see them, so look there first
+            pending = isinstance(resp.sock.sock, ssl.SSLSocket) and resp.sock.sock.pending() > 0
+            ready = watched if pending else select.select(watched, [], [])[0]
+            if winch is not None and winch in ready:
+                os.read(winch, CHUNK)
+                _send_size(resp)
+            if reading and STDIN in ready:
+                reading = _forward_stdin(resp)
+            if pending or resp.sock.sock in ready:
+                resp.update(timeout=0)
+                _drain(resp)
+        _drain(resp)
+
+
+def start_failure(resp: Any) -> str | None:
+    """After the stream closed: the runtime's words when the command did not run at all (an executable
+    that is not there, a container that stopped), None when it ran (whatever its exit status). Leaves the
+    error channel for ``_returncode``."""
+    raw = resp.peek_channel(ERROR_CHANNEL)
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    if not text.strip():
+        return None
+    try:
+        status = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text.strip()  # a runtime that sends a bare message (kwok)
+    if not isinstance(status, dict):
+        return text.strip()
+    if status.get("status") == "Success" or status.get("reason") == "NonZeroExitCode":
+        return None
+    return str(status.get("message") or text.strip())
+
+
+def _readable(fd: int) -> bool:
+    """stdin is open (a closed one would make select fail; ``exec ... <&-`` is allowed)."""
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def _forward_stdin(resp: Any) -> bool:
+    """One read of stdin sent to the pod; False at end of input, after telling the pod (protocol v5: the
+    command sees its stdin close; older API servers cannot say it, so the command keeps waiting)."""
+    try:
+        data = os.read(STDIN, CHUNK)
+    except OSError as exc:
+        if exc.errno != errno.EIO:  # EIO: the terminal hung up, which is an end of input too
+            raise
+        data = b""
+    if data:
+        resp.write_channel(STDIN_CHANNEL, data)
+        return True
+    resp.close_channel(STDIN_CHANNEL)
+    return False
+
+
+def _drain(resp: Any) -> None:
+    for channel, fd in ((STDOUT_CHANNEL, STDOUT), (STDERR_CHANNEL, STDERR)):
+        data = resp.read_channel(channel)
+        if data:
+            _write_all(fd, data)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    try:
+        while data:
+            data = data[os.write(fd, data) :]
+    except BrokenPipeError as exc:
+        raise OutputClosed(f"fd {fd} closed") from exc
+
+
+def _send_size(resp: Any) -> None:
+    try:
+        size = os.get_terminal_size(STDIN)
+    except OSError:
+        return  # not a terminal after all: the pod's terminal keeps its default size
+    resp.write_channel(RESIZE_CHANNEL, json.dumps({"Width": size.columns, "Height": size.lines}).encode())
+
+
+@contextmanager
+def _raw(tty: bool) -> Iterator[int | None]:
+    """With ``tty``: stdin in raw mode, undone on the way out whatever happens, and the pipe that
+    :func:`_resizes` yields. Without: nothing, and None."""
+    if not tty:
+        yield None
+        return
+    saved = termios.tcgetattr(STDIN)
+    try:
+        ttymode.setraw(STDIN, termios.TCSANOW)
+        with _resizes() as wake:
+            yield wake
+    finally:
+        termios.tcsetattr(STDIN, termios.TCSADRAIN, saved)
+
+
+@contextmanager
+def _resizes() -> Iterator[int | None]:
+    """A pipe that becomes readable after SIGWINCH (for select), the previous handler back on the way out.
+    None off the main thread, where no handler can be set: the pod's terminal keeps its first size."""
+    if threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+
+    def on_winch(_signum: int, _frame: FrameType | None) -> None:
+        with suppress(BlockingIOError):  # a resize is already pending: one is enough
+            os.write(wake_w, b"w")
+
+    previous = signal.signal(signal.SIGWINCH, on_winch)
+    try:
+        yield wake_r
+    finally:
+        signal.signal(signal.SIGWINCH, previous)
+        os.close(wake_r)
+        os.close(wake_w)
