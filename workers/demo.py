@@ -25,6 +25,7 @@ from celery import Celery
 from rich.console import Console
 
 from scheduler.core.errors import TemporaryError
+from scheduler.core.images import canonical
 from scheduler.core.records import STEPS, LiveLesson, new_id
 from scheduler.dev.redis_server import PrivateRedis
 from scheduler.services.catalog import load_catalog
@@ -33,7 +34,8 @@ from scheduler.services.queue import sender
 from scheduler.services.state import Store
 from scheduler.settings import Settings
 from workers.backends import get_backend
-from workers.backends.local import netns, rtnetlink
+from workers.backends.local import LocalBackend
+from workers.backends.local.images import BUSYBOX, ImageStore
 from workers.celery_process import CeleryProcess, WorkerNotReady
 
 __all__ = ["Demo", "DemoResult", "json_events"]
@@ -108,7 +110,26 @@ class Demo:
         sys.stderr.flush()
         return len(events)
 
+    def _ensure_busybox(self) -> None:
+        """Containers need their images: busybox, which the sample lessons run, is built here from the
+        host's busybox-static when the store lacks it (once; `lessonctl images ls` lists it after)."""
+        settings = self.settings
+        if settings.backend != "local" or settings.local_pods != "container":
+            return
+        lesson = load_catalog(self.path, image_registry=settings.image_registry).get(self.slug)
+        wanted = {canonical(ep.image) for ep in lesson.endpoints} if lesson is not None else set()
+        store = ImageStore.configured(settings.state_dir, settings.image_dir)
+        if BUSYBOX in wanted and store.digest(BUSYBOX) is None:
+            started = time.monotonic()
+            store.build_busybox()
+            self.console.print(
+                f"[dim]built image {BUSYBOX} from /bin/busybox (Debian's busybox-static) into {store.root} in "
+                f"{(time.monotonic() - started) * 1000:.0f} ms[/dim]",
+                highlight=False,
+            )
+
     def run(self) -> DemoResult:
+        self._ensure_busybox()
         workdir = Path(tempfile.mkdtemp(prefix="lessonctl-demo-"))
         with ExitStack() as stack:
             if not self.keep:
@@ -236,15 +257,8 @@ class Demo:
         backend = get_backend(settings, deployment=store.deployment())
         if livelesson in backend.list():
             leftovers.append(f"backend objects of {livelesson}")
-        if settings.backend == "local":
-            prefix = f"{settings.instance}-{livelesson}"
-            leftovers += [f"netns {n}" for n in sorted(netns.names()) if n.startswith(prefix)]
-            node = f"{settings.instance}-node"
-            if netns.exists(node):
-                mark = f"lesson-scheduler/{settings.instance}/{livelesson}/"
-                leftovers += [f"bridge {b}" for b, alias in rtnetlink.bridges(node).items() if alias.startswith(mark)]
-            prune = getattr(backend, "prune", None)
-            if prune is not None:
-                prune()
+        if isinstance(backend, LocalBackend):
+            leftovers += backend.remains(livelesson)
+            backend.prune()
         backend.close()
         return leftovers

@@ -68,6 +68,7 @@ from workers.backends.local.containers import (
     ContainerState,
     Runc,
     cgroup_dirs,
+    mounts_under,
     output_tail,
     remove_cgroup,
     unmount_all,
@@ -115,7 +116,7 @@ class LocalBackend(Backend):
         self._checked = False
         self._owned = Ownership(instance=instance, root=self.root, deployment=deployment)
         self._processes = PodProcesses(self._owned)
-        self.images = ImageStore(image_dir or state_dir / "images")
+        self.images = ImageStore.configured(state_dir, image_dir)
         self._runc = Runc(self.root / "runc")
         self._attachments = Attachments(
             self._owned, node_netns=self.node_netns, ipam_dir=self.ipam_dir, cni_path=cni_path
@@ -359,6 +360,24 @@ class LocalBackend(Backend):
             shutil.rmtree(self.ipam_dir / net["cni"]["name"], ignore_errors=True)
         shutil.rmtree(self._owned.folder(livelesson), ignore_errors=True)
         log.info("local backend destroyed", livelesson=livelesson, pods=len(pods), networks=len(networks))
+
+    def remains(self, livelesson: str) -> Sequence[str]:
+        """What of that live lesson is still on this host (for a check after destroy): namespaces, bridges,
+        containers, mounts, cgroups, its folder."""
+        prefix = naming.namespace(self.instance, livelesson)
+        found = [f"netns {n}" for n in sorted(netns.names()) if n.startswith(f"{prefix}-")]
+        if netns.exists(self.node_netns):
+            mark = f"{self.mark(livelesson)}/"
+            found += [
+                f"bridge {b}" for b, alias in rtnetlink.bridges(self.node_netns).items() if alias.startswith(mark)
+            ]
+        folder = self._owned.folder(livelesson)
+        found += [f"container {c.id}" for c in self._runc.states().values() if c.bundle.parent == folder / "containers"]
+        found += [f"mount {m}" for m in mounts_under(folder)]
+        found += [f"cgroup {d}" for d in cgroup_dirs(naming.cgroup_parent(self.instance, livelesson)) if d.exists()]
+        if folder.exists():
+            found.append(f"folder {folder}")
+        return found
 
     def prune(self) -> bool:
         """Remove the node namespace once no live lesson of this instance is left. True if removed."""

@@ -111,6 +111,11 @@ class ImageStore:
         self.layout = root / "oci"
         self.unpacked_dir = root / "unpacked"
 
+    @classmethod
+    def configured(cls, state_dir: Path, image_dir: Path | None = None) -> ImageStore:
+        """The store LESSON_IMAGE_DIR names, else ``<state_dir>/images``."""
+        return cls(image_dir or state_dir / "images")
+
     # --- locking -----------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
