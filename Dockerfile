@@ -1,9 +1,11 @@
 # One image for every service in compose.yaml: api, worker, worker-local, beat and flower.
 FROM python:3.11-slim
 
-# The local backend runs the real CNI plugins (/usr/lib/cni/bridge, host-local), ip and ping.
+# The local backend runs the real CNI plugins (/usr/lib/cni/bridge, host-local), ip and ping, and its pods'
+# containers with runc (images: umoci, skopeo; the busybox image is built from busybox-static).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends containernetworking-plugins iproute2 iputils-ping \
+       runc umoci skopeo busybox-static \
     && rm -rf /var/lib/apt/lists/*
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

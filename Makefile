@@ -5,9 +5,13 @@ SHELL := /bin/bash
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := redis-server containernetworking-plugins iproute2 iputils-ping util-linux procps
-# only the tests need these: headless Chromium for the status page, and a font for its screenshot
-TEST_APT_PACKAGES := chromium fonts-dejavu-core openssl containerd runc busybox-static
+# runc runs the local backend's containers, umoci unpacks (and builds) images, skopeo imports and pulls them,
+# busybox-static is what the demo's busybox image is built from
+APT_PACKAGES := redis-server containernetworking-plugins iproute2 iputils-ping util-linux procps \
+	runc umoci skopeo busybox-static
+# only the tests need these: headless Chromium for the status page, a font for its screenshot, and containerd
+# for the test cluster's real node
+TEST_APT_PACKAGES := chromium fonts-dejavu-core openssl containerd
 # a stamp per input, so `make` reinstalls only when pyproject.toml changes
 STAMP := $(VENV)/.installed
 

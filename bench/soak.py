@@ -53,6 +53,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from scheduler.core import naming  # noqa: E402
 from scheduler.core.errors import SchedulerError  # noqa: E402
 from scheduler.core.naming import bridge_name  # noqa: E402
 from scheduler.dev.redis_server import PrivateRedis  # noqa: E402
@@ -62,6 +63,8 @@ from scheduler.settings import Settings  # noqa: E402
 from tests.support import netns_tools as netns  # noqa: E402
 from tests.support.leftovers import cleanup_instance  # noqa: E402
 from tests.support.processes import ApiServer, settings_env  # noqa: E402
+from workers.backends.local.containers import Runc, cgroup_dirs, mounts_under  # noqa: E402
+from workers.backends.local.images import ImageStore  # noqa: E402
 from workers.celery_process import CeleryProcess  # noqa: E402
 
 TOKEN = "soak-" + secrets.token_hex(8)
@@ -190,6 +193,8 @@ class Soak:
     def start(self) -> None:
         self.redis.start()
         settings = self.settings()
+        # the lessons' pods are busybox containers: the image, built as `make demo` builds it
+        ImageStore.configured(settings.state_dir, settings.image_dir).build_busybox()
         self.workers = [self.start_worker(i) for i in range(self.cfg.workers)]
         self.beat = CeleryProcess("beat", env=settings_env(settings), log_file=self.work / "beat.log").start()
         self.api = ApiServer(settings, self.work / "api.log", LESSON_API_TOKEN=TOKEN)
@@ -512,6 +517,13 @@ class Soak:
                     if mark.encode() in (proc / "cmdline").read_bytes():
                         procs.append(proc.name)
         found["processes"] = procs
+        # containers: runc's records, overlay mounts, cgroups and container layers of any of our lessons
+        runc = Runc(self.state_dir / self.instance / "runc")
+        found["containers"] = sorted(c.id for c in runc.states().values())
+        found["mounts"] = [str(m) for m in mounts_under(self.state_dir / self.instance)]
+        instance_cgroups = [d for d in cgroup_dirs(naming.cgroup_instance(self.instance)) if d.is_dir()]
+        found["cgroups"] = sorted(str(p) for d in instance_cgroups for p in d.iterdir() if p.is_dir())
+        found["container layers"] = sorted(str(p) for p in lessons.glob("*/containers")) if lessons.exists() else []
         r = self.store.r
         key = f"lessons:{self.instance}:"
         index = [f"active:{m}" for m in r.smembers(key + "active")]

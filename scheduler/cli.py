@@ -302,12 +302,12 @@ def gc() -> None:
 
 
 @main.command(name="exec", context_settings={"ignore_unknown_options": True})
-@click.argument("livelesson")
+@click.argument("livelesson", metavar="ID")
 @click.argument("endpoint")
-@click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- CMD...")
 @click.option("--tty", "-t", is_flag=True, help="A terminal in the pod (stdin must be one), as docker/kubectl exec -t.")
 def exec_command(livelesson: str, endpoint: str, argv: tuple[str, ...], tty: bool) -> None:
-    """Run a command (no shell) in ENDPOINT's pod: lessonctl exec ID ENDPOINT -- CMD ARGS...
+    """Run a command (no shell) in ENDPOINT's pod; put -- before it.
 
     stdin, stdout and stderr are the pod command's, and its exit status is lessonctl's. A live lesson that
     is not ready is a runtime condition (exit 1); an unknown id or endpoint is bad input (exit 2)."""
@@ -317,7 +317,7 @@ def exec_command(livelesson: str, endpoint: str, argv: tuple[str, ...], tty: boo
 
 
 @main.command()
-@click.argument("livelesson")
+@click.argument("livelesson", metavar="ID")
 @click.argument("endpoint")
 @click.option("--shell", "shell_path", default="sh", show_default=True, help="The shell to run in the pod.")
 def shell(livelesson: str, endpoint: str, shell_path: str) -> None:
@@ -333,11 +333,14 @@ def shell(livelesson: str, endpoint: str, shell_path: str) -> None:
 def _attach(livelesson: str, endpoint: str, argv: tuple[str, ...], *, tty: bool) -> NoReturn:
     """Find the ready live lesson's plan and run ``argv`` in the endpoint's pod; exits with its status.
     Writes nothing to stdout itself: that is the pod command's alone."""
+    from scheduler.core.records import ID_PATTERN
     from workers.backends import get_backend
     from workers.pipeline import Pipeline
 
     settings = _settings()
     with _errors():
+        if not ID_PATTERN.match(livelesson):
+            raise InvalidRequest(f"live lesson id {livelesson!r} must be 10 lower-case letters or digits")
         store = _store(settings)
         record = store.require(livelesson)
         catalog = _catalog(settings)

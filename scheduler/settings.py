@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="Log level for every process.")
     kubeconfig: Path | None = Field(None, description="Kubeconfig for the kubernetes backend; else in-cluster.")
     state_dir: Path = Field(
-        Path("/var/lib/lesson-scheduler"), description="Local backend: IPAM, CNI results, pod pid files."
+        Path("/var/lib/lesson-scheduler"), description="Local backend: IPAM, CNI results, container bundles, pid files."
     )
     cni_path: Path = Field(Path("/usr/lib/cni"), description="Where the CNI plugins (bridge, host-local) live.")
     local_pods: Literal["container", "emulated"] = Field(

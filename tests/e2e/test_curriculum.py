@@ -45,10 +45,14 @@ def test_the_corpus_is_the_whole_curriculum() -> None:
 
 
 @pytest.mark.parametrize("slug", list(LESSONS))
-def test_every_curriculum_lesson_passes_lessonctl_demo(slug: str, tmp_path: Path, instance: str) -> None:
+def test_every_curriculum_lesson_passes_lessonctl_demo(
+    slug: str, tmp_path: Path, instance: str, image_dir: Path
+) -> None:
     lesson = LESSONS[slug]
     env = {k: v for k, v in os.environ.items() if not k.startswith("LESSON_")}
     env.update({"LESSON_INSTANCE": instance, "LESSON_STATE_DIR": str(tmp_path / "state"), "COLUMNS": "200"})
+    # real containers; the lessons' images cannot be had here, so busybox runs in their place, as asked
+    env.update({"LESSON_IMAGE_DIR": str(image_dir), "LESSON_IMAGE_SUBSTITUTE": "busybox"})
     proc = subprocess.run(
         [str(LESSONCTL), "demo", str(CURRICULUM), "--lesson", slug],
         env=env,
@@ -75,7 +79,7 @@ def test_every_curriculum_lesson_through_the_http_api(
     instance: str,
     tmp_path: Path,
 ) -> None:
-    settings = settings_for(catalog=CURRICULUM)
+    settings = settings_for(catalog=CURRICULUM, image_substitute="busybox")
     start_worker(settings)
     server = ApiServer(settings, tmp_path / "api.log")
     try:
@@ -89,3 +93,26 @@ def test_every_curriculum_lesson_through_the_http_api(
     assert len(finals) == len(LESSONS)
     for final in finals:
         assert leftovers(instance, final["id"], settings.state_dir) == [], final["lesson"]
+
+
+def test_a_curriculum_image_that_cannot_be_had_fails_fast_naming_it(
+    settings_for: Callable[..., Settings], start_worker: Callable[..., CeleryProcess], tmp_path: Path
+) -> None:
+    """Without the substitution, never silently: the lesson fails at schedule_pods, naming the image and the
+    ways to provide it, within seconds (no registry is reachable here; a pull that cannot connect ends)."""
+    settings = settings_for(catalog=CURRICULUM)
+    start_worker(settings)
+    server = ApiServer(settings, tmp_path / "api.log")
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as api:
+            created = api.post("/v1/livelessons", json={"lesson": "linux-basics", "session": "s-noimage"})
+            assert created.status_code == 202, created.text
+            livelesson = created.json()["id"]
+            final = api.get(f"/v1/livelessons/{livelesson}", params={"wait_for": "failed", "timeout": 60}).json()
+    finally:
+        server.stop()
+    assert final["status"] == "failed", final
+    assert final["error"]["step"] == "schedule_pods"
+    message = final["error"]["message"]
+    assert "image docker.io/antidotelabs/utility:latest is not available" in message, message
+    assert "lessonctl images import" in message and "LESSON_IMAGE_SUBSTITUTE=busybox" in message

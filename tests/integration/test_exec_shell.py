@@ -5,48 +5,17 @@ in the pod's network namespace): nothing asserted here differs between them."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
 from scheduler.settings import Settings
-from tests.support.processes import settings_env
-from tests.support.terminal import run_in_terminal
+from tests.support.cli import LESSONCTL, lessonctl, lessonctl_env, run_in_terminal, up
 from workers.celery_process import CeleryProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.usefixtures("root")]
 
-LESSONCTL = str(Path(sys.executable).with_name("lessonctl"))
 LESSON = "busybox-line"  # h1 - h2 - h3 - h4: h1 has one link, net1
-
-
-def env_of(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LESSON_")}
-    return {**env, **settings_env(settings)}
-
-
-def lessonctl(settings: Settings, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    """``lessonctl ARGS`` with ``stdin`` piped in (not a terminal), stdout and stderr captured apart."""
-    return subprocess.run(
-        [LESSONCTL, *args], input=stdin, env=env_of(settings), capture_output=True, text=True, timeout=60
-    )
-
-
-def up(settings: Settings, session: str, *, wait: bool) -> str:
-    """A live lesson of LESSON for ``session``, as a user asks for it; its id."""
-    proc = subprocess.run(
-        [LESSONCTL, "up", LESSON, "--session", session, "--json", *(["--wait", "--timeout", "90"] if wait else [])],
-        env=env_of(settings), capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    record = json.loads(proc.stdout)
-    assert record["status"] == "ready" or not wait, record
-    return str(record["id"])
 
 
 @pytest.fixture(params=["container", "emulated"])
@@ -56,7 +25,7 @@ def ready(
     """Settings and the id of a ready live lesson, made by a real worker, with each kind of local pod."""
     settings = settings_for(local_pods=request.param)
     start_worker(settings)
-    return settings, up(settings, "exec", wait=True)
+    return settings, up(settings, LESSON, "exec", wait=True)
 
 
 def test_exec_passes_the_exit_status_output_and_stdin_through(ready: tuple[Settings, str]) -> None:
@@ -75,14 +44,22 @@ def test_exec_passes_the_exit_status_output_and_stdin_through(ready: tuple[Setti
     assert (echoed.returncode, echoed.stdout) == (0, "got:hi\n"), echoed.stderr
 
 
-def test_shell_under_a_real_terminal_runs_what_is_typed_and_exits_with_its_status(
+def test_shell_under_a_real_terminal_runs_what_is_typed_in_its_size_and_exits_with_its_status(
     ready: tuple[Settings, str],
 ) -> None:
     settings, livelesson = ready
     run = run_in_terminal(
-        [LESSONCTL, "shell", livelesson, "h1"], "hostname; echo marker-$((40+2)); exit 5\n", env=env_of(settings)
+        [LESSONCTL, "shell", livelesson, "h1"],
+        # a terminal's Enter is \r; the pause gives the window time to be resized
+        "hostname; stty size; echo marker-$((40+2)); sleep 2; stty size; exit 5\r",
+        env=lessonctl_env(settings),
+        rows=31,
+        columns=101,
+        resize=("marker-42", 40, 120),
     )
     assert "marker-42" in run.output, run.output  # typed "$((40+2))" is echoed; only the shell prints 42
+    # the pod's terminal has the window's size at the start, and again after it is resized
+    assert run.output.index("31 101") < run.output.index("marker-42") < run.output.index("40 120"), run.output
     assert run.returncode == 5, run.output
     assert "Traceback" not in run.output
 
@@ -98,7 +75,7 @@ def test_unknown_id_or_endpoint_is_bad_input_and_a_lesson_not_ready_a_runtime_fa
 ) -> None:
     """No worker runs: the requested lesson stays ``requested``, so it is not ready."""
     settings = settings_for()
-    livelesson = up(settings, "notready", wait=False)
+    livelesson = up(settings, LESSON, "notready", wait=False)
 
     not_ready = lessonctl(settings, "exec", livelesson, "h1", "--", "true")
     assert not_ready.returncode == 1, not_ready.stderr
@@ -111,7 +88,11 @@ def test_unknown_id_or_endpoint_is_bad_input_and_a_lesson_not_ready_a_runtime_fa
 
     unknown_id = lessonctl(settings, "exec", "zzzzzzzzzz", "h1", "--", "true")
     assert unknown_id.returncode == 2, unknown_id.stderr
-    assert "zzzzzzzzzz" in unknown_id.stderr
+    assert "zzzzzzzzzz" in unknown_id.stderr and "does not exist" in unknown_id.stderr
 
-    for proc in (not_ready, unknown_endpoint, unknown_id):
+    malformed = lessonctl(settings, "exec", "../lessons", "h1", "--", "true")
+    assert malformed.returncode == 2, malformed.stderr
+    assert "'../lessons'" in malformed.stderr and "10 lower-case letters or digits" in malformed.stderr
+
+    for proc in (not_ready, unknown_endpoint, unknown_id, malformed):
         assert proc.stdout == "" and "Traceback" not in proc.stderr

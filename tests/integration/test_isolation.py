@@ -41,9 +41,11 @@ def triangle() -> ResolvedLesson:
     return lessons.triangle()
 
 
-@pytest.fixture
-def backend(root: None, instance: str, tmp_path: Path) -> Iterator[LocalBackend]:
-    backend = LocalBackend(instance=instance, state_dir=tmp_path / "state")
+@pytest.fixture(params=["container", "emulated"])
+def backend(request: pytest.FixtureRequest, root: None, instance: str, tmp_path: Path) -> Iterator[LocalBackend]:
+    """Both kinds of pod: isolation is the namespaces' and bridges' work, whatever runs inside."""
+    image_dir: Path = request.getfixturevalue("image_dir")
+    backend = LocalBackend(instance=instance, state_dir=tmp_path / "state", pods=request.param, image_dir=image_dir)
     yield backend
     for livelesson in backend.list():
         with contextlib.suppress(Exception):  # the instance fixture sweeps whatever is left
@@ -57,7 +59,33 @@ def bring_up(backend: LocalBackend, lesson: ResolvedLesson, session: str) -> Pla
     backend.apply_pods(plan)
     observation = backend.observe(plan, wait=20)
     assert observation.ready, observation
+    if backend.pods == "container":
+        # a container runs its command (sleep) and nothing listens: busybox's nc serves the declared ports,
+        # as the emulated stand-ins do
+        for pod in plan.pods:
+            for port in pod.ports:
+                listen = f"nc -ll -p {port} -e true </dev/null >/dev/null 2>&1 &"
+                assert backend.exec(plan, pod.endpoint, ["sh", "-c", listen], timeout=10).returncode == 0
+        deadline = time.monotonic() + 10
+        for pod in plan.pods:
+            while (
+                shut := netns.in_netns(pod.netns, lambda pod=pod: closed(pod.ports))
+            ) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not shut, (pod.endpoint, shut)
     return plan
+
+
+def closed(ports: tuple[int, ...]) -> list[int]:
+    """The ports that do not accept a connection on the pod's loopback (call inside its namespace)."""
+    found = []
+    for port in ports:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                pass
+        except OSError:
+            found.append(port)
+    return found
 
 
 def ping(backend: LocalBackend, plan: Plan, source: str, address: str, count: int = 2) -> int:

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 from kubernetes.stream.ws_client import ERROR_CHANNEL, RESIZE_CHANNEL, STDERR_CHANNEL, STDIN_CHANNEL, STDOUT_CHANNEL
+from websocket import WebSocketException
 
 __all__ = ["OutputClosed", "pump", "start_failure"]
 
@@ -43,23 +44,25 @@ def pump(resp: Any, *, tty: bool) -> None:
 
     ``resp`` is an open ``WSClient`` of ``stream(..., binary=True, _preload_content=False)``. Raises
     :class:`OutputClosed` when stdout's reader is gone; websocket and socket errors pass through for the
-    caller to translate."""
-    with _raw(tty) as winch:
+    caller to translate. (The client also keeps a copy of all output, which ``stream`` offers no way to
+    turn off: a person's session is small enough.)"""
+    with _raw(tty) as wake:
         if tty:
             _send_size(resp)
         reading = _readable(STDIN)
         while resp.is_open():
-            watched = [resp.sock.sock] + ([STDIN] if reading else []) + ([winch] if winch is not None else [])
-            # TLS decrypts whole records: frames already decrypted sit in the SSL object, where select cannot
-            # see them, so look there first
-            pending = isinstance(resp.sock.sock, ssl.SSLSocket) and resp.sock.sock.pending() > 0
-            ready = watched if pending else select.select(watched, [], [])[0]
-            if winch is not None and winch in ready:
-                os.read(winch, CHUNK)
+            sock = resp.sock.sock
+            watched = [sock] + ([STDIN] if reading else []) + ([wake] if wake is not None else [])
+            # TLS decrypts whole records: frames already decrypted wait in the SSL object, where select
+            # cannot see them; then select only looks whether anything else is ready too
+            pending = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+            ready = select.select(watched, [], [], 0 if pending else None)[0]
+            if wake is not None and wake in ready:
+                os.read(wake, CHUNK)
                 _send_size(resp)
             if reading and STDIN in ready:
                 reading = _forward_stdin(resp)
-            if pending or resp.sock.sock in ready:
+            if pending or sock in ready:
                 resp.update(timeout=0)
                 _drain(resp)
         _drain(resp)
@@ -94,18 +97,22 @@ def _readable(fd: int) -> bool:
 
 
 def _forward_stdin(resp: Any) -> bool:
-    """One read of stdin sent to the pod; False at end of input, after telling the pod (protocol v5: the
-    command sees its stdin close; older API servers cannot say it, so the command keeps waiting)."""
+    """One read of stdin sent to the pod; False when there is no more to send: at end of input, after telling
+    the pod (protocol v5: the command sees its stdin close; older API servers cannot say it), or when the
+    pod side is gone (the command exited while input was on its way: its status is still to be read)."""
     try:
         data = os.read(STDIN, CHUNK)
     except OSError as exc:
         if exc.errno != errno.EIO:  # EIO: the terminal hung up, which is an end of input too
             raise
         data = b""
-    if data:
-        resp.write_channel(STDIN_CHANNEL, data)
-        return True
-    resp.close_channel(STDIN_CHANNEL)
+    try:
+        if data:
+            resp.write_channel(STDIN_CHANNEL, data)
+            return True
+        resp.close_channel(STDIN_CHANNEL)
+    except (OSError, WebSocketException):
+        pass  # a broken connection shows on the next read, a finished command as its status
     return False
 
 
@@ -135,23 +142,26 @@ def _send_size(resp: Any) -> None:
 @contextmanager
 def _raw(tty: bool) -> Iterator[int | None]:
     """With ``tty``: stdin in raw mode, undone on the way out whatever happens, and the pipe that
-    :func:`_resizes` yields. Without: nothing, and None."""
+    :func:`_signals` yields. Without: nothing, and None."""
     if not tty:
         yield None
         return
     saved = termios.tcgetattr(STDIN)
     try:
-        ttymode.setraw(STDIN, termios.TCSANOW)
-        with _resizes() as wake:
+        ttymode.setraw(STDIN, termios.TCSANOW)  # TCSANOW: keys typed before this still go to the pod
+        with _signals() as wake:
             yield wake
     finally:
-        termios.tcsetattr(STDIN, termios.TCSADRAIN, saved)
+        with suppress(termios.error):  # a terminal that hung up has nothing to restore
+            termios.tcsetattr(STDIN, termios.TCSADRAIN, saved)
 
 
 @contextmanager
-def _resizes() -> Iterator[int | None]:
-    """A pipe that becomes readable after SIGWINCH (for select), the previous handler back on the way out.
-    None off the main thread, where no handler can be set: the pod's terminal keeps its first size."""
+def _signals() -> Iterator[int | None]:
+    """A pipe that becomes readable after SIGWINCH (for select); SIGTERM and SIGHUP end the session through
+    ``finally`` (SystemExit 128+n, as a shell reports them), so the terminal is restored. The previous
+    handlers are back on the way out. None off the main thread, where no handler can be set: the pod's
+    terminal keeps its first size."""
     if threading.current_thread() is not threading.main_thread():
         yield None
         return
@@ -162,10 +172,15 @@ def _resizes() -> Iterator[int | None]:
         with suppress(BlockingIOError):  # a resize is already pending: one is enough
             os.write(wake_w, b"w")
 
-    previous = signal.signal(signal.SIGWINCH, on_winch)
+    def on_end(signum: int, _frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    handlers = {signal.SIGWINCH: on_winch, signal.SIGTERM: on_end, signal.SIGHUP: on_end}
+    previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
     try:
         yield wake_r
     finally:
-        signal.signal(signal.SIGWINCH, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)  # None: not set from Python
         os.close(wake_r)
         os.close(wake_w)

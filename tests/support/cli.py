@@ -1,17 +1,51 @@
-"""A real pseudo-terminal for a command, as a person's terminal is: ``lessonctl shell`` under test."""
+"""``lessonctl`` as a person runs it, in a subprocess with a test's settings as LESSON_ variables: piped
+(``lessonctl``, ``up``) or under a real pseudo-terminal (``run_in_terminal``)."""
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import select
 import struct
 import subprocess
+import sys
 import termios
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+
+from scheduler.settings import Settings
+from tests.support.processes import settings_env
+
+LESSONCTL = str(Path(sys.executable).with_name("lessonctl"))
+
+
+def lessonctl_env(settings: Settings) -> dict[str, str]:
+    """This environment without its LESSON_ variables, plus ``settings`` as LESSON_ variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LESSON_")}
+    return {**env, **settings_env(settings)}
+
+
+def lessonctl(
+    settings: Settings, *args: str, stdin: str = "", timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """``lessonctl ARGS`` with ``stdin`` piped in (not a terminal), stdout and stderr captured apart."""
+    return subprocess.run(
+        [LESSONCTL, *args], input=stdin, env=lessonctl_env(settings), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def up(settings: Settings, slug: str, session: str, *, wait: bool, timeout: float = 90.0) -> str:
+    """``lessonctl up SLUG --session S --json [--wait]``: the live lesson's id; with ``wait``, it is ready."""
+    args = ["up", slug, "--session", session, "--json", *(["--wait", "--timeout", str(timeout)] if wait else [])]
+    proc = lessonctl(settings, *args, timeout=timeout + 30)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(proc.stdout)
+    assert record["status"] == "ready" or not wait, record
+    return str(record["id"])
 
 
 @dataclass(frozen=True)
@@ -26,6 +60,10 @@ def _make_controlling() -> None:
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
+def _set_size(fd: int, rows: int, columns: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+
+
 def run_in_terminal(
     argv: Sequence[str],
     keys: str,
@@ -33,14 +71,17 @@ def run_in_terminal(
     env: Mapping[str, str],
     rows: int = 24,
     columns: int = 80,
+    resize: tuple[str, int, int] | None = None,
     timeout: float = 60.0,
     prompt_timeout: float = 20.0,
 ) -> TerminalRun:
     """Run ``argv`` with a new pseudo-terminal of ``rows`` x ``columns`` as its stdin, stdout, stderr and
     controlling terminal; type ``keys`` once it has shown something (a prompt; or after ``prompt_timeout``),
-    then read until the terminal closes. AssertionError with the output after ``timeout``."""
+    then read until the terminal closes. ``resize`` (text, rows, columns): once the terminal shows that text,
+    it takes that size, as a window resized (the kernel sends SIGWINCH). AssertionError with the output
+    after ``timeout``."""
     master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    _set_size(slave, rows, columns)
     try:
         proc = subprocess.Popen(
             list(argv), stdin=slave, stdout=slave, stderr=slave, env=dict(env), close_fds=True,
@@ -74,6 +115,9 @@ def run_in_terminal(
             if not chunk:
                 break
             output += chunk
+            if resize is not None and resize[0].encode() in output:
+                _set_size(master, resize[1], resize[2])
+                resize = None
         returncode = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     finally:
         if proc.poll() is None:
