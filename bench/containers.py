@@ -51,6 +51,7 @@ from scheduler.core.plan import make_plan  # noqa: E402
 from scheduler.core.records import LiveLesson, new_id  # noqa: E402
 from scheduler.core.steps import STEPS  # noqa: E402
 from scheduler.dev.redis_server import PrivateRedis  # noqa: E402
+from scheduler.services.logging import configure as configure_logging  # noqa: E402
 from scheduler.settings import Settings  # noqa: E402
 from tests.support.leftovers import cleanup_instance  # noqa: E402
 from tests.support.lessons import triangle  # noqa: E402
@@ -151,6 +152,7 @@ def main() -> int:
         if shutil.which(tool) is None:
             print(f"needs {tool}", file=sys.stderr)
             return 2
+    configure_logging("console", "WARNING")  # stderr, warnings only: stdout is the table
     load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="bench-containers-"))
     stacks: list[Stack] = []

@@ -156,7 +156,7 @@ def main() -> int:
     load_before = os.getloadavg()
     instance = "bn" + "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(5))
     state_dir = Path(tempfile.mkdtemp(prefix="lesson-bench-"))
-    backend = LocalBackend(instance=instance, state_dir=state_dir)
+    backend = LocalBackend(instance=instance, state_dir=state_dir, pods="emulated")  # bench/containers.py: containers
     known = topologies()
     results: dict[str, dict[str, list[float]]] = {}
     sizes: dict[str, str] = {}

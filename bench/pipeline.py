@@ -169,11 +169,14 @@ def main() -> int:
         settings = Settings(
             redis_url=redis_server.url, instance=instance, state_dir=state, catalog=REPO / "config" / "lessons",
             log_format="json", log_level="WARNING", max_per_session=100, max_active=1000,
+            # the scheduler's overhead is the same whatever runs in a pod; emulated pods, as when the figures
+            # in docs/benchmarks.md were taken (bench/containers.py measures container pods)
+            local_pods="emulated",
         )  # fmt: skip
         lesson = load_paths([TRIANGLE]).get("busybox-triangle")
         assert lesson is not None
         # the same instance and state directory as the worker's: both series share one node namespace
-        backend = LocalBackend(instance=instance, state_dir=state)
+        backend = LocalBackend(instance=instance, state_dir=state, pods=settings.local_pods)
         worker = CeleryProcess(env=settings_env(settings), log_file=work / "worker.log", concurrency=2)
         procs.append(worker.start())
         api = ApiServer(settings, work / "api.log")

@@ -96,7 +96,7 @@ def _status(status: str) -> str:
 
 
 def _endpoints_table(record: LiveLesson) -> Table:
-    kind = f"; {EMULATED_NOTE}" if record.pods == "emulated" else ""
+    kind = f"; {EMULATED_NOTE}" if record.pods == "emulated" else "; pods are containers"
     table = Table(title=f"endpoints (node {record.node or '-'}{kind})", title_justify="left")
     for column in ("endpoint", "pod", "ready", "interface", "network", "address"):
         table.add_column(column)
@@ -452,3 +452,82 @@ def demo(path: Path | None, as_json: bool, keep: bool, slug: str | None) -> None
     for line in result.notes:
         (err if as_json else out).print(line, highlight=False)
     sys.exit(0 if result.ok else 1)
+
+
+# --- images (the local backend's store) ------------------------------------------------------------------
+
+
+def _image_store(settings: Settings) -> Any:
+    if settings.backend != "local" or settings.local_pods != "container":
+        _fail(
+            "images belong to the local backend's container pods (LESSON_BACKEND=local, LESSON_LOCAL_PODS=container); "
+            "on Kubernetes the kubelet pulls them",
+            2,
+        )
+    from workers.backends.local.images import ImageStore
+
+    return ImageStore.configured(settings.state_dir, settings.image_dir)
+
+
+@main.group()
+def images() -> None:
+    """The local backend's container images (an OCI layout under LESSON_IMAGE_DIR)."""
+
+
+@images.command(name="ls")
+@click.option("--json", "as_json", is_flag=True)
+def images_ls(as_json: bool) -> None:
+    """List the images in the store."""
+    settings = _settings()
+    with _errors():
+        stored = _image_store(settings).stored()
+    if as_json:
+        click.echo(json.dumps([{"reference": i.reference, "digest": i.digest, "size": i.size} for i in stored]))
+        return
+    table = Table(title=f"images ({len(stored)})", title_justify="left")
+    for column in ("reference", "digest", "size"):
+        table.add_column(column)
+    for image in stored:
+        table.add_row(image.reference, image.digest[:19], f"{image.size / 1e6:.1f} MB")
+    out.print(table)
+
+
+@images.command(name="import")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--name", default=None, help="File a single-image archive under this reference.")
+def images_import(path: Path, name: str | None) -> None:
+    """Import a docker archive (docker save) or an OCI archive."""
+    settings = _settings()
+    with _errors():
+        for reference in _image_store(settings).import_archive(path, name):
+            out.print(f"imported {reference}", highlight=False)
+
+
+@images.command(name="pull")
+@click.argument("reference")
+def images_pull(reference: str) -> None:
+    """Pull an image from its registry (the host's /etc/containers/registries.conf applies)."""
+    from scheduler.core.lessons import check_image_reference
+
+    if (why := check_image_reference(reference)) is not None:
+        _fail(f"REFERENCE {why}", 2)
+    settings = _settings()
+    with _errors():
+        _image_store(settings).pull(reference)
+    out.print(f"pulled {reference}", highlight=False)
+
+
+@images.command(name="build-busybox")
+@click.option(
+    "--busybox",
+    default=Path("/bin/busybox"),
+    type=click.Path(path_type=Path),
+    show_default=True,
+    help="A static busybox binary (Debian's busybox-static).",
+)
+def images_build_busybox(busybox: Path) -> None:
+    """Build docker.io/library/busybox:latest from a static busybox on this host."""
+    settings = _settings()
+    with _errors():
+        reference = _image_store(settings).build_busybox(busybox)
+    out.print(f"built {reference} from {busybox}", highlight=False)
