@@ -117,7 +117,8 @@ class Demo:
         if settings.backend != "local" or settings.local_pods != "container":
             return
         lesson = load_catalog(self.path, image_registry=settings.image_registry).get(self.slug)
-        wanted = {canonical(ep.image) for ep in lesson.endpoints} if lesson is not None else set()
+        # what the pods will run: the substitute in place of every endpoint's image, when one is set
+        wanted = {canonical(settings.image_substitute or ep.image) for ep in lesson.endpoints} if lesson else set()
         store = ImageStore.configured(settings.state_dir, settings.image_dir)
         if BUSYBOX in wanted and store.digest(BUSYBOX) is None:
             started = time.monotonic()

@@ -6,6 +6,8 @@ tests/integration/test_exec_shell.py."""
 
 from __future__ import annotations
 
+import base64
+import random
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,9 +51,12 @@ def test_exec_passes_the_exit_status_output_and_stdin_through(ready: tuple[Setti
     net1 = [line for line in addresses.stdout.splitlines() if " net1 " in f"{line} "]
     assert net1 and " inet " in net1[0], addresses.stdout
 
-    # stdin reaches the command, and its end too (protocol v5 closes the channel): cat returns
-    echoed = lessonctl(settings, "exec", livelesson, "h1", "--", "cat", stdin="line one\nline two\n")
-    assert (echoed.returncode, echoed.stdout) == (0, "line one\nline two\n"), echoed.stderr
+    # stdin reaches the command whole, across many websocket frames and TLS records, and its end too
+    # (protocol v5 closes the channel): cat returns
+    text = base64.b64encode(random.Random(15).randbytes(600_000)).decode() + "\n"
+    echoed = lessonctl(settings, "exec", livelesson, "h1", "--", "cat", stdin=text)
+    assert echoed.returncode == 0, echoed.stderr
+    assert echoed.stdout == text, (len(echoed.stdout), len(text))
 
     missing = lessonctl(settings, "exec", livelesson, "h1", "--", "no-such-command")
     assert missing.returncode == 1, missing.stderr  # the runtime's refusal, in words, not a traceback

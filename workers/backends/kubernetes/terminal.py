@@ -31,7 +31,7 @@ from websocket import WebSocketException
 __all__ = ["OutputClosed", "pump", "start_failure"]
 
 STDIN, STDOUT, STDERR = 0, 1, 2
-CHUNK = 64 * 1024
+CHUNK = 16 * 1024  # one read of stdin, one frame: small enough to fit the room a writable socket has
 
 
 class OutputClosed(Exception):
@@ -52,15 +52,20 @@ def pump(resp: Any, *, tty: bool) -> None:
         reading = _readable(STDIN)
         while resp.is_open():
             sock = resp.sock.sock
-            watched = [sock] + ([STDIN] if reading else []) + ([wake] if wake is not None else [])
+            # stdin is read only while the socket has room: a send that blocks would stop us reading the
+            # pod's output, and a command that blocks on its output stops reading its input (`cat`): a
+            # deadlock. Without room, wait for room instead of for input.
+            room = reading and bool(select.select([], [sock], [], 0)[1])
+            watched = [sock] + ([STDIN] if room else []) + ([wake] if wake is not None else [])
             # TLS decrypts whole records: frames already decrypted wait in the SSL object, where select
             # cannot see them; then select only looks whether anything else is ready too
             pending = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
-            ready = select.select(watched, [], [], 0 if pending else None)[0]
+            wants_room = [sock] if reading and not room else []
+            ready = select.select(watched, wants_room, [], 0 if pending else None)[0]
             if wake is not None and wake in ready:
                 os.read(wake, CHUNK)
                 _send_size(resp)
-            if reading and STDIN in ready:
+            if room and STDIN in ready:
                 reading = _forward_stdin(resp)
             if pending or sock in ready:
                 resp.update(timeout=0)

@@ -47,6 +47,7 @@ all missing pod processes (one Python start per apply, not per pod).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import shutil
 import subprocess
 import time
@@ -89,7 +90,10 @@ def _parallel(fn: Callable[..., T], items: Sequence[Any]) -> list[T]:
     if len(items) <= 1:
         return [fn(*i) if isinstance(i, tuple) else fn(i) for i in items]
     with ThreadPoolExecutor(max_workers=min(16, len(items))) as pool:
-        futures = [pool.submit(fn, *i) if isinstance(i, tuple) else pool.submit(fn, i) for i in items]
+        # each call in a copy of the caller's context: its log lines keep the task's bound context
+        futures = [
+            pool.submit(contextvars.copy_context().run, fn, *(i if isinstance(i, tuple) else (i,))) for i in items
+        ]
     return [f.result() for f in futures]
 
 
