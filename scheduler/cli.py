@@ -466,7 +466,7 @@ def _image_store(settings: Settings) -> Any:
         )
     from workers.backends.local.images import ImageStore
 
-    return ImageStore.configured(settings.state_dir, settings.image_dir)
+    return ImageStore.configured(settings.state_dir, settings.image_dir, settings.insecure_registries)
 
 
 @main.group()

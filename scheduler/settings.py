@@ -52,6 +52,11 @@ class Settings(BaseSettings):
         description="Local backend: `container` runs each endpoint's image and command with runc; `emulated` "
         "runs a stand-in process on the declared ports instead (hosts without runc), and says so.",
     )
+    insecure_registries: str = Field(
+        "",
+        description="Local backend: comma-separated registries (host:port) pulled from over plain HTTP or "
+        "without TLS verification, e.g. a lab registry on loopback; empty: none.",
+    )
     image_dir: Path | None = Field(
         None, description="Local backend's image store (an OCI layout and unpacked images); default STATE_DIR/images."
     )

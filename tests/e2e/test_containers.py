@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,12 +22,16 @@ import yaml
 from scheduler.core import naming
 from scheduler.core.errors import PermanentError
 from scheduler.core.plan import POD_LIMITS, POD_PIDS_LIMIT, Plan, make_plan
+from scheduler.dev.redis_server import free_port
 from scheduler.services.catalog import load_paths
+from tests.support import lessons
 from tests.support import netns_tools as netns
 from tests.support.ids import new_id
 from tests.support.leftovers import container_leftovers, leftovers
 from tests.support.lessons import REPO, triangle
+from tests.support.prereqs import needs
 from workers.backends.local import LocalBackend
+from workers.backends.local.containers import Runc, mounts_under
 from workers.backends.local.images import BUSYBOX, ImageStore
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("root")]
@@ -192,3 +200,114 @@ def test_images_ls_import_and_bad_archives_through_the_cli(tmp_path: Path, image
     # a lesson runs an imported image under its own name
     store = ImageStore(store_dir)
     assert store.unpacked("labs/router:1.5", pull=False).rootfs.joinpath("bin", "busybox").is_file()
+
+
+HANGING_RUNC = """#!/bin/sh
+# the real runc, except that starting bb2's container hangs first: the worker is SIGKILLed meanwhile
+run=0; last=""
+for a in "$@"; do [ "$a" = run ] && run=1; last=$a; done
+case "$last" in *-bb2) [ $run = 1 ] && sleep 60;; esac
+exec {real} "$@"
+"""
+
+
+def test_a_worker_sigkilled_while_containers_start_leaves_nothing_after_destroy_and_converges_on_reapply(
+    backend: LocalBackend, tmp_path: Path, image_dir: Path
+) -> None:
+    """A real process runs apply_pods and is SIGKILLed (with its process group) when bb1's and bb3's
+    containers run and bb2's is half made (its overlay mounted, runc started): applying again converges, and
+    destroy then leaves no container, mount, cgroup or layer."""
+    real = shutil.which("runc")
+    assert real is not None
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "runc").write_text(HANGING_RUNC.format(real=real))
+    (bin_dir / "runc").chmod(0o755)
+    plan = make_plan(triangle(), new_id(), "s1", instance=backend.instance)
+    script = f"""
+import sys
+sys.path.insert(0, {str(REPO)!r})
+from pathlib import Path
+from scheduler.core.plan import make_plan
+from scheduler.services.catalog import load_paths
+from workers.backends.local import LocalBackend
+lesson = load_paths([{str(lessons.TRIANGLE)!r}]).get("busybox-triangle")
+plan = make_plan(lesson, {plan.livelesson!r}, "s1", instance={plan.instance!r})
+backend = LocalBackend(instance={backend.instance!r}, state_dir=Path({str(backend.root.parent)!r}),
+                       pods="container", image_dir=Path({str(image_dir)!r}))
+backend.apply_networks(plan)
+backend.apply_pods(plan)
+"""
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    worker = subprocess.Popen([sys.executable, "-c", script], start_new_session=True, env=env)
+    bundle = backend.root / "lessons" / plan.livelesson / "containers" / "bb2"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and worker.poll() is None:
+            states = Runc(backend.root / "runc").states() if (backend.root / "runc").is_dir() else {}
+            running = {s.id for s in states.values() if s.status == "running"}
+            if {plan.pod("bb1").container, plan.pod("bb3").container} <= running and (bundle / "config.json").exists():
+                break
+            time.sleep(0.02)
+        assert worker.poll() is None, "the apply ended instead of hanging on bb2's container"
+        assert bundle / "rootfs" in mounts_under(bundle)
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+    observation = backend.observe(plan)
+    assert not observation.ready and not observation.pods["bb2"].ready
+    assert observation.pods["bb1"].ready and observation.pods["bb3"].ready  # they outlive the worker
+    backend.apply_pods(plan)  # the redelivered step: the real runc now
+    assert backend.observe(plan, wait=20).ready
+    backend.destroy(plan.livelesson)
+    assert leftovers(backend.instance, plan.livelesson, backend.root.parent) == []
+
+
+def test_an_image_is_pulled_from_a_reachable_registry(backend: LocalBackend, tmp_path: Path, image_dir: Path) -> None:
+    """A registry on loopback (go-containerregistry's `crane registry serve`, built by `make k8s-tools`)
+    holds an image the store lacks: apply_pods pulls it with skopeo and the pod runs it. The registry is
+    plain HTTP, so LESSON_INSECURE_REGISTRIES names it, as an operator would for a lab registry."""
+    from tests.k8s.machinery import cluster
+
+    crane = cluster.bin_dir() / "crane"
+    needs(crane.is_file(), f"needs {crane} (make k8s-tools)")
+    port = free_port()
+    registry = f"127.0.0.1:{port}"
+    (tmp_path / "blobs").mkdir()
+    server = subprocess.Popen(
+        [str(crane), "registry", "serve", "--address", registry, "--disk", str(tmp_path / "blobs")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        reference = f"{registry}/labs/pulled:1.0"
+        source = f"oci:{ImageStore(image_dir).layout}:{BUSYBOX}"
+        deadline = time.monotonic() + 20
+        while True:  # until the registry listens
+            pushed = subprocess.run(
+                ["skopeo", "copy", "-q", "--dest-tls-verify=false", source, f"docker://{reference}"],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if pushed.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert pushed.returncode == 0, pushed.stderr
+        path = lesson_file(tmp_path, [{"name": "p1", "image": reference, "command": ["sleep", "infinity"]}], [])
+        lesson = load_paths([path]).get("box")
+        assert lesson is not None
+        # a store of its own, without the image: the pull is the only way to it
+        pulling = LocalBackend(
+            instance=backend.instance,
+            state_dir=backend.root.parent,
+            pods="container",
+            image_dir=tmp_path / "fresh",
+            insecure_registries=registry,
+        )
+        plan = make_plan(lesson, new_id(), "s1", instance=backend.instance)
+        assert ImageStore(tmp_path / "fresh").digest(reference) is None
+        up(pulling, plan)
+        assert ImageStore(tmp_path / "fresh").digest(reference) is not None
+        assert pulling.exec(plan, "p1", ["hostname"], timeout=10).stdout == "p1\n"
+        pulling.destroy(plan.livelesson)
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()

@@ -28,4 +28,5 @@ def get_backend(settings: Settings, *, deployment: str) -> Backend:
         deployment=deployment,
         pods=settings.local_pods,
         image_dir=settings.image_dir,
+        insecure_registries=settings.insecure_registries,
     )

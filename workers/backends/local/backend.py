@@ -109,6 +109,7 @@ class LocalBackend(Backend):
         deployment: str = "",
         pods: PodKind = "emulated",
         image_dir: Path | None = None,
+        insecure_registries: str = "",
     ) -> None:
         self.pods = pods
         self.instance = instance
@@ -120,7 +121,7 @@ class LocalBackend(Backend):
         self._checked = False
         self._owned = Ownership(instance=instance, root=self.root, deployment=deployment)
         self._processes = PodProcesses(self._owned)
-        self.images = ImageStore.configured(state_dir, image_dir)
+        self.images = ImageStore.configured(state_dir, image_dir, insecure_registries)
         self._runc = Runc(self.root / "runc")
         self._attachments = Attachments(
             self._owned, node_netns=self.node_netns, ipam_dir=self.ipam_dir, cni_path=cni_path

@@ -106,15 +106,18 @@ def _tool_error(proc: subprocess.CompletedProcess[str]) -> str:
 
 
 class ImageStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, insecure_registries: frozenset[str] = frozenset()) -> None:
         self.root = root
+        # registries (host[:port]) reached without TLS verification (LESSON_INSECURE_REGISTRIES)
+        self.insecure_registries = insecure_registries
         self.layout = root / "oci"
         self.unpacked_dir = root / "unpacked"
 
     @classmethod
-    def configured(cls, state_dir: Path, image_dir: Path | None = None) -> ImageStore:
+    def configured(cls, state_dir: Path, image_dir: Path | None = None, insecure_registries: str = "") -> ImageStore:
         """The store LESSON_IMAGE_DIR names, else ``<state_dir>/images``."""
-        return cls(image_dir or state_dir / "images")
+        insecure = frozenset(r.strip() for r in insecure_registries.split(",") if r.strip())
+        return cls(image_dir or state_dir / "images", insecure_registries=insecure)
 
     # --- locking -----------------------------------------------------------------------------------------
 
@@ -171,9 +174,12 @@ class ImageStore:
 
     # --- filling the store -------------------------------------------------------------------------------
 
-    def _copy_in(self, source: str, reference: str, what: str, timeout: float = TOOL_TIMEOUT) -> None:
+    def _copy_in(
+        self, source: str, reference: str, what: str, timeout: float = TOOL_TIMEOUT, options: tuple[str, ...] = ()
+    ) -> None:
         with self._locked(exclusive=True):
-            proc = _run(["skopeo", "copy", "--quiet", source, f"oci:{self.layout}:{reference}"], what, timeout)
+            argv = ["skopeo", "copy", "--quiet", *options, source, f"oci:{self.layout}:{reference}"]
+            proc = _run(argv, what, timeout)
         if proc.returncode != 0:
             raise PermanentError(f"{what} failed: {_tool_error(proc)}")
         log.info("image stored", image=reference, source=source.split(":", 1)[0])
@@ -213,7 +219,9 @@ class ImageStore:
         """Copy ``reference`` from its registry into the store (the registries' settings are the host's,
         /etc/containers/registries.conf, as for podman and skopeo)."""
         ref = canonical(reference)
-        self._copy_in(f"docker://{ref}", ref, f"pulling {ref}", timeout)
+        insecure = ref.split("/", 1)[0] in self.insecure_registries
+        options = ("--src-tls-verify=false",) if insecure else ()
+        self._copy_in(f"docker://{ref}", ref, f"pulling {ref}", timeout, options)
 
     def build_busybox(self, busybox: Path = Path("/bin/busybox")) -> str:
         """Build ``docker.io/library/busybox:latest`` from a static busybox binary on this host (Debian's
