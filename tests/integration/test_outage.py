@@ -55,7 +55,11 @@ def aof_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 
 
 def test_redis_outage_mid_provisioning(
-    aof_redis: PrivateRedis, instance: str, tmp_path: Path, start_worker: Callable[..., CeleryProcess]
+    aof_redis: PrivateRedis,
+    instance: str,
+    tmp_path: Path,
+    image_dir: Path,
+    start_worker: Callable[..., CeleryProcess],
 ) -> None:
     server = aof_redis
     api: ApiServer | None = None
@@ -64,6 +68,7 @@ def test_redis_outage_mid_provisioning(
             redis_url=server.url,
             instance=instance,
             state_dir=tmp_path / "state",
+            image_dir=image_dir,
             catalog=REPO / "config" / "lessons",
             cni_path=cni_dir_with(tmp_path / "cni", 'sleep 0.15; exec /usr/lib/cni/bridge "$@"\n'),
             gc_interval_seconds=1,
