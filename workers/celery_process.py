@@ -34,6 +34,7 @@ class CeleryProcess:
         concurrency: int = 2,
         name: str = "lessons",
         extra: list[str] | None = None,
+        die_with_parent: bool = False,
     ) -> None:
         self.kind = kind
         self.name = name
@@ -45,6 +46,10 @@ class CeleryProcess:
         else:
             argv += ["--schedule", str(log_file.with_suffix(".schedule"))]
         self.argv = argv + (extra or [])
+        if die_with_parent:
+            # SIGTERM when the process that started it dies, even by SIGKILL: a demo killed mid-run leaves
+            # no worker behind (util-linux's setpriv sets the parent-death signal, which exec keeps)
+            self.argv = ["setpriv", "--pdeathsig", "TERM", *self.argv]
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 

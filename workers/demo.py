@@ -151,7 +151,9 @@ class Demo:
             settings = self.settings.model_copy(update={"redis_url": url, "catalog": self.path})
             env = {k: v for k, v in os.environ.items() if k.startswith("LESSON_")}
             env.update({"LESSON_REDIS_URL": url, "LESSON_CATALOG": str(self.path), "LESSON_LOG_FORMAT": "json"})
-            worker = CeleryProcess(env=env, log_file=workdir / "worker.log", name=f"demo-{new_id()}")
+            worker = CeleryProcess(
+                env=env, log_file=workdir / "worker.log", name=f"demo-{new_id()}", die_with_parent=not self.keep
+            )
             spawned = time.monotonic()
             worker.start()
             if not self.keep:

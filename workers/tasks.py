@@ -58,8 +58,9 @@ def _send(task: str, livelesson: str) -> None:
 
 def _step(task: Task, outcome: Outcome, livelesson: str) -> None:
     if isinstance(outcome, Again):
-        # max_retries=None: the pipeline bounds retries by attempts and the provisioning deadline
-        raise task.retry(countdown=outcome.countdown, max_retries=None)
+        # the step tasks have max_retries=None (unbounded: retry(max_retries=None) would mean Celery's
+        # default of 3); the pipeline bounds retries by attempts and the provisioning deadline
+        raise task.retry(countdown=outcome.countdown)
     if isinstance(outcome, Next) and outcome.task is not None:
         _send(outcome.task, livelesson)
 
@@ -80,25 +81,25 @@ def request(self: Task, lesson: str, session: str) -> dict[str, Any]:
     return {"ok": True, "new": created.new, "record": created.record.model_dump(mode="json")}
 
 
-@app.task(name="lessons.create_networks", bind=True)
+@app.task(name="lessons.create_networks", bind=True, max_retries=None)
 def create_networks(self: Task, livelesson: str) -> None:
     if (checked := _checked(self, livelesson)) is not None:
         _step(self, pipeline().create_networks(checked), checked)
 
 
-@app.task(name="lessons.schedule_pods", bind=True)
+@app.task(name="lessons.schedule_pods", bind=True, max_retries=None)
 def schedule_pods(self: Task, livelesson: str) -> None:
     if (checked := _checked(self, livelesson)) is not None:
         _step(self, pipeline().schedule_pods(checked), checked)
 
 
-@app.task(name="lessons.wait_ready", bind=True)
+@app.task(name="lessons.wait_ready", bind=True, max_retries=None)
 def wait_ready(self: Task, livelesson: str) -> None:
     if (checked := _checked(self, livelesson)) is not None:
         _step(self, pipeline().wait_ready(checked), checked)
 
 
-@app.task(name="lessons.verify_connectivity", bind=True)
+@app.task(name="lessons.verify_connectivity", bind=True, max_retries=None)
 def verify_connectivity(self: Task, livelesson: str) -> None:
     if (checked := _checked(self, livelesson)) is not None:
         _step(self, pipeline().verify_connectivity(checked), checked)

@@ -46,6 +46,7 @@ __all__ = [
     "cgroup_dirs",
     "mounts_under",
     "output_tail",
+    "privileged_capabilities",
     "remove_cgroup",
     "runtime_config",
     "unmount_all",
@@ -56,7 +57,7 @@ log = structlog.get_logger(__name__)
 RUNC_TIMEOUT = 30.0
 CPU_PERIOD_US = 100_000
 OUTPUT_TAIL = 400
-# a privileged container's capabilities: every one this kernel knows (cap_last_cap), as Docker does
+# Linux's capabilities by number (CAP_CHOWN is 0): a privileged container gets those of our bounding set
 ALL_CAPABILITIES = [
     "CHOWN",
     "DAC_OVERRIDE",
@@ -228,7 +229,7 @@ def runtime_config(plan: Plan, pod: Pod, image: Unpacked, rootfs: Path) -> dict[
     process["args"] = _argv(pod, image_config, process.get("args") or [])
     env = [e for e in process.get("env", []) if not e.startswith(("HOSTNAME=", "TERM="))]
     process["env"] = [*env, f"HOSTNAME={pod.endpoint}"]
-    caps = ALL_CAPABILITIES if pod.flavor == "trusted" else list(UNTRUSTED_CAPABILITIES)
+    caps = privileged_capabilities() if pod.flavor == "trusted" else list(UNTRUSTED_CAPABILITIES)
     process["capabilities"] = {k: [f"CAP_{c}" for c in caps] for k in ("bounding", "effective", "permitted")}
     process["noNewPrivileges"] = pod.flavor != "trusted"
     config["root"] = {"path": str(rootfs), "readonly": False}
@@ -259,6 +260,14 @@ def runtime_config(plan: Plan, pod: Pod, image: Unpacked, rootfs: Path) -> dict[
         "lessons.io/image": image.reference,
     }
     return config
+
+
+def privileged_capabilities() -> list[str]:
+    """A privileged container's capabilities: every one in our own bounding set, as Docker gives (asking
+    for one we lack, or one this kernel does not know, makes runc fail with EPERM)."""
+    with open("/proc/self/status") as handle:
+        bounding = int(next(line for line in handle if line.startswith("CapBnd:")).split()[1], 16)
+    return [name for bit, name in enumerate(ALL_CAPABILITIES) if bounding >> bit & 1]
 
 
 def _argv(pod: Pod, image_config: Mapping[str, Any], image_argv: list[str]) -> list[str]:
