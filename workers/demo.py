@@ -24,7 +24,7 @@ from pathlib import Path
 from celery import Celery
 from rich.console import Console
 
-from scheduler.core.errors import TemporaryError
+from scheduler.core.errors import SchedulerError, TemporaryError
 from scheduler.core.images import canonical
 from scheduler.core.records import STEPS, LiveLesson, new_id
 from scheduler.dev.redis_server import PrivateRedis
@@ -37,6 +37,7 @@ from workers.backends import get_backend
 from workers.backends.local import LocalBackend
 from workers.backends.local.images import BUSYBOX, ImageStore
 from workers.celery_process import CeleryProcess, WorkerNotReady
+from workers.pipeline import Pipeline
 
 __all__ = ["Demo", "DemoResult", "json_events"]
 
@@ -214,6 +215,8 @@ class Demo:
                 f"worker pid {worker.pid}; `lessonctl down {livelesson}` when done"
             )
             return DemoResult(ok, record, notes)
+        if ok and record.pods == "container":
+            notes += self._inside(settings, store, record)
         leftovers = self._teardown(settings, store, livelesson)
         final = store.get(livelesson) or record
         if leftovers:
@@ -247,6 +250,24 @@ class Demo:
                     self._print_log_tail(worker)
                     raise TemporaryError("the worker exited; its last log lines are on stderr")
                 time.sleep(0.02)
+
+    def _inside(self, settings: Settings, store: Store, record: LiveLesson) -> list[str]:
+        """What runs in each pod, seen from inside it (the backend's exec, as the pings were): its hostname
+        and its PID 1. Shows that the pods are the image's containers, not stand-ins."""
+        backend = get_backend(settings, deployment=store.deployment())
+        lines = []
+        try:
+            plan = Pipeline(settings, store, backend, load_catalog(settings.catalog)).plan(record)
+            probe = ["sh", "-c", "echo \"$(hostname) | PID 1: $(tr '\\0' ' ' < /proc/1/cmdline)\""]
+            for pod in plan.pods:
+                try:
+                    seen = backend.exec(plan, pod.endpoint, probe, timeout=10).stdout.strip() or "(no output)"
+                except SchedulerError as exc:
+                    seen = f"(cannot look inside: {exc})"
+                lines.append(f"  {pod.endpoint}: container of {pod.image}, inside: hostname {seen}")
+        finally:
+            backend.close()
+        return ["[dim]inside the pods (exec):[/dim]", *lines]
 
     def _teardown(self, settings: Settings, store: Store, livelesson: str) -> list[str]:
         delete_lesson(settings, store, livelesson)

@@ -336,3 +336,7 @@ def test_demo_command_prints_the_table_and_exits_0(tmp_path: Path, instance: str
     human = subprocess.run([str(lessonctl), "demo"], env=env, capture_output=True, text=True, timeout=120)
     assert human.returncode == 0, human.stderr[-3000:]
     assert "bb1" in human.stdout and "10.10.12." in human.stdout and "6/6 pings passed" in human.stdout
+    # real containers, seen from inside (the image's busybox, the lesson's command as PID 1)
+    assert "pods are containers" in human.stdout
+    for pod in ("bb1", "bb2", "bb3"):
+        assert f"{pod}: container of busybox, inside: hostname {pod} | PID 1: sleep infinity" in human.stdout
