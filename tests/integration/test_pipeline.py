@@ -33,7 +33,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("root")]
 TOKEN = "s3cret-token"
 
 
-
 def snapshot(client: redis.Redis, instance: str) -> dict[str, object]:
     """Every key of this instance with its value: to prove bad requests change nothing."""
     out: dict[str, object] = {}
@@ -189,9 +188,7 @@ def hold_lock(path: Path) -> int:
 
 
 @pytest.mark.parametrize("status", ["creating_networks", "scheduling_pods", "booting", "verifying"])
-def test_worker_sigkilled_mid_step_still_completes(
-    status: str, settings_for, start_worker, tmp_path: Path
-) -> None:
+def test_worker_sigkilled_mid_step_still_completes(status: str, settings_for, start_worker, tmp_path: Path) -> None:
     """The whole worker (main process and pool) is SIGKILLed while a step is in progress; GC re-drives it.
 
     Each step is held open deterministically: creating_networks waits on the node lock the test holds,
@@ -216,6 +213,8 @@ def test_worker_sigkilled_mid_step_still_completes(
         # queue behind apply_pods for the lesson lock: the moment the pods are applied the test holds it,
         # and wait_ready's observe waits for it
         wait_for_step(store, livelesson, "schedule_pods")
+        # apply_pods resolves the images before it takes the lock: queue only once it holds it
+        wait_until_locked(root / "locks" / f"{livelesson}.lock")
         taker = ThreadPoolExecutor(max_workers=1)
         lock = taker.submit(hold_lock, root / "locks" / f"{livelesson}.lock")
         held.append(lock.result(timeout=60))
@@ -234,6 +233,26 @@ def test_worker_sigkilled_mid_step_still_completes(
     Client(settings).delete(livelesson)
     wait_for(store, livelesson, {"deleted"}, timeout=60)
     assert leftovers(settings.instance, livelesson, settings.state_dir) == []
+
+
+def wait_until_locked(path: Path, timeout: float = 60) -> None:
+    """Until another process holds the flock on ``path`` (a momentary hold of ours in between is harmless:
+    the holder we wait for just waits that long)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            time.sleep(0.002)
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return
+        finally:
+            os.close(fd)  # closing drops our hold, if we got one
+        time.sleep(0.002)
+    raise AssertionError(f"nobody took {path} within {timeout} s")
 
 
 def wait_for_step(store: Store, livelesson: str, step: str, timeout: float = 60) -> LiveLesson:
