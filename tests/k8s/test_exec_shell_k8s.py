@@ -15,7 +15,7 @@ import pytest
 
 from scheduler.services.state import Store
 from scheduler.settings import Settings
-from tests.support.cli import LESSONCTL, lessonctl, lessonctl_env, run_in_terminal, up
+from tests.support.cli import LESSONCTL, assert_shell_session, lessonctl, lessonctl_env, shell_session, up
 from tests.support.k8s import REAL_NODE
 from workers.celery_process import CeleryProcess
 
@@ -68,18 +68,4 @@ def test_shell_under_a_real_terminal_runs_what_is_typed_in_its_size_and_exits_wi
     ready: tuple[Settings, str, str],
 ) -> None:
     settings, livelesson, pod = ready
-    run = run_in_terminal(
-        [LESSONCTL, "shell", livelesson, "h1"],
-        # a terminal's Enter is \r; the pause gives the window time to be resized
-        "hostname; stty size; echo marker-$((40+2)); sleep 2; stty size; exit 5\r",
-        env=lessonctl_env(settings),
-        rows=31,
-        columns=101,
-        resize=("marker-42", 40, 120),
-    )
-    assert "marker-42" in run.output, run.output  # typed "$((40+2))" is echoed; only the shell prints 42
-    assert f"\n{pod}\r" in run.output, run.output  # hostname, from the pod
-    # the size at the start, then after SIGWINCH, each sent on the resize channel
-    assert run.output.index("31 101") < run.output.index("marker-42") < run.output.index("40 120"), run.output
-    assert run.returncode == 5, run.output
-    assert "Traceback" not in run.output
+    assert_shell_session(shell_session([LESSONCTL, "shell", livelesson, "h1"], env=lessonctl_env(settings)), pod)

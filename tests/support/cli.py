@@ -125,3 +125,30 @@ def run_in_terminal(
             proc.wait()
         os.close(master)
     return TerminalRun(returncode, output.decode(errors="replace"))
+
+
+def shell_session(argv: Sequence[str], *, env: Mapping[str, str]) -> TerminalRun:
+    """``argv`` (a ``lessonctl shell``) in a 31x101 terminal: the shell prints its hostname and the size its
+    terminal has, then ``marker-42``; the window is resized to 40x120 and the shell prints the size again,
+    then exits 5. Each size is waited for (up to 15 s) rather than slept for: the size travels on its own
+    channel (the kubelet applies it in its own goroutine), so it may land after the first prompt. A size
+    that never arrives shows as the old one. See :func:`assert_shell_session`."""
+    # typed sizes are sums, so that only the shell's output holds "31 101" and "40 120", never the echo
+    keys = (
+        'hostname; w() { i=0; while [ "$(stty size)" != "$1 $2" ] && [ $i -lt 150 ]; do sleep 0.1; i=$((i+1)); '
+        'done; echo "size=$(stty size)"; }; w $((30+1)) $((100+1)); echo marker-$((40+2)); '
+        "w $((39+1)) $((119+1)); exit 5\r"  # a terminal's Enter is \r
+    )
+    return run_in_terminal(argv, keys, env=env, rows=31, columns=101, resize=("marker-42", 40, 120), timeout=90)
+
+
+def assert_shell_session(run: TerminalRun, hostname: str | None) -> None:
+    """What :func:`shell_session` must show: the pod's hostname (None: a stand-in pod has the host's), its
+    terminal in the window's size at the start and again after the resize, in that order, and the shell's
+    exit status passed through."""
+    shown = run.output
+    assert hostname is None or f"\n{hostname}\r" in shown, shown  # from the pod, on a line of its own
+    positions = [shown.find(text) for text in ("size=31 101", "marker-42", "size=40 120")]
+    assert -1 not in positions and positions == sorted(positions), (positions, shown)
+    assert run.returncode == 5, shown
+    assert "Traceback" not in shown, shown
