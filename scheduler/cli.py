@@ -86,8 +86,16 @@ def print_record(record: LiveLesson, as_json: bool) -> None:
         out.print(f"  {substitute_note(record.image_substitute)}", style="yellow", markup=False, highlight=False)
     if record.endpoints:
         out.print(_endpoints_table(record))
+    if any(ep.presentations for ep in record.endpoints.values()):
+        out.print(_presentations_table(record))
     if record.checks:
         out.print(_ping_matrix(record))
+        named = [c for c in record.checks if c.by_name]
+        if named:
+            failed = [f"{c.source}->{c.target} ({c.address or 'unresolved'})" for c in named if not c.ok]
+            passed = len(named) - len(failed)
+            summary = f"by name: {passed} of {len(named)} pings over eth0 reached the name's endpoint"
+            out.print(summary + (f"; failing: {', '.join(failed)}" if failed else ""), highlight=False)
 
 
 def _status(status: str) -> str:
@@ -114,13 +122,25 @@ def _endpoints_table(record: LiveLesson) -> Table:
     return table
 
 
+def _presentations_table(record: LiveLesson) -> Table:
+    table = Table(title="presentations", title_justify="left")
+    for column in ("endpoint", "name", "type", "port", "in the lesson", "from this machine"):
+        table.add_column(column)
+    for name, ep in record.endpoints.items():
+        for p in ep.presentations:
+            table.add_row(name, p.name, p.type, str(p.port), p.reach, p.forward)
+    return table
+
+
 def _ping_matrix(record: LiveLesson) -> Table:
     names = list(record.endpoints)
-    table = Table(title="pings (rows ping columns; average RTT and loss of the burst)", title_justify="left")
+    table = Table(
+        title="pings over the links (rows ping columns; average RTT and loss of the burst)", title_justify="left"
+    )
     table.add_column("from \\ to")
     for name in names:
         table.add_column(name, justify="right")
-    cells = {(c.source, c.target): c for c in record.checks}
+    cells = {(c.source, c.target): c for c in record.checks if not c.by_name}
     for source in names:
         row = []
         for target in names:
@@ -176,6 +196,8 @@ def render_command(path: Path, session: str, livelesson: str | None, slug: str |
             instance=settings.instance,
             subnet_pool=settings.subnet_pool,
             image_substitute=settings.image_substitute,
+            main_pool=settings.main_pool,
+            names=settings.check_names,
         )
         click.echo(to_yaml(render_objects(plan)), nl=False)
 
@@ -331,8 +353,20 @@ def shell(livelesson: str, endpoint: str, shell_path: str) -> None:
 
 
 def _attach(livelesson: str, endpoint: str, argv: tuple[str, ...], *, tty: bool) -> NoReturn:
-    """Find the ready live lesson's plan and run ``argv`` in the endpoint's pod; exits with its status.
-    Writes nothing to stdout itself: that is the pod command's alone."""
+    """Run ``argv`` in the endpoint's pod of a ready live lesson; exits with its status. Writes nothing to
+    stdout itself: that is the pod command's alone."""
+    with _ready_pod(livelesson, endpoint) as (backend, plan):
+        try:
+            code = backend.attach(plan, endpoint, argv, tty=tty)
+        except KeyboardInterrupt:
+            code = 130  # ^C without a terminal in the pod stops us; a shell reports 128 + SIGINT
+    sys.exit(code)
+
+
+@contextmanager
+def _ready_pod(livelesson: str, endpoint: str) -> Iterator[tuple[Any, Any]]:
+    """(backend, plan) of a ready live lesson that has ``endpoint``, inside :func:`_errors`: an unknown id
+    or endpoint exits 2, a live lesson that is not ready exits 1. The backend is closed on the way out."""
     from scheduler.core.records import ID_PATTERN
     from workers.backends import get_backend
     from workers.pipeline import Pipeline
@@ -356,12 +390,46 @@ def _attach(livelesson: str, endpoint: str, argv: tuple[str, ...], *, tty: bool)
                     f"lessonctl status {record.id} shows its progress",
                     1,
                 )
-            code = backend.attach(plan, endpoint, argv, tty=tty)
-        except KeyboardInterrupt:
-            code = 130  # ^C without a terminal in the pod stops us; a shell reports 128 + SIGINT
+            yield backend, plan
         finally:
             backend.close()
-    sys.exit(code)
+
+
+@main.command(name="port-forward")
+@click.argument("livelesson", metavar="ID")
+@click.argument("endpoint")
+@click.argument("port", type=click.IntRange(1, 65535))
+@click.option("--local-port", type=click.IntRange(0, 65535), default=0, show_default=True, help="0: any free port.")
+@click.option("--address", default="127.0.0.1", show_default=True, help="Where to listen: a loopback address.")
+def port_forward(livelesson: str, endpoint: str, port: int, local_port: int, address: str) -> None:
+    """Forward ADDRESS:LOCAL_PORT on this machine to PORT in ENDPOINT's pod, until Ctrl-C.
+
+    Like kubectl port-forward: each connection is relayed into the pod and reaches its loopback (a
+    presentation's ssh or http, e.g. `ssh -p LOCAL_PORT user@127.0.0.1`). The first line printed says where
+    it listens. Only loopback addresses: nothing off this machine may connect (exit 2 otherwise)."""
+    from workers.portforward import Forwarder
+
+    if not _loopback(address) or address == "localhost":
+        _fail(f"--address {address!r} must be a loopback address such as 127.0.0.1 or ::1", 2)
+    with _ready_pod(livelesson, endpoint) as (backend, plan):
+        try:
+            forwarder = Forwarder(
+                address.strip("[]"),
+                local_port,
+                lambda: backend.connect(plan, endpoint, port, timeout=10.0),
+                on_error=lambda exc: err.print(f"connection to {endpoint}:{port} failed: {exc}", markup=False),
+            )
+        except OSError as exc:
+            _fail(f"cannot listen on {address}:{local_port}: {exc.strerror or exc}", 2)
+        host = f"[{forwarder.address}]" if ":" in forwarder.address else forwarder.address
+        click.echo(f"Forwarding from {host}:{forwarder.port} -> {endpoint}:{port} (Ctrl-C stops)", err=False)
+        sys.stdout.flush()
+        try:
+            forwarder.serve()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            forwarder.close()
 
 
 def _loopback(host: str) -> bool:

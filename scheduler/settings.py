@@ -35,6 +35,17 @@ class Settings(BaseSettings):
     subnet_pool: str = Field(
         "10.10.0.0/16", description="Where connections without a subnet get theirs: one /24 each, in order."
     )
+    main_pool: str = Field(
+        "10.250.0.0/16",
+        description="Local backend: each live lesson's main network (every pod's eth0, on a bridge of its own) "
+        "is the first /24 of this pool that none of its links uses; it may not overlap LESSON_SUBNET_POOL or "
+        "LESSON_RESERVED_SUBNETS.",
+    )
+    check_names: bool = Field(
+        True,
+        description="verify_connectivity also pings each link's peer by its name (resolved inside the pod: "
+        "Kubernetes DNS, the local hosts file), over eth0; the record marks those checks `by_name`.",
+    )
     max_per_session: int = Field(3, ge=1, description="Active live lessons one session may hold.")
     max_active: int = Field(
         200, ge=1, description="Active live lessons this instance holds at most; past it requests get 503."
@@ -114,7 +125,7 @@ class Settings(BaseSettings):
             raise ValueError(f"LESSON_IMAGE_SUBSTITUTE {why}")
         return value
 
-    @field_validator("subnet_pool")
+    @field_validator("subnet_pool", "main_pool")
     @classmethod
     def _pool(cls, value: str) -> str:
         net = ipaddress.IPv4Network(value)
@@ -132,10 +143,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _pool_not_reserved(self) -> Settings:
-        pool = ipaddress.IPv4Network(self.subnet_pool)
-        for net in self.reserved:
-            if pool.overlaps(net):
-                raise ValueError(f"LESSON_SUBNET_POOL {pool} overlaps the reserved {net} (LESSON_RESERVED_SUBNETS)")
+        pool, main = ipaddress.IPv4Network(self.subnet_pool), ipaddress.IPv4Network(self.main_pool)
+        for name, net in (("LESSON_SUBNET_POOL", pool), ("LESSON_MAIN_POOL", main)):
+            for reserved in self.reserved:
+                if net.overlaps(reserved):
+                    raise ValueError(f"{name} {net} overlaps the reserved {reserved} (LESSON_RESERVED_SUBNETS)")
+        if pool.overlaps(main):
+            raise ValueError(f"LESSON_MAIN_POOL {main} overlaps LESSON_SUBNET_POOL {pool}: eth0 and a link would clash")
         return self
 
     @property

@@ -24,8 +24,10 @@ from scheduler.core.records import (
     EndpointState,
     Interface,
     LiveLesson,
+    PresentationState,
     StepError,
     StepTiming,
+    forward_command,
     now,
 )
 from scheduler.core.steps import WAITING_STEPS, next_task
@@ -82,6 +84,8 @@ class Pipeline:
             subnet_pool=self.settings.subnet_pool,
             deployment=self.store.deployment(),
             image_substitute=self.settings.image_substitute,
+            main_pool=self.settings.main_pool,
+            names=self.settings.check_names,
         )
 
     def deadline_passed(self, record: LiveLesson) -> bool:
@@ -208,7 +212,7 @@ class Pipeline:
         def body(record: LiveLesson) -> Outcome:
             plan = self.plan(record)
             observation = self.backend.observe(plan, wait=OBSERVE_SLICE)
-            endpoints = _endpoints(observation)
+            endpoints = _endpoints(observation, plan, self.backend)
             fatal = [f"{p.endpoint}: {p.reason}" for p in observation.pods.values() if p.fatal]
             if fatal:
                 self.fail(livelesson, "wait_ready", "pods cannot start: " + "; ".join(fatal))
@@ -305,7 +309,10 @@ class Pipeline:
                 source=c.source,
                 target=c.target,
                 network=c.network,
-                address=address.split("/")[0] if address else None,
+                # by name: where the name led (the check fails unless that is the target's eth0 address)
+                address=(result.resolved if c.by_name and result else None)
+                or (address.split("/")[0] if address else None),
+                by_name=c.by_name,
                 sent=result.sent if result else 0,
                 received=result.received if result else 0,
                 loss_pct=result.loss_pct if result else 100.0,
@@ -341,12 +348,27 @@ class Pipeline:
         log.info("live lesson torn down", livelesson=livelesson)
 
 
-def _endpoints(observation: Observation) -> dict[str, EndpointState]:
+def _endpoints(observation: Observation, plan: Plan, backend: Backend) -> dict[str, EndpointState]:
+    def presentations(endpoint: str) -> list[PresentationState]:
+        pod = plan.pod(endpoint)
+        return [
+            PresentationState(
+                name=p.name,
+                type=p.type,
+                port=p.port,
+                reach=backend.reach(plan, pod, p.port),
+                forward=forward_command(plan.livelesson, endpoint, p.port),
+            )
+            for p in pod.presentations
+        ]
+
     return {
         name: EndpointState(
             pod=status.pod,
+            node=status.node,
             ready=status.ready,
             interfaces=[Interface(name=i.name, network=i.network, address=i.address) for i in status.interfaces],
+            presentations=presentations(name),
         )
         for name, status in observation.pods.items()
     }

@@ -264,6 +264,7 @@ class ResolvedEndpoint:
     command: tuple[str, ...] | None
     args: tuple[str, ...] | None
     forwarding: bool
+    presentations: tuple[Presentation, ...] = ()  # what a learner's terminal or browser connects to
 
 
 @dataclass(frozen=True)
@@ -581,6 +582,7 @@ def resolve(
                         ep.command,
                         ep.args,
                         False,
+                        ep.presentations,
                     )
                 )
                 continue
@@ -596,7 +598,9 @@ def resolve(
                 continue
             flavor, forwarding = image.flavor, image.enable_forwarding
             reference = _reference(image.slug, image_registry)
-        endpoints.append(ResolvedEndpoint(ep.name, reference, flavor, ep.ports, ep.command, ep.args, forwarding))
+        endpoints.append(
+            ResolvedEndpoint(ep.name, reference, flavor, ep.ports, ep.command, ep.args, forwarding, ep.presentations)
+        )
     problems += _reserved_problems(lesson, source, reserved_subnets)
     if problems:
         raise LessonError(problems)

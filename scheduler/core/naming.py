@@ -22,11 +22,14 @@ __all__ = [
     "cgroup_parent",
     "container_id",
     "instance_mark",
+    "main_bridge_name",
+    "main_network_name",
     "mark",
     "namespace",
     "network_name",
     "node_netns",
     "pod_netns",
+    "service_host",
 ]
 
 MANAGED_BY = "lesson-scheduler"
@@ -81,7 +84,7 @@ def mark(instance: str, livelesson: str) -> str:
     return f"{instance_mark(instance)}{livelesson}"
 
 
-def _digest(instance: str, livelesson: str, index: int) -> str:
+def _digest(instance: str, livelesson: str, index: int | str) -> str:
     return hashlib.sha256(f"{instance}/{livelesson}/{index}".encode()).hexdigest()
 
 
@@ -93,3 +96,19 @@ def bridge_name(instance: str, livelesson: str, index: int) -> str:
 def network_name(instance: str, livelesson: str, index: int) -> str:
     """host-local keys its allocations on this name, so it must be as unique as the bridge."""
     return "lsn" + _digest(instance, livelesson, index)[:12]
+
+
+def main_bridge_name(instance: str, livelesson: str) -> str:
+    """The local backend's management bridge of one live lesson (its pods' eth0): hashed like a link's, with
+    its own prefix, so it can never be a link's bridge."""
+    return "lsm" + _digest(instance, livelesson, "main")[:12]
+
+
+def main_network_name(instance: str, livelesson: str) -> str:
+    """The CNI network name of that management network."""
+    return "lsq" + _digest(instance, livelesson, "main")[:12]
+
+
+def service_host(namespace: str, endpoint: str, domain: str = "cluster.local") -> str:
+    """The DNS name of an endpoint's Service on Kubernetes (the Service is named after the endpoint)."""
+    return f"{endpoint}.{namespace}.svc.{domain}"

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from scheduler.core import naming
 from scheduler.core.errors import LessonError, PermanentError, Problem
-from scheduler.core.lessons import ResolvedLesson
+from scheduler.core.lessons import Presentation, ResolvedLesson
 from scheduler.core.naming import (
     LABEL_DEPLOYMENT,
     LABEL_ENDPOINT,
@@ -25,11 +25,16 @@ from scheduler.core.naming import (
     LABEL_SESSION,
     MANAGED_BY,
     bridge_name,
+    main_bridge_name,
+    main_network_name,
     network_name,
 )
 
 __all__ = [
     "CNI_VERSION",
+    "MAIN_INTERFACE",
+    "MAIN_NETWORK",
+    "MAIN_POOL",
     "POD_LIMITS",
     "POD_PIDS_LIMIT",
     "POD_REQUESTS",
@@ -45,6 +50,11 @@ __all__ = [
 ]
 
 CNI_VERSION = "0.4.0"
+# The seed's "main" network: every pod's eth0. On Kubernetes it is the cluster's default network; the local
+# backend makes one per live lesson (a bridge of its own, static addresses from the plan).
+MAIN_NETWORK = "main"
+MAIN_INTERFACE = "eth0"
+MAIN_POOL = "10.250.0.0/16"  # LESSON_MAIN_POOL's default
 # what a substituted endpoint runs when its lesson gives no command: the substituted image's entrypoint
 # means nothing for the substitute, and a busybox left to its default `sh` would exit at once
 SUBSTITUTE_COMMAND = ("sleep", "infinity")
@@ -77,10 +87,13 @@ class Network:
     a: str
     b: str
 
-    def cni_config(self, ipam_data_dir: str | None = None) -> dict[str, Any]:
-        """The CNI configuration, as Multus would pass it to the bridge plugin."""
+    def cni_config(self, ipam_data_dir: str | None = None, address: str | None = None) -> dict[str, Any]:
+        """The CNI configuration, as Multus would pass it to the bridge plugin: host-local addresses, or
+        with ``address`` (the main network's, decided by the plan) that one, through the static plugin."""
         ipam: dict[str, Any] = {"type": "host-local", "subnet": str(self.subnet)}
-        if ipam_data_dir is not None:
+        if address is not None:  # "": the static plugin without an address (what a DEL needs)
+            ipam = {"type": "static", "addresses": [{"address": address}] if address else []}
+        elif ipam_data_dir is not None:
             ipam["dataDir"] = ipam_data_dir
         return {
             "cniVersion": CNI_VERSION,
@@ -122,10 +135,19 @@ class Pod:
     # (left empty, it is ``image``)
     declared_image: str = ""
     container: str = ""  # the local backend's container id (runc), from naming.container_id
+    # eth0's address on the local backend's main network (CIDR); Kubernetes' default network gives its own
+    main_address: str = ""
+    presentations: tuple[Presentation, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.declared_image:
             object.__setattr__(self, "declared_image", self.image)
+
+    @property
+    def attachments(self) -> tuple[Attachment, ...]:
+        """Every interface a local pod gets: eth0 on the main network, then the links' (``interfaces``)."""
+        main = (Attachment(MAIN_INTERFACE, MAIN_NETWORK, ""),) if self.main_address else ()
+        return main + self.interfaces
 
     @property
     def substituted(self) -> bool:
@@ -141,6 +163,9 @@ class Probe:
     target: str
     network: str
     interface: str  # the target's interface on that network
+    # ping the target by its name (resolved inside the source pod, which must give the target's eth0
+    # address) rather than by an address: proves the names as well as the main network
+    by_name: bool = False
 
 
 @dataclass(frozen=True)
@@ -160,9 +185,26 @@ class Plan:
     # LESSON_IMAGE_SUBSTITUTE: the image every pod runs instead of its own, or None (each runs its own)
     image_substitute: str | None = None
     cgroup: str = ""  # the local backend's cgroup parent of the lesson's containers
+    main: Network | None = None  # the local backend's main network (eth0), one per live lesson
 
     def network(self, nad: str) -> Network:
+        if nad == MAIN_NETWORK and self.main is not None:
+            return self.main
         return next(n for n in self.networks if n.nad == nad)
+
+    def cni_config(self, pod: Pod, attachment: Attachment, ipam_data_dir: str | None = None) -> dict[str, Any]:
+        """The CNI configuration of one of ``pod``'s attachments (the main network's carries its address)."""
+        network = self.network(attachment.network)
+        address = pod.main_address if attachment.network == MAIN_NETWORK else None
+        return network.cni_config(ipam_data_dir, address)
+
+    def hosts(self) -> str:
+        """The hosts file every pod of a local live lesson sees as /etc/hosts: each endpoint's name and its
+        eth0 address, as Kubernetes DNS names each endpoint's Service in the lesson's namespace. Nothing of
+        another live lesson is in it."""
+        lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+        lines += [f"{p.main_address.split('/')[0]}\t{p.endpoint}" for p in self.pods if p.main_address]
+        return "\n".join(lines) + "\n"
 
     def pod(self, endpoint: str) -> Pod:
         """The pod of ``endpoint``; ``PermanentError`` naming the known ones if the lesson has none."""
@@ -189,6 +231,16 @@ def _subnets(lesson: ResolvedLesson, pool: str) -> list[ipaddress.IPv4Network]:
     return out
 
 
+def _main_subnet(lesson: ResolvedLesson, taken: list[ipaddress.IPv4Network], pool: str) -> ipaddress.IPv4Network:
+    """The first /24 of ``pool`` that no link of the lesson uses, with room for every endpoint."""
+    for net in ipaddress.IPv4Network(pool).subnets(new_prefix=max(24, ipaddress.IPv4Network(pool).prefixlen)):
+        if not any(net.overlaps(t) for t in taken):
+            if net.num_addresses - 3 < len(lesson.endpoints):  # network, .1 (kept for a gateway), broadcast
+                break
+            return net
+    raise LessonError([Problem(lesson.source, "endpoints", f"the main network pool {pool} has no room for it")])
+
+
 def make_plan(
     lesson: ResolvedLesson,
     livelesson: str,
@@ -198,8 +250,14 @@ def make_plan(
     subnet_pool: str = "10.10.0.0/16",
     deployment: str = "",
     image_substitute: str | None = None,
+    main_pool: str = MAIN_POOL,
+    names: bool = True,
 ) -> Plan:
     """The plan of one live lesson.
+
+    Every pod has eth0 on the main network: the local backend's is a /24 of ``main_pool`` (the first that
+    none of the lesson's links uses), pod k of the lesson getting its address k+2. With ``names``
+    (LESSON_CHECK_NAMES), each link direction has a second check that pings the peer by its name over eth0.
 
     With ``image_substitute`` (LESSON_IMAGE_SUBSTITUTE), every pod runs that image instead of the one its
     lesson declared (kept as ``Pod.declared_image``). A substituted pod whose lesson gives no ``command``
@@ -217,7 +275,13 @@ def make_plan(
     }
     networks = []
     used: set[str] = set()
-    for link, subnet in zip(lesson.links, _subnets(lesson, subnet_pool), strict=True):
+    subnets = _subnets(lesson, subnet_pool)
+    main_subnet = _main_subnet(lesson, subnets, main_pool)
+    main = Network(
+        0, MAIN_NETWORK, main_network_name(instance, livelesson), main_bridge_name(instance, livelesson), main_subnet,
+        "", "",
+    )  # fmt: skip
+    for link, subnet in zip(lesson.links, subnets, strict=True):
         i, a, b = link.index, link.a.name, link.b.name
         base = f"{a}-{b}"
         # parallel links get -2, -3, ...; so does a name another pair already produced
@@ -239,7 +303,7 @@ def make_plan(
             )
         )
     pods = []
-    for ep in lesson.endpoints:
+    for k, ep in enumerate(lesson.endpoints):
         image, command, args = ep.image, ep.command, ep.args
         if image_substitute is not None and image_substitute != ep.image:
             image = image_substitute
@@ -264,6 +328,8 @@ def make_plan(
                 interfaces=interfaces,
                 declared_image=ep.image,
                 container=naming.container_id(instance, livelesson, ep.name),
+                main_address=f"{main_subnet.network_address + k + 2}/{main_subnet.prefixlen}",
+                presentations=ep.presentations,
             )
         )
     by_name = {p.endpoint: p for p in pods}
@@ -272,6 +338,9 @@ def make_plan(
         for src, dst in ((n.a, n.b), (n.b, n.a)):
             iface = next(i.name for i in by_name[dst].interfaces if i.network == n.nad)
             checks.append(Probe(src, dst, n.nad, iface))
+    if names:
+        pairs = dict.fromkeys((src, dst) for n in networks for src, dst in ((n.a, n.b), (n.b, n.a)))
+        checks += [Probe(src, dst, MAIN_NETWORK, MAIN_INTERFACE, by_name=True) for src, dst in pairs]
     return Plan(
         livelesson=livelesson,
         lesson=lesson.slug,
@@ -287,4 +356,5 @@ def make_plan(
         deployment=deployment,
         image_substitute=image_substitute,
         cgroup=naming.cgroup_parent(instance, livelesson),
+        main=main,
     )

@@ -27,10 +27,12 @@ __all__ = [
     "Interface",
     "LiveLesson",
     "PodKind",
+    "PresentationState",
     "Status",
     "StepError",
     "StepTiming",
     "check_id",
+    "forward_command",
     "new_id",
     "now",
     "substitute_note",
@@ -44,6 +46,11 @@ EMULATED_NOTE = "emulated pods: stand-in processes on the declared ports; the im
 def substitute_note(image: str) -> str:
     """What a record with ``image_substitute`` says, in the CLI and on the status page."""
     return f"images: every endpoint runs {image} instead of its own image (LESSON_IMAGE_SUBSTITUTE)"
+
+
+def forward_command(livelesson: str, endpoint: str, port: int) -> str:
+    """How a program on the user's machine reaches a pod's port: a local port forwarded to it (127.0.0.1)."""
+    return f"lessonctl port-forward {livelesson} {endpoint} {port}"
 
 
 ID_ALPHABET = string.ascii_lowercase + string.digits
@@ -84,10 +91,24 @@ class Interface(_Model):
     address: str | None = None
 
 
+class PresentationState(_Model):
+    """A presentation of the lesson file (what a learner's terminal or browser opens) and where it is."""
+
+    name: str
+    type: str  # ssh | http
+    port: int
+    # the endpoint's name and port as the lesson's pods reach it: the Service's DNS name on Kubernetes,
+    # the name in the pods' hosts file on the local backend
+    reach: str
+    forward: str  # from the user's machine: the command that forwards a port of 127.0.0.1 to it
+
+
 class EndpointState(_Model):
     pod: str
+    node: str | None = None
     ready: bool = False
     interfaces: list[Interface] = Field(default_factory=list)
+    presentations: list[PresentationState] = Field(default_factory=list)
 
 
 class Check(_Model):

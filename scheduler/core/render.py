@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from scheduler.core.naming import LABEL_LIVELESSON
+from scheduler.core.naming import LABEL_ENDPOINT, LABEL_LIVELESSON
 from scheduler.core.plan import POD_LIMITS, POD_REQUESTS, UNTRUSTED_CAPABILITIES, Plan, Pod
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "pods",
     "render",
     "role_binding",
+    "services",
     "subject_for",
     "to_yaml",
 ]
@@ -116,6 +117,8 @@ def _pod(plan: Plan, pod: Pod) -> Obj:
                     ]
                 }
             },
+            # the seed's names: the pod calls itself by its endpoint's name, which its Service resolves to
+            "hostname": pod.endpoint,
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
             "restartPolicy": "Always",
@@ -127,6 +130,40 @@ def _pod(plan: Plan, pod: Pod) -> Obj:
 
 def pods(plan: Plan) -> list[Obj]:
     return [_pod(plan, p) for p in plan.pods]
+
+
+def _port_name(pod: Pod, port: int) -> str:
+    """A Service port's name (unique, at most 15 characters): the presentation's type, or ``port``."""
+    kind = next((p.type for p in pod.presentations if p.port == port), "port")
+    return f"{kind}-{port}"
+
+
+def _service(plan: Plan, pod: Pod) -> Obj:
+    """The endpoint's Service, named after it: ``<endpoint>`` resolves inside the namespace (the seed's DNS).
+
+    Headless (no cluster IP): the name resolves to the pod's own eth0 address, so a ping by name reaches
+    the pod (a virtual IP answers no ICMP and needs kube-proxy); ``publishNotReadyAddresses``, because a lab
+    device is reachable, and addressed by name, before it reports Ready."""
+    spec: Obj = {
+        "clusterIP": "None",
+        "selector": {LABEL_LIVELESSON: plan.livelesson, LABEL_ENDPOINT: pod.endpoint},
+        "publishNotReadyAddresses": True,
+    }
+    if pod.ports:
+        spec["ports"] = [
+            {"name": _port_name(pod, port), "port": port, "targetPort": port, "protocol": "TCP"} for port in pod.ports
+        ]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": pod.endpoint, "namespace": plan.namespace, "labels": dict(pod.labels)},
+        "spec": spec,
+    }
+
+
+def services(plan: Plan) -> list[Obj]:
+    """One Service per endpoint, exposing its presentations' ports and its additionalPorts."""
+    return [_service(plan, p) for p in plan.pods]
 
 
 def network_policy(plan: Plan) -> Obj:
@@ -143,9 +180,7 @@ def network_policy(plan: Plan) -> Obj:
             "egress": [
                 {"to": same_namespace},
                 {
-                    "to": [
-                        {"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
-                    ],
+                    "to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
                     "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
                 },
             ],
@@ -180,7 +215,14 @@ def render(plan: Plan, *, subject: Obj | None = None) -> list[Obj]:
     """Every object, in the order they are applied. With ``subject`` (the worker's identity), the
     RoleBinding that grants it the lesson role follows the namespace."""
     grant = [role_binding(plan, subject)] if subject is not None else []
-    return [namespace(plan), *grant, *network_attachment_definitions(plan), network_policy(plan), *pods(plan)]
+    return [
+        namespace(plan),
+        *grant,
+        *network_attachment_definitions(plan),
+        network_policy(plan),
+        *services(plan),
+        *pods(plan),
+    ]
 
 
 def to_yaml(objects: list[Obj]) -> str:

@@ -14,7 +14,7 @@ from typing import Literal
 
 from scheduler.core.errors import LessonError
 from scheduler.core.lessons import ResolvedLesson
-from scheduler.core.plan import Plan, make_plan
+from scheduler.core.plan import MAIN_NETWORK, Plan, make_plan
 from scheduler.core.records import LiveLesson
 
 __all__ = [
@@ -96,7 +96,8 @@ def _address(record: LiveLesson, endpoint: str, network: str) -> str | None:
 
 def _addresses(record: LiveLesson, endpoint: str) -> tuple[str, ...]:
     ep = record.endpoints.get(endpoint)
-    return tuple(i.address for i in ep.interfaces if i.address) if ep else ()
+    # the links' addresses: eth0 (the main network every pod has) is not a link of the drawing
+    return tuple(i.address for i in ep.interfaces if i.address and i.network != MAIN_NETWORK) if ep else ()
 
 
 def live_topology(plan: Plan, record: LiveLesson, title: str | None = None) -> Topology:
@@ -124,8 +125,11 @@ def from_record(record: LiveLesson, title: str | None = None) -> Topology:
     members: dict[str, list[str]] = {}
     for name, ep in record.endpoints.items():
         for itf in ep.interfaces:
-            members.setdefault(itf.network, []).append(name)
+            if itf.network != MAIN_NETWORK:
+                members.setdefault(itf.network, []).append(name)
     for c in record.checks:
+        if c.network == MAIN_NETWORK:
+            continue
         for name in (c.source, c.target):
             if name not in members.setdefault(c.network, []):
                 members[c.network].append(name)

@@ -173,6 +173,20 @@ def _endpoints(record: LiveLesson) -> str:
     return note + _table(("endpoint", "pod", "ready", "interface", "network", "address"), rows, "endpoints")
 
 
+def _presentations(record: LiveLesson) -> str:
+    rows = [
+        f'<tr data-endpoint="{escape(name)}" data-presentation="{escape(p.name)}"><td>{escape(name)}</td>'
+        f'<td>{escape(p.name)}</td><td>{escape(p.type)}</td><td class="num">{p.port}</td>'
+        f'<td class="reach">{escape(p.reach)}</td><td><code>{escape(p.forward)}</code></td></tr>'
+        for name, ep in record.endpoints.items()
+        for p in ep.presentations
+    ]
+    if not rows:
+        return "<p>No presentations.</p>"
+    headers = ("endpoint", "name", "type", "port", "in the lesson", "from this machine")
+    return _table(headers, rows, "presentations")
+
+
 def _timeline(record: LiveLesson) -> str:
     names = [s for s in STEPS if s in record.steps] + [s for s in record.steps if s not in STEPS]
     if not names:
@@ -217,10 +231,12 @@ def _matrix(record: LiveLesson) -> str:
         spread = ""
         if c.rtt_avg_ms is not None:
             spread = f", rtt min/avg/max {c.rtt_min_ms}/{c.rtt_avg_ms}/{c.rtt_max_ms} ms"
-        tip = f"{c.source} -> {c.target} {c.address or ''} over {c.network}: {c.received}/{c.sent} replies{spread}"
+        how = f"{c.target} by name ({c.address or 'unresolved'})" if c.by_name else f"{c.target} {c.address or ''}"
+        tip = f"{c.source} -> {how} over {c.network}: {c.received}/{c.sent} replies{spread}"
         cells.setdefault((c.source, c.target), []).append(
             f'<span class="check" data-ok="{"true" if c.ok else "false"}" data-source="{escape(c.source)}" '
-            f'data-target="{escape(c.target)}" data-network="{escape(c.network)}" title="{escape(tip)}">'
+            f'data-target="{escape(c.target)}" data-network="{escape(c.network)}" '
+            f'data-by-name="{"true" if c.by_name else "false"}" title="{escape(tip)}">'
             f"{'&#10003;' if c.ok else '&#10007;'} {escape(rtt)}</span>"
         )
     rows = []
@@ -236,7 +252,8 @@ def _matrix(record: LiveLesson) -> str:
     head = "".join(f"<th>{escape(n)}</th>" for n in names)
     return (
         f'<p class="meta">{passed}/{len(record.checks)} pings passed; rows ping columns (average RTT and loss '
-        f"of the burst, or replies/sent when a ping failed).</p>"
+        f"of the burst, or replies/sent when a ping failed); over <i>main</i>, the target was pinged by its "
+        f"name (eth0).</p>"
         f'<table class="pings"><thead><tr><th>from \\ to</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
     )
 
@@ -276,6 +293,7 @@ def livelesson_html(record: LiveLesson, catalog: Catalog, settings: Settings, at
         f'<p class="meta">{meta}</p><p class="meta">{times}</p>{error}'
         f"<h2>Topology</h2>{_picture(record, catalog, settings)}"
         f"<h2>Endpoints</h2>{_endpoints(record)}"
+        f"<h2>Presentations</h2>{_presentations(record)}"
         f"<h2>Steps</h2>{_timeline(record)}"
         f"<h2>Pings</h2>{_matrix(record)}"
     )

@@ -79,6 +79,7 @@ def test_keepalive_never_extends_past_the_lifetime(settings_for: Callable[..., S
     for _ in range(3):
         record = store.keepalive(record.id)
         assert record.expires_at <= cap
+
     # pretend time has moved on: the keepalive clamps to the cap, GC's expiry index holds the same
     def older(rec):  # type: ignore[no-untyped-def]
         rec.created_at -= timedelta(seconds=45)

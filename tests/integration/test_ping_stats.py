@@ -38,4 +38,3 @@ def test_checks_record_the_burst(
     finally:
         client.delete(record.id)
         client.wait(record.id, 60, until=frozenset({"deleted", "failed"}))
-

@@ -61,7 +61,6 @@ CHROMIUM_FLAGS = (
 )
 
 
-
 # --- a headless Chromium driven over the DevTools protocol ---------------------------------------------
 
 

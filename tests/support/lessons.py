@@ -38,10 +38,12 @@ def live_record(
     endpoints = {}
     for pod in plan.pods:
         interfaces = []
-        for itf in pod.interfaces:
+        for itf in pod.attachments:
             net = plan.network(itf.network)
             host = net.subnet.network_address + (2 if pod.endpoint == net.a else 3)
-            address[(pod.endpoint, itf.network)] = f"{host}/{net.subnet.prefixlen}"
+            address[(pod.endpoint, itf.network)] = (
+                pod.main_address if itf.network == "main" else f"{host}/{net.subnet.prefixlen}"
+            )
             interfaces.append(
                 Interface(name=itf.name, network=itf.network, address=address[(pod.endpoint, itf.network)])
             )
@@ -52,6 +54,7 @@ def live_record(
             target=c.target,
             network=c.network,
             address=address[(c.target, c.network)].split("/")[0],
+            by_name=c.by_name,
             sent=3,
             received=0 if c.network in failed else 3,
             rtt_avg_ms=None if c.network in failed else 0.042,

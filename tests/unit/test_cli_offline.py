@@ -154,7 +154,7 @@ def nad_configs(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def test_render_the_triangle() -> None:
     docs = render_triangle()
-    assert kinds(docs) == {"Namespace": 1, "NetworkAttachmentDefinition": 3, "NetworkPolicy": 1, "Pod": 3}
+    assert kinds(docs) == {"Namespace": 1, "NetworkAttachmentDefinition": 3, "NetworkPolicy": 1, "Service": 3, "Pod": 3}
     (namespace,) = [d for d in docs if d["kind"] == "Namespace"]
     ns = namespace["metadata"]["name"]
     assert ns.startswith("lessons-") and len(ns) == len("lessons-") + 10

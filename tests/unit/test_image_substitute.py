@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -296,6 +297,9 @@ class Recorder(Backend):
 
     def attach(self, plan: Plan, endpoint: str, argv: Sequence[str], *, tty: bool) -> int:
         raise NotImplementedError  # the pings under test never attach
+
+    def connect(self, plan: Plan, endpoint: str, port: int, *, timeout: float) -> socket.socket:
+        raise NotImplementedError  # nothing under test forwards a port
 
     def exec(self, plan: Plan, endpoint: str, argv: Sequence[str], *, timeout: float) -> ExecResult:
         raise NotImplementedError

@@ -6,6 +6,7 @@ lesson images.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Sequence
 
@@ -169,6 +170,9 @@ class ScriptedBackend(Backend):
     def attach(self, plan: Plan, endpoint: str, argv: Sequence[str], *, tty: bool) -> int:
         raise NotImplementedError  # the pings under test never attach
 
+    def connect(self, plan: Plan, endpoint: str, port: int, *, timeout: float) -> socket.socket:
+        raise NotImplementedError  # nothing under test forwards a port
+
     def exec(self, plan: Plan, endpoint: str, argv: Sequence[str], *, timeout: float) -> ExecResult:
         self.calls.append((endpoint, list(argv)))
         step = self.script.pop(0) if len(self.script) > 1 else self.script[0]
@@ -259,3 +263,44 @@ def test_run_check_raises_permanent_exec_errors() -> None:
     with pytest.raises(PermanentError, match="does not exist"):
         run_check(backend, PLAN, CHECK, "10.10.12.3", deadline=time.monotonic() + 5)  # type: ignore[arg-type]
     assert len(backend.calls) == 1
+
+
+# --- by name: the name is resolved inside the pod, and must lead to the target's eth0 address ---------------------
+
+BY_NAME = Probe(source="bb1", target="bb2", network="main", interface="eth0", by_name=True)
+
+
+def named(output: str, name: str = "bb2") -> str:
+    """``output`` as ping prints it when given a name: the name, then the address it resolved to."""
+    head, rest = output.split("\n", 1)
+    address = head.split("(")[1].split(")")[0]
+    return head.replace(f"PING {address} ", f"PING {name} ", 1) + "\n" + rest
+
+
+@pytest.mark.parametrize("output", [IPUTILS_OK, BUSYBOX_OK])
+def test_parse_ping_reads_where_a_name_led(output: str) -> None:
+    address = output.split("(")[1].split(")")[0]
+    assert parse_ping(named(output)).resolved == address
+    assert parse_ping(named(output), expected=address).ok
+    assert not parse_ping(named(output), expected="10.250.0.99").ok  # replies, but from another address
+
+
+def test_run_check_by_name_pings_the_name_and_passes_when_it_led_to_the_target() -> None:
+    backend = ScriptedBackend([named(IPUTILS_OK), "PING bb2 (10.10.12.3) 56(84) bytes of data.\n" + IPUTILS_BURST])
+    result = run_check(backend, PLAN, BY_NAME, "10.10.12.3/24", deadline=time.monotonic() + 5)  # type: ignore[arg-type]
+    assert [argv[-1] for _, argv in backend.calls] == ["bb2", "bb2"]  # the name, never the address
+    assert result.ok and result.resolved == "10.10.12.3"
+
+
+def test_run_check_by_name_fails_when_the_name_leads_elsewhere() -> None:
+    # the replies come from 10.10.12.3, but the target's eth0 is 10.250.0.3: another pod answered
+    backend = ScriptedBackend([named(IPUTILS_OK)])
+    result = run_check(backend, PLAN, BY_NAME, "10.250.0.3/24", deadline=time.monotonic() + 0.3)  # type: ignore[arg-type]
+    assert not result.ok and result.resolved == "10.10.12.3"
+    assert len(backend.calls) >= 2  # kept trying until the deadline
+
+
+def test_run_check_by_name_fails_when_the_name_does_not_resolve() -> None:
+    backend = ScriptedBackend(["ping: bad address 'bb2'\n"])
+    result = run_check(backend, PLAN, BY_NAME, "10.250.0.3/24", deadline=time.monotonic() + 0.3)  # type: ignore[arg-type]
+    assert not result.ok and result.resolved is None and result.received == 0

@@ -299,9 +299,14 @@ def test_interfaces_follow_connection_order(lesson: ResolvedLesson, livelesson: 
 @given(lesson=lessons, livelesson=ids)
 def test_two_checks_per_connection(lesson: ResolvedLesson, livelesson: str) -> None:
     plan = make_plan(lesson, livelesson, "s1", instance="lessons", subnet_pool=POOL)
-    assert len(plan.checks) == 2 * len(lesson.connections)
+    links = [c for c in plan.checks if not c.by_name]
+    assert len(links) == 2 * len(lesson.connections)
+    # and one by name per direction of each pair of linked endpoints, over eth0
+    named = [c for c in plan.checks if c.by_name]
+    assert [(c.source, c.target) for c in named] == list(dict.fromkeys((c.source, c.target) for c in links))
+    assert {(c.network, c.interface) for c in named} <= {("main", "eth0")}
     for k, n in enumerate(plan.networks):
-        there, back = plan.checks[2 * k], plan.checks[2 * k + 1]
+        there, back = links[2 * k], links[2 * k + 1]
         assert (there.source, there.target, there.network) == (n.a, n.b, n.nad)
         assert (back.source, back.target, back.network) == (n.b, n.a, n.nad)
         for check in (there, back):
@@ -360,7 +365,8 @@ def test_the_triangle_plan() -> None:
         "bb2": [("net1", "bb1-bb2"), ("net2", "bb2-bb3")],
         "bb3": [("net1", "bb2-bb3"), ("net2", "bb3-bb1")],
     }
-    assert len(plan.checks) == 6
+    assert len([c for c in plan.checks if not c.by_name]) == 6
+    assert len([c for c in plan.checks if c.by_name]) == 6  # each linked pair, both ways, by name
     assert plan.pod("bb1").labels["lessons.io/endpoint"] == "bb1"
     assert plan.labels == {
         "app.kubernetes.io/managed-by": "lesson-scheduler",
@@ -483,7 +489,7 @@ def test_fuzz_mutated_valid_lessons(doc: dict[str, Any], path: list[int], junk: 
         return
     # whatever is accepted can be planned and its check list is consistent
     plan = make_plan(resolve(lesson, "fuzz.yaml", None), "abcde12345", "s1", instance="lessons")
-    assert len(plan.checks) == 2 * len(plan.networks)
+    assert len([c for c in plan.checks if not c.by_name]) == 2 * len(plan.networks)
 
 
 @FUZZ

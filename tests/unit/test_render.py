@@ -34,7 +34,7 @@ RBAC = REPO / "config" / "k8s" / "rbac.yaml"
 LIVELESSON = "abcde12345"
 
 K8S_VERSIONS = ["1.31", kubernetes_validate.latest_version()]
-NATIVE_KINDS = {"Namespace", "Pod", "NetworkPolicy"}
+NATIVE_KINDS = {"Namespace", "Pod", "NetworkPolicy", "Service"}
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -285,6 +285,7 @@ def test_triangle_objects(triangle: Plan) -> None:
         "Namespace",
         *["NetworkAttachmentDefinition"] * 3,
         "NetworkPolicy",
+        *["Service"] * 3,
         *["Pod"] * 3,
     ]
     assert objects[0]["metadata"]["name"] == f"lessons-{LIVELESSON}"

@@ -11,10 +11,11 @@ Guarantees every implementation keeps:
 from __future__ import annotations
 
 import abc
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from scheduler.core.plan import Plan
+from scheduler.core.plan import Plan, Pod
 from scheduler.core.records import PodKind
 
 __all__ = ["Backend", "ExecResult", "InterfaceStatus", "Observation", "PodStatus"]
@@ -124,6 +125,19 @@ class Backend(abc.ABC):
 
         Raises ``PermanentError`` for an endpoint the plan does not have or a pod that does not run;
         ``TemporaryError`` when the connection to the pod breaks."""
+
+    @abc.abstractmethod
+    def connect(self, plan: Plan, endpoint: str, port: int, *, timeout: float) -> socket.socket:
+        """A TCP connection to ``port`` on the loopback of the endpoint's pod, as ``kubectl port-forward``
+        makes one (what ``lessonctl port-forward`` relays from 127.0.0.1). The caller closes it.
+
+        Raises ``PermanentError`` for an endpoint the plan does not have or a pod that does not exist;
+        ``TemporaryError`` when nothing accepts on that port or the connection to the pod breaks."""
+
+    def reach(self, plan: Plan, pod: Pod, port: int) -> str:
+        """Where the lesson's pods reach ``port`` of ``pod``: its name, which every pod of the live lesson
+        resolves, and the port. Pure."""
+        return f"{pod.endpoint}:{port}"
 
     @abc.abstractmethod
     def destroy(self, livelesson: str) -> None:

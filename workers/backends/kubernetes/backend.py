@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -24,15 +25,15 @@ import structlog
 import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
-from kubernetes.stream import stream
+from kubernetes.stream import portforward, stream
 from kubernetes.stream.ws_client import ERROR_CHANNEL
 from websocket import WebSocketException
 
 from scheduler.core import naming
 from scheduler.core.errors import PermanentError, PrerequisiteMissing, SchedulerError, TemporaryError
 from scheduler.core.naming import LABEL_DEPLOYMENT, LABEL_INSTANCE, LABEL_LIVELESSON, LABEL_MANAGED_BY, MANAGED_BY
-from scheduler.core.plan import Plan
-from scheduler.core.render import namespace, network_attachment_definitions, network_policy, pods
+from scheduler.core.plan import Plan, Pod
+from scheduler.core.render import namespace, network_attachment_definitions, network_policy, pods, services
 from scheduler.settings import Settings
 from workers.backends.base import Backend, ExecResult, Observation
 from workers.backends.kubernetes import terminal
@@ -174,6 +175,13 @@ class KubernetesBackend(Backend):
 
     def apply_pods(self, plan: Plan) -> None:
         self._check_plan(plan)
+        for service in services(plan):  # first: a pod's peers have names from its first instruction
+            name = service["metadata"]["name"]
+            self._ensure(
+                "service", name,
+                partial(self.core.create_namespaced_service, plan.namespace, service),
+                partial(self.core.read_namespaced_service, name, plan.namespace), plan,
+            )  # fmt: skip
         for pod in pods(plan):
             name = pod["metadata"]["name"]
             self._ensure(
@@ -239,6 +247,28 @@ class KubernetesBackend(Backend):
             finally:
                 resp.close()
         return ExecResult(code, "".join(stdout), "".join(stderr))
+
+    def reach(self, plan: Plan, pod: Pod, port: int) -> str:
+        """The Service's DNS name (``<endpoint>.<namespace>.svc.cluster.local``) and the port."""
+        return f"{naming.service_host(plan.namespace, pod.endpoint)}:{port}"
+
+    def connect(self, plan: Plan, endpoint: str, port: int, *, timeout: float) -> socket.socket:
+        """The pods/portforward subresource, one stream per connection (its end of a socket pair, relayed
+        by the client's thread)."""
+        pod = plan.pod(endpoint)
+        api = client.ApiClient(self.api.configuration)  # portforward swaps call_api, as stream does
+        try:
+            forward = portforward(
+                client.CoreV1Api(api).connect_get_namespaced_pod_portforward, pod.name, plan.namespace,
+                ports=str(port), _request_timeout=timeout,
+            )  # fmt: skip
+        except ApiException as exc:
+            raise translate(exc) from exc
+        except (*CONNECTION_ERRORS, OSError) as exc:
+            raise TemporaryError(f"port-forward to {endpoint}:{port} failed to connect: {exc}") from exc
+        finally:
+            api.close()
+        return forward.socket(port)  # type: ignore[no-any-return]
 
     def attach(self, plan: Plan, endpoint: str, argv: Sequence[str], *, tty: bool) -> int:
         """The pods/exec subresource with stdin, as ``kubectl exec -i [-t]``: bytes both ways (binary, so a

@@ -8,7 +8,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from scheduler.core.plan import Plan
+from scheduler.core.plan import MAIN_INTERFACE, MAIN_NETWORK, Plan
 from scheduler.core.render import NETWORK_STATUS_ANNOTATION
 from workers.backends.base import InterfaceStatus, Observation, PodStatus
 
@@ -52,7 +52,11 @@ def pod_status(plan: Plan, pod: Any) -> PodStatus:
     reason, fatal = _not_ready(pod)
     if reason is None and any(i.address is None for i in interfaces):
         reason = "network-status does not list every attachment with an address yet"
-    return PodStatus(endpoint, pod.metadata.name, reason is None, tuple(interfaces), node, reason, fatal)
+    # eth0 is the cluster's default network: its address is the pod's IP (the cluster's prefix is not ours
+    # to know, so it is the bare address); the lesson's readiness does not wait for it
+    pod_ip = pod.status.pod_ip if pod.status is not None else None
+    main = InterfaceStatus(MAIN_INTERFACE, MAIN_NETWORK, pod_ip or None)
+    return PodStatus(endpoint, pod.metadata.name, reason is None, (main, *interfaces), node, reason, fatal)
 
 
 def _not_ready(pod: Any) -> tuple[str | None, bool]:

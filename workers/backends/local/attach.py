@@ -64,7 +64,7 @@ class Attachments:
             hosts = [i.get("name") for i in saved.get("raw", {}).get("interfaces", []) if not i.get("sandbox")]
             if any(h in node_links and node_links[h].master == network.bridge for h in hosts):
                 return
-        config = network.cni_config(str(self.ipam_dir))
+        config = plan.cni_config(pod, itf, str(self.ipam_dir))
         args = {"container_id": pod.netns, "netns": NETNS_DIR / pod.netns, "ifname": ifname}
         if saved is not None or have is not None or self._leased(config["name"], pod.netns):
             # half made by a run that crashed (interface without result, result without interface, a lease

@@ -49,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -60,7 +61,7 @@ import structlog
 
 from scheduler.core import naming
 from scheduler.core.errors import PermanentError, PrerequisiteMissing, TemporaryError
-from scheduler.core.plan import Attachment, Plan, Pod
+from scheduler.core.plan import MAIN_NETWORK, Network, Plan, Pod
 from scheduler.core.records import PodKind
 from workers.backends.base import Backend, ExecResult, InterfaceStatus, Observation, PodStatus
 from workers.backends.local import cni, netns, rtnetlink
@@ -159,10 +160,11 @@ class LocalBackend(Backend):
     def _ensure_bridges(self, plan: Plan) -> None:
         """Every bridge of the plan exists, carries our mark and is up: one in-process rtnetlink batch."""
         mark = self.mark(plan.livelesson)
+        networks = [*plan.networks, *([plan.main] if plan.main is not None else [])]
         for attempt in range(3):
             existing = rtnetlink.bridges(self.node_netns)
             create, aliases = [], {}
-            for n in plan.networks:
+            for n in networks:
                 alias = existing.get(n.bridge)
                 if alias is None:
                     create.append(n.bridge)
@@ -170,10 +172,10 @@ class LocalBackend(Backend):
                     raise PermanentError(
                         f"bridge {n.bridge} exists but is not ours (mark {alias!r}); refusing to use it"
                     )
-                if alias != f"{mark}/{n.index}":
+                if alias != _alias(mark, n):
                     # also claims a bridge the plugin made by itself (after a crash between the two applies):
                     # its name is a hash of this instance, live lesson and link, so nobody else can own it
-                    aliases[n.bridge] = f"{mark}/{n.index}"
+                    aliases[n.bridge] = _alias(mark, n)
             if not create and not aliases:
                 return
             if not rtnetlink.ensure_bridges(self.node_netns, create, aliases) or attempt == 2:
@@ -203,23 +205,45 @@ class LocalBackend(Backend):
         emulated = self.pods == "emulated"
         missing = [p for p in plan.pods if emulated and not self._processes.process_ok(plan.livelesson, p)]
 
-        def attach(pod: Pod, itf: Attachment) -> Callable[[], None]:
-            return lambda: self._attachments.ensure(plan, pod, itf, present[pod.endpoint], node_links)
+        def attach(pod: Pod) -> Callable[[], None]:
+            def body() -> None:
+                # one pod's attachments in order, as Multus adds them: eth0, net1, net2, ... (so they are
+                # listed in that order inside the pod, as on the seed's node)
+                for itf in pod.attachments:
+                    self._attachments.ensure(plan, pod, itf, present[pod.endpoint], node_links)
 
-        # the launcher and every CNI ADD at once: they touch different objects
-        work = [attach(pod, itf) for pod in plan.pods for itf in pod.interfaces]
+            return body
+
+        # the launcher and every pod's CNI ADDs at once: they touch different objects
+        work = [attach(pod) for pod in plan.pods]
         if missing:
             work.insert(0, lambda: self._processes.launch(plan, missing))
         _parallel(lambda f: f(), work)
+        hosts = self._write_hosts(plan)
         if not emulated:
             # after the attachments, as a kubelet starts containers after the sandbox's CNI ADD: what runs in
             # the pod finds its interfaces there from its first instruction
             states = self._runc.states()
             starting = [p for p in plan.pods if not self._container_ok(states.get(p.container), p)]
-            _parallel(lambda p: self._start_container(plan, p, images[p.image], states.get(p.container)), starting)
+            _parallel(
+                lambda p: self._start_container(plan, p, images[p.image], states.get(p.container), hosts), starting
+            )
 
     def _bundle(self, livelesson: str, endpoint: str) -> Path:
         return self._owned.folder(livelesson) / "containers" / endpoint
+
+    def _hosts(self, livelesson: str) -> Path:
+        return self._owned.folder(livelesson) / "hosts"
+
+    def _write_hosts(self, plan: Plan) -> Path:
+        """The live lesson's hosts file (the plan's names and eth0 addresses), which every pod sees as its
+        /etc/hosts. Written in place, never replaced: a bind mount holds on to the file it was made with."""
+        path = self._hosts(plan.livelesson)
+        text = plan.hosts()
+        if not path.exists() or path.read_text() != text:
+            with open(path, "w") as handle:
+                handle.write(text)
+        return path
 
     def _container_ok(self, state: ContainerState | None, pod: Pod) -> bool:
         """Running, and in the pod's current network namespace (not one deleted and made again)."""
@@ -230,7 +254,9 @@ class LocalBackend(Backend):
         except FileNotFoundError:
             return False
 
-    def _start_container(self, plan: Plan, pod: Pod, image: Unpacked, state: ContainerState | None) -> None:
+    def _start_container(
+        self, plan: Plan, pod: Pod, image: Unpacked, state: ContainerState | None, hosts: Path
+    ) -> None:
         bundle = self._bundle(plan.livelesson, pod.endpoint)
         if state is not None:
             if state.bundle != bundle:
@@ -238,7 +264,7 @@ class LocalBackend(Backend):
             # created by a crashed attempt, exited, or stranded in an old namespace: replaced, as a kubelet
             # restarts a pod's container
             self._runc.remove(pod.container)
-        self._runc.start(plan, pod, image, bundle)
+        self._runc.start(plan, pod, image, bundle, hosts)
 
     # --- observe and exec --------------------------------------------------------------------------
 
@@ -259,7 +285,7 @@ class LocalBackend(Backend):
         except PermanentError:  # deleted between the two looks
             return not_ready("network namespace missing")
         interfaces = []
-        for itf in pod.interfaces:
+        for itf in pod.attachments:
             saved = self._attachments.saved(plan.livelesson, pod.endpoint, itf.name) or {}
             address = next((a for a in saved.get("addresses", []) if a in present.get(itf.name, [])), None)
             interfaces.append(InterfaceStatus(itf.name, itf.network, address))
@@ -304,7 +330,7 @@ class LocalBackend(Backend):
                 proc = self._runc.exec(pod.container, argv, timeout=timeout)
                 _container_exec_error(proc.returncode, proc.stderr.decode(errors="replace"), endpoint, argv)
             else:
-                proc = netns.run(argv, netns=pod.netns, timeout=timeout)
+                proc = netns.run(self._emulated_argv(plan, argv), netns=pod.netns, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
             raise TemporaryError(f"`{' '.join(argv)}` in {endpoint} timed out after {timeout}s") from exc
         except FileNotFoundError as exc:
@@ -320,10 +346,33 @@ class LocalBackend(Backend):
                 raise PermanentError(f"the container of {endpoint} is not running")
             return self._runc.attach(pod.container, argv, tty=tty)
         # emulated: the host's own program, in the pod's network namespace only (said by the record)
+        command = self._emulated_argv(plan, argv)
         try:
-            return netns.in_netns(pod.netns, lambda: subprocess.run(list(argv), check=False).returncode, timeout=1e9)
+            return netns.in_netns(pod.netns, lambda: subprocess.run(command, check=False).returncode, timeout=1e9)
         except FileNotFoundError as exc:
             raise PermanentError(f"`{argv[0]}` cannot run in {endpoint}: {exc.strerror}") from exc
+
+    def connect(self, plan: Plan, endpoint: str, port: int, *, timeout: float) -> socket.socket:
+        """A socket made inside the pod's network namespace (a socket keeps the namespace it was made in),
+        connected to its loopback: what a kubelet's port-forward does, without a process in the pod."""
+        pod = plan.pod(endpoint)
+        if not netns.exists(pod.netns):
+            raise PermanentError(f"pod {endpoint} does not exist (no namespace {pod.netns})")
+        try:
+            return netns.in_netns(
+                pod.netns, lambda: socket.create_connection(("127.0.0.1", port), timeout=timeout), timeout=timeout + 5
+            )
+        except OSError as exc:
+            raise TemporaryError(f"nothing accepts on port {port} in {endpoint}: {exc.strerror or exc}") from exc
+
+    def _emulated_argv(self, plan: Plan, argv: Sequence[str]) -> list[str]:
+        """An emulated pod's command, in a mount namespace of its own where the live lesson's hosts file is
+        /etc/hosts (the host's filesystem otherwise): names resolve there as in a container."""
+        hosts = self._hosts(plan.livelesson)
+        if not hosts.exists():
+            return list(argv)
+        script = 'mount --bind "$0" /etc/hosts && exec "$@"'
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(hosts), *argv]
 
     # --- destroy and list --------------------------------------------------------------------------
 
@@ -398,6 +447,11 @@ class LocalBackend(Backend):
                 with contextlib.suppress(OSError):
                     top.rmdir()
             return True
+
+
+def _alias(mark: str, network: Network) -> str:
+    """A bridge's mark: the live lesson's, then its link's index, or ``main`` for the eth0 bridge."""
+    return f"{mark}/{MAIN_NETWORK}" if network.nad == MAIN_NETWORK else f"{mark}/{network.index}"
 
 
 def _container_prerequisites() -> None:

@@ -164,8 +164,9 @@ class Runc:
 
     # --- running -----------------------------------------------------------------------------------------
 
-    def start(self, plan: Plan, pod: Pod, image: Unpacked, bundle: Path) -> None:
+    def start(self, plan: Plan, pod: Pod, image: Unpacked, bundle: Path, hosts: Path | None = None) -> None:
         """Create and start the pod's container from ``image`` in ``bundle``; returns once its process runs.
+        ``hosts`` is bind-mounted read-only as its /etc/hosts (the live lesson's names).
 
         The bundle may hold a crashed attempt's leftovers (a mount, a config): they are reused or replaced."""
         bundle.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -177,7 +178,7 @@ class Runc:
             if _libc.mount(b"overlay", str(rootfs).encode(), b"overlay", 0, options.encode()) != 0:
                 err = ctypes.get_errno()
                 raise PermanentError(f"overlay mount for {pod.endpoint} failed: {os.strerror(err)}")
-        config = runtime_config(plan, pod, image, rootfs)
+        config = runtime_config(plan, pod, image, rootfs, hosts)
         (bundle / "config.json").write_text(json.dumps(config))
         runc_log = bundle / "runc.log"
         runc_log.unlink(missing_ok=True)
@@ -220,8 +221,9 @@ class Runc:
             signal.signal(signal.SIGINT, previous)
 
 
-def runtime_config(plan: Plan, pod: Pod, image: Unpacked, rootfs: Path) -> dict[str, Any]:
-    """umoci's config for the image, with the pod's command, namespaces, cgroup, limits and privileges."""
+def runtime_config(plan: Plan, pod: Pod, image: Unpacked, rootfs: Path, hosts: Path | None = None) -> dict[str, Any]:
+    """umoci's config for the image, with the pod's command, namespaces, cgroup, limits and privileges, and
+    ``hosts`` as its /etc/hosts (as a kubelet mounts the one it writes)."""
     config = image.runtime_config()
     image_config = image.image_config()
     process = config["process"]
@@ -234,6 +236,17 @@ def runtime_config(plan: Plan, pod: Pod, image: Unpacked, rootfs: Path) -> dict[
     process["noNewPrivileges"] = pod.flavor != "trusted"
     config["root"] = {"path": str(rootfs), "readonly": False}
     config["hostname"] = pod.endpoint
+    if hosts is not None:
+        mounts = [m for m in config.get("mounts", []) if m.get("destination") != "/etc/hosts"]
+        config["mounts"] = [
+            *mounts,
+            {
+                "destination": "/etc/hosts",
+                "type": "bind",
+                "source": str(hosts),
+                "options": ["bind", "ro", "nosuid", "nodev"],
+            },
+        ]
     linux = config.setdefault("linux", {})
     linux["namespaces"] = [
         {"type": "pid"},

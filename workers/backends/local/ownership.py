@@ -135,8 +135,11 @@ class Ownership:
         attachments = [
             {"endpoint": p.endpoint, "netns": p.netns, "ifname": i.name, "network": i.network}
             for p in plan.pods
-            for i in p.interfaces
+            for i in p.attachments
         ]
+        networks = {n.nad: {"bridge": n.bridge, "cni": n.cni_config(str(ipam_dir))} for n in plan.networks}
+        if plan.main is not None:  # static addresses: DEL needs none of them
+            networks[plan.main.nad] = {"bridge": plan.main.bridge, "cni": plan.main.cni_config(address="")}
         doc = {
             "mark": self.mark(plan.livelesson),
             "instance": plan.instance,
@@ -146,7 +149,7 @@ class Ownership:
             "session": plan.session,
             "node_netns": node_netns,
             "pods": {p.endpoint: p.netns for p in plan.pods},
-            "networks": {n.nad: {"bridge": n.bridge, "cni": n.cni_config(str(ipam_dir))} for n in plan.networks},
+            "networks": networks,
             "attachments": attachments,
         }
         path = self.folder(plan.livelesson) / "owner.json"
