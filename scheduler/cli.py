@@ -88,6 +88,9 @@ def print_record(record: LiveLesson, as_json: bool) -> None:
         out.print(_endpoints_table(record))
     if any(ep.presentations for ep in record.endpoints.values()):
         out.print(_presentations_table(record))
+        for ep in record.endpoints.values():  # whole lines, to copy: a table cell would wrap them
+            for p in ep.presentations:
+                out.print(f"  {p.forward}", soft_wrap=True, highlight=False, markup=False)
     if record.checks:
         out.print(_ping_matrix(record))
         named = [c for c in record.checks if c.by_name]
@@ -123,12 +126,12 @@ def _endpoints_table(record: LiveLesson) -> Table:
 
 
 def _presentations_table(record: LiveLesson) -> Table:
-    table = Table(title="presentations", title_justify="left")
-    for column in ("endpoint", "name", "type", "port", "in the lesson", "from this machine"):
+    table = Table(title="presentations (from this machine: the port-forward commands below)", title_justify="left")
+    for column in ("endpoint", "name", "type", "port", "in the lesson"):
         table.add_column(column)
     for name, ep in record.endpoints.items():
         for p in ep.presentations:
-            table.add_row(name, p.name, p.type, str(p.port), p.reach, p.forward)
+            table.add_row(name, p.name, p.type, str(p.port), p.reach)
     return table
 
 

@@ -74,7 +74,9 @@ def test_apply_twice_is_idempotent_and_observe_reports_every_interface_addressed
     assert set(observation.pods) == {p.endpoint for p in plan.pods}
     for pod in plan.pods:
         status = observation.pods[pod.endpoint]
-        assert [i.name for i in status.interfaces] == [i.name for i in pod.interfaces]
+        # eth0 on the main network first (the seed's), then the links' interfaces in plan order
+        assert [i.name for i in status.interfaces] == ["eth0", *[i.name for i in pod.interfaces]]
+        assert [i.network for i in status.interfaces] == ["main", *[i.network for i in pod.interfaces]]
         assert all(i.address for i in status.interfaces), status
     # applying again once ready changes nothing
     backend.apply_networks(plan)

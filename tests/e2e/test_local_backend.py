@@ -89,7 +89,8 @@ def ping_all(backend: LocalBackend, plan: Plan, obs: Observation) -> dict[Probe,
 
 def assert_all_pings_pass(backend: LocalBackend, plan: Plan, obs: Observation | None = None) -> None:
     results = ping_all(backend, plan, obs or ready(backend, plan))
-    assert len(results) == 2 * len(plan.networks)
+    assert len([c for c in results if not c.by_name]) == 2 * len(plan.networks)
+    assert {(c.source, c.target) for c in results if c.by_name} == {(c.source, c.target) for c in results}
     failing = {f"{c.source}->{c.target} over {c.network}": r for c, r in results.items() if not r.ok}
     assert not failing, failing
 
@@ -150,14 +151,16 @@ def assert_converged(backend: LocalBackend, plan: Plan) -> None:
     assert_all_pings_pass(backend, plan, obs)
     for pod in plan.pods:
         found = pod_addresses(pod.netns)
-        assert sorted(found) == sorted(i.name for i in pod.interfaces), pod.endpoint
-        for itf in pod.interfaces:
+        assert sorted(found) == sorted(i.name for i in pod.attachments), pod.endpoint
+        for itf in pod.attachments:
             assert len(found[itf.name]) == 1 and found[itf.name][0] in plan.network(itf.network).subnet, found
+        assert [str(a) for a in found["eth0"]] == [pod.main_address]
     assert all(len(v) == 2 for v in leases(backend, plan).values()), leases(backend, plan)
     node_links = ip_json("-d", "link", ns=backend.node_netns)
-    bridges = {n.bridge for n in plan.networks}
+    assert plan.main is not None
+    bridges = {n.bridge for n in plan.networks} | {plan.main.bridge}
     ports = [link for link in node_links if link.get("master") in bridges]
-    assert len(ports) == sum(len(p.interfaces) for p in plan.pods), ports
+    assert len(ports) == sum(len(p.attachments) for p in plan.pods), ports
     orphans = [link["ifname"] for link in node_links if link["ifname"].startswith("veth") and not link.get("master")]
     assert not orphans
 
@@ -191,7 +194,9 @@ def test_triangle_comes_up(backend: LocalBackend) -> None:
 
     for pod in plan.pods:
         found = pod_addresses(pod.netns)  # inside the pod's namespace, besides lo
-        assert sorted(found) == ["net1", "net2"], (pod.endpoint, found)
+        assert sorted(found) == ["eth0", "net1", "net2"], (pod.endpoint, found)
+        assert [str(a) for a in found["eth0"]] == [pod.main_address]  # the seed's main network
+        assert obs.address(pod.endpoint, "eth0") == pod.main_address
         for ifname, subnet in EXPECTED_SUBNETS[pod.endpoint].items():
             assert len(found[ifname]) == 1
             assert found[ifname][0].network == ipaddress.IPv4Network(subnet), (pod.endpoint, ifname, found)
@@ -205,9 +210,13 @@ def test_triangle_comes_up(backend: LocalBackend) -> None:
         assert bridge["linkinfo"]["info_kind"] == "bridge" and "UP" in bridge["flags"]
         assert bridge["ifalias"] == f"{backend.mark(plan.livelesson)}/{n.index}"
         assert len([link for link in node_links.values() if link.get("master") == n.bridge]) == 2
+    # and the live lesson's main bridge, every pod's eth0 on it
+    assert plan.main is not None
+    assert node_links[plan.main.bridge]["ifalias"] == f"{backend.mark(plan.livelesson)}/main"
+    assert len([link for link in node_links.values() if link.get("master") == plan.main.bridge]) == 3
 
     results = ping_all(backend, plan, obs)
-    assert len(results) == 6
+    assert len(results) == 12  # each direction of each link by address, and each linked pair by name
     assert {(c.source, c.target) for c in results} == {
         ("bb1", "bb2"), ("bb2", "bb1"), ("bb2", "bb3"), ("bb3", "bb2"), ("bb3", "bb1"), ("bb1", "bb3"),
     }  # fmt: skip
@@ -250,11 +259,13 @@ def test_two_live_lessons_with_the_same_subnets_cannot_reach_each_other(backend:
     # Both lessons hold the very same addresses, so a plain ping proves nothing either way. Give each
     # lesson's far end of every link an extra address of its own (same subnet), then ping it from the near
     # end: the owner's ping must pass (the address is live), the other lesson's must fail (isolated).
+    # The same for the main network (eth0): bb2's eth0, pinged from bb1.
     cases: list[tuple[Plan, Plan, str, str]] = []  # (pinging lesson, owning lesson, near endpoint, address)
     for owner, other, host in ((a, b, 200), (b, a, 201)):
-        for n in owner.networks:
+        assert owner.main is not None
+        for n in (*owner.networks, dataclasses.replace(owner.main, a="bb1", b="bb2")):
             address = str(n.subnet.network_address + host)
-            ifname = next(i.name for i in owner.pod(n.b).interfaces if i.network == n.nad)
+            ifname = next(i.name for i in owner.pod(n.b).attachments if i.network == n.nad)
             argv = ["ip", "addr", "add", f"{address}/{n.subnet.prefixlen}", "dev", ifname]
             done = backend.exec(owner, n.b, argv, timeout=5)
             assert done.returncode == 0, done.stderr
@@ -282,8 +293,9 @@ def test_teardown_leaves_nothing_and_touches_only_its_own(backend: LocalBackend)
     assert during["netns"] == {p.netns for p in plan.pods}
     assert len(during["processes"]) >= 3
     new_links = during["node links"] - before["node links"]
-    bridges = {n.bridge for n in plan.networks}
-    assert bridges <= new_links and len(new_links - bridges) == 6  # three bridges and six host veths
+    assert plan.main is not None
+    bridges = {n.bridge for n in plan.networks} | {plan.main.bridge}
+    assert bridges <= new_links and len(new_links - bridges) == 9  # four bridges and nine host veths
     new_state = during["state"] - before["state"]
     assert f"lessons/{plan.livelesson}/owner.json" in new_state
     assert {f"ipam/{n.cni_name}" for n in plan.networks} <= new_state
@@ -364,11 +376,11 @@ backend.apply_pods(plan)
         while time.monotonic() < deadline and worker.poll() is None:
             saved = {p.name for p in results.glob("*.json")} if results.is_dir() else set()
             added = list(plugins.glob("added-*"))
-            if len(saved) == 3 and len(added) == 3:
+            if len(saved) == 6 and len(added) == 3:
                 break
             time.sleep(0.01)
         assert worker.poll() is None, "the apply finished or failed instead of hanging halfway"
-        assert saved == {"bb1.net1.json", "bb2.net1.json", "bb3.net1.json"}
+        assert saved == {f"bb{k}.{i}.json" for k in (1, 2, 3) for i in ("eth0", "net1")}  # eth0 comes first
     finally:
         os.killpg(worker.pid, signal.SIGKILL)  # the worker's own process group: it and its plugins
         worker.wait()
@@ -567,8 +579,8 @@ def test_curriculum_lesson_comes_up_with_all_pings_passing(backend: LocalBackend
     assert_all_pings_pass(backend, plan, obs)
     for pod in plan.pods:
         found = pod_addresses(pod.netns)
-        assert sorted(found) == sorted(i.name for i in pod.interfaces)
-        for itf in pod.interfaces:
+        assert sorted(found) == sorted(i.name for i in pod.attachments)
+        for itf in pod.attachments:
             assert found[itf.name][0] in plan.network(itf.network).subnet
         forwarding = backend.exec(plan, pod.endpoint, ["cat", "/proc/sys/net/ipv4/ip_forward"], timeout=5).stdout
         assert forwarding.strip() == ("1" if pod.forwarding else "0"), pod.endpoint
@@ -635,5 +647,5 @@ def test_transient_cni_race_is_retried_in_place(instance: str, tmp_path: Path) -
     backend.apply_pods(plan)  # no error: the race was retried inside the call
     assert (plugins / "failed-once").is_dir()
     adds = [line for line in (plugins / "calls").read_text().splitlines() if line.startswith("ADD")]
-    assert len(adds) == 7  # six attachments, one of them twice
+    assert len(adds) == 10  # nine attachments (three eth0, six links), one of them twice
     assert_converged(backend, plan)

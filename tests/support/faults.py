@@ -19,7 +19,8 @@ def wrapper_dir(tmp: Path, scripts: dict[str, str]) -> Path:
 
 
 def cni_dir_with(tmp: Path, bridge_script: str) -> Path:
-    """A CNI plugin folder: the real host-local, and a `bridge` wrapper around the real one."""
+    """A CNI plugin folder: the real host-local and static, and a `bridge` wrapper around the real one."""
     folder = wrapper_dir(tmp, {"bridge": bridge_script})
-    (folder / "host-local").symlink_to(REAL_CNI / "host-local")
+    for ipam in ("host-local", "static"):  # links' addresses, eth0's
+        (folder / ipam).symlink_to(REAL_CNI / ipam)
     return folder
