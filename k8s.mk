@@ -1,10 +1,11 @@
 # The test Kubernetes cluster (issues 5, 14): a real control plane built from the Go module proxy, a real node
-# (kubelet, containerd, runc, Multus), kwok nodes,
-# and a node agent that wires pods with the real CNI plugins. Included by the Makefile.
+# (kubelet, containerd, runc, Multus), kwok nodes, a cluster DNS (CoreDNS in a network namespace of its own
+# on the real node's pod network), and a node agent that wires pods with the real CNI plugins. Included by
+# the Makefile.
 #
 #   make k8s-tools    build the binaries once into ~/.cache/lesson-scheduler/k8s/<version>/bin
 #   make k8s-up       start the cluster in the background, write .k8s/kubeconfig (idempotent)
-#   make k8s-down     stop it, undo its network namespaces and remove .k8s/ (idempotent)
+#   make k8s-down     stop it, undo its network namespaces (the DNS's, the agent's) and remove .k8s/ (idempotent)
 #   make k8s-status   say what runs
 #   make k8s-test     the cluster's own tests (tests/k8s)
 

@@ -28,33 +28,10 @@ from fastapi.testclient import TestClient
 from scheduler.http.api import create_app
 from scheduler.settings import Settings
 from tests.support.cli import LESSONCTL, lessonctl, lessonctl_env, up
+from tests.support.lessons import names_catalog
 from workers.celery_process import CeleryProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.usefixtures("root")]
-
-# h1 - h2 - h3; h1 serves http on 8080 (busybox httpd, its root /etc) and declares it as a presentation
-LESSON = """\
-slug: names
-name: Names
-description: Endpoints reach each other by name
-shortDescription: Names
-category: fundamentals
-tier: prod
-endpoints:
-- name: h1
-  image: busybox
-  command: [httpd, -f, -p, "8080", -h, /etc]
-  presentations: [{name: web, type: http, port: 8080}]
-- name: h2
-  image: busybox
-  command: [sleep, infinity]
-- name: h3
-  image: busybox
-  command: [sleep, infinity]
-connections:
-- {a: h1, b: h2}
-- {a: h2, b: h3}
-"""
 
 
 @pytest.fixture(params=["container", "emulated"])
@@ -65,13 +42,7 @@ def ready(
     tmp_path: Path,
 ) -> tuple[Settings, str]:
     """Settings and the id of a ready live lesson of LESSON, made by a real worker."""
-    catalog = tmp_path / "catalog"
-    catalog.mkdir()
-    (catalog / "names.yaml").write_text(LESSON)
-    (catalog / "busybox-triangle.yaml").write_text(
-        (Path(__file__).resolve().parents[2] / "config" / "lessons" / "busybox-triangle.yaml").read_text()
-    )
-    settings = settings_for(local_pods=request.param, catalog=catalog)
+    settings = settings_for(local_pods=request.param, catalog=names_catalog(tmp_path))
     start_worker(settings)
     return settings, up(settings, "names", "alice", wait=True)
 

@@ -16,6 +16,40 @@ CURRICULUM = REPO / "tests" / "data" / "antidote-curriculum"
 TRIANGLE = CATALOG / "busybox-triangle.yaml"
 
 
+# h1 - h2 - h3; h1 serves http on 8080 (busybox httpd, its root /etc) and declares it as a presentation
+NAMES_LESSON = """\
+slug: names
+name: Names
+description: Endpoints reach each other by name
+shortDescription: Names
+category: fundamentals
+tier: prod
+endpoints:
+- name: h1
+  image: busybox
+  command: [httpd, -f, -p, "8080", -h, /etc]
+  presentations: [{name: web, type: http, port: 8080}]
+- name: h2
+  image: busybox
+  command: [sleep, infinity]
+- name: h3
+  image: busybox
+  command: [sleep, infinity]
+connections:
+- {a: h1, b: h2}
+- {a: h2, b: h3}
+"""
+
+
+def names_catalog(folder: Path) -> Path:
+    """A catalog folder under ``folder`` with NAMES_LESSON (slug ``names``) and the seed's triangle."""
+    catalog = folder / "catalog"
+    catalog.mkdir()
+    (catalog / "names.yaml").write_text(NAMES_LESSON)
+    (catalog / "busybox-triangle.yaml").write_text(TRIANGLE.read_text())
+    return catalog
+
+
 def triangle() -> ResolvedLesson:
     """The seed's busybox-triangle (12-net, 23-net, 31-net), resolved."""
     lesson = load_paths([TRIANGLE]).get("busybox-triangle")

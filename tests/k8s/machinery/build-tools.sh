@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the test cluster's binaries from the Go module proxy, once, into
 #   ~/.cache/lesson-scheduler/k8s/<kubernetes version>/bin
-# kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (k8s.io/kubernetes), etcd
-# (go.etcd.io/etcd/server/v3) and kwok (sigs.k8s.io/kwok). Nothing is downloaded outside the
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet (k8s.io/kubernetes), etcd
+# (go.etcd.io/etcd/server/v3), kwok (sigs.k8s.io/kwok), crane, Multus (from ../shared/third_party) and
+# CoreDNS (github.com/coredns/coredns, the cluster DNS). Nothing is downloaded outside the
 # Go module proxy, and nothing of it lands in the repository: the small build modules are written here,
 # under the cache directory. If every binary is already there, it does nothing.
 #
@@ -47,6 +48,7 @@ if [[ -f "${stamp_file}" && "$(cat "${stamp_file}")" != "${K8S_STAMP}" ]]; then
   pin_changed "kwok=${KWOK_VERSION}" && { rm -f "${K8S_BIN_DIR}/kwok"; rm -rf "${share_dir}"; }
   pin_changed "multus=${MULTUS_VERSION}" && rm -f "${K8S_BIN_DIR}/multus"
   pin_changed "crane=${CRANE_VERSION}" && rm -f "${K8S_BIN_DIR}/crane"
+  pin_changed "coredns=${COREDNS_VERSION}" && rm -f "${K8S_BIN_DIR}/coredns"
   rm -f "${stamp_file}"
 fi
 mkdir -p "${K8S_BIN_DIR}" "${src_dir}"
@@ -184,6 +186,46 @@ if need crane; then
   step "crane ${CRANE_VERSION}: building"
   GOBIN="${K8S_BIN_DIR}" gorun install -trimpath -ldflags "-s -w" \
     "github.com/google/go-containerregistry/cmd/crane@${CRANE_VERSION}"
+  step_done
+fi
+
+# --- coredns --------------------------------------------------------------------------------------------
+# The cluster DNS (cluster_dns.py). CoreDNS's own main imports every plugin (clouds, etcd, grpc, ...); this
+# build module's main imports only those the Corefile uses plus coremain, the pattern coredns.io documents
+# for custom builds, with CoreDNS's own directive order. Its go.mod has no replace directives.
+if need coredns; then
+  mod="${src_dir}/coredns"
+  step "coredns ${COREDNS_VERSION}: writing the build module in ${mod}"
+  rm -rf "${mod}"; mkdir -p "${mod}"
+  (
+    cd "${mod}"
+    go mod init lesson-scheduler.test/coredns-build >/dev/null 2>&1
+    go mod edit -require "github.com/coredns/coredns@${COREDNS_VERSION}"
+    cat >main.go <<'EOF_MAIN'
+// CoreDNS with only the plugins the test cluster's DNS uses.
+package main
+
+import (
+	_ "github.com/coredns/coredns/plugin/bind"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/health"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	_ "github.com/coredns/coredns/plugin/log"
+	_ "github.com/coredns/coredns/plugin/ready"
+
+	"github.com/coredns/coredns/coremain"
+)
+
+func main() {
+	coremain.Run()
+}
+EOF_MAIN
+    gorun mod tidy
+  )
+  step_done
+  step "coredns ${COREDNS_VERSION}: building (bind, errors, health, kubernetes, log, ready)"
+  (cd "${mod}" && gorun build -trimpath -ldflags "-s -w" -o "${K8S_BIN_DIR}/coredns.tmp" .)
+  mv "${K8S_BIN_DIR}/coredns.tmp" "${K8S_BIN_DIR}/coredns"
   step_done
 fi
 

@@ -2,10 +2,12 @@
 """Start and stop the test Kubernetes cluster: a real control plane with kwok nodes, all on loopback.
 
     cluster.py up       start etcd, kube-apiserver, kube-controller-manager, kube-scheduler, the kwok
-                        controller and the node agent in the background; write .k8s/kubeconfig; create
-                        the kwok nodes; install config/k8s/*.yaml. Does nothing if it is already up.
-    cluster.py down     stop everything by PID, undo the agent's network namespaces, remove .k8s/.
-    cluster.py status   exit 0 if the cluster is up and answering.
+                        controller, the real node, the cluster DNS and the node agent in the background;
+                        write .k8s/kubeconfig; create the kwok nodes; install config/k8s/*.yaml. Does
+                        nothing if it is already up.
+    cluster.py down     stop everything by PID, undo the DNS's and the agent's network namespaces,
+                        remove .k8s/.
+    cluster.py status   exit 0 if the cluster is up and answering (and say whether the DNS answers).
 
 The binaries come from `make k8s-tools` (tests/k8s/machinery/build-tools.sh); nothing is downloaded here.
 Standard library only, so any python3 can run it; the node agent runs with the project's venv.
@@ -65,6 +67,7 @@ def _sibling(name: str):  # loaded by path: this file runs as a script and is lo
 
 
 real_node = _sibling("real_node")
+cluster_dns = _sibling("cluster_dns")
 # Start order; `down` stops in reverse.
 COMPONENTS = (
     "etcd",
@@ -73,6 +76,7 @@ COMPONENTS = (
     "kube-scheduler",
     "kwok",
     *real_node.COMPONENTS,
+    *cluster_dns.COMPONENTS,
     "node-agent",
 )
 # The kwok nodes carry this taint, so lesson pods land on the real node; tests that want kwok's many
@@ -82,6 +86,10 @@ KWOK_TAINT = {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedul
 
 def node():  # the real node, with this module's helpers (spawn, stop, kubectl, sign, ...)
     return real_node.RealNode(types.SimpleNamespace(**globals()))
+
+
+def dns():  # the cluster DNS (CoreDNS in a network namespace of ours), with the same helpers
+    return cluster_dns.ClusterDNS(types.SimpleNamespace(**globals()))
 
 
 SERVICE_CIDR = "10.96.0.0/16"
@@ -124,6 +132,7 @@ def missing_binaries() -> list[str]:
         "kwok",
         "multus",
         "crane",
+        "coredns",
     ]
     missing = [n for n in names if not os.access(Path(v["bin_dir"]) / n, os.X_OK)]
     missing += [f"share/kwok/{f}" for f in ("stages.yaml", "crds.yaml") if not (tools / "share/kwok" / f).is_file()]
@@ -468,7 +477,7 @@ def up() -> int:
     missing = missing_binaries()
     if missing:
         raise ClusterError(f"missing {', '.join(missing)} in {versions()['tools_dir']}: run `make k8s-tools`")
-    for tool in ("openssl", "nsenter", "setpriv", "ip"):
+    for tool in ("openssl", "nsenter", "setpriv", "ip", "ss"):
         if shutil.which(tool) is None:
             raise ClusterError(f"`{tool}` is not on PATH")
     node_missing = real_node.missing_prerequisites()
@@ -482,6 +491,7 @@ def up() -> int:
         _up(bins, tools)
     except BaseException:
         log("start failed: stopping what was started (logs kept in .k8s/logs until `make k8s-down`)")
+        dns().down()
         node().down()
         for c in reversed(COMPONENTS):
             stop(c)
@@ -658,6 +668,8 @@ def _up(bins: Path, tools: Path) -> None:
     wait_for(f"{NODES} Ready nodes", nodes_ready, 60, "kwok")
 
     node().up(bins, ports)
+    # after the node: it removes a stale pod bridge at start, and the DNS plugs into that bridge
+    dns().up(bins, ports)
 
     start_agent()
     for c in COMPONENTS:
@@ -719,13 +731,19 @@ def down(quiet: bool = False) -> int:
         return 0
     if not MARKER.exists() and any(STATE.iterdir()):
         raise ClusterError(f"{STATE} was not made by this script (no {MARKER.name}): not touching it")
-    # The real node first, while the API server still answers: the kubelet stops its pods itself.
+    # The DNS (its processes, namespace and veth), then the real node while the API server still answers:
+    # the kubelet stops its pods itself.
+    cluster_dns_ = dns()
+    try:
+        cluster_dns_.down()
+    except Exception as exc:  # go on: the rest of the cluster still has to go
+        log(f"cluster DNS teardown failed: {exc}")
     real = node()
     try:
         real.down()
     except Exception as exc:  # go on: the rest of the cluster still has to go
         log(f"real node teardown failed: {exc}")
-    left = real.leftovers()
+    left = cluster_dns_.leftovers() + real.leftovers()
     stop("node-agent")
     # The agent's namespaces, bridges, IPAM leases and CNI state: torn down by the agent's own code.
     agent_state = STATE / "agent"
@@ -770,6 +788,7 @@ def status() -> int:
         print(f"{c:25} {recorded(c) or 'not running'}")
     ok = is_up()
     print("API:", "ready" if ok else "not ready")
+    print("DNS:", dns().describe())
     return 0 if ok else 1
 
 

@@ -14,7 +14,9 @@ is made of, all private to the cluster's state folder (``.k8s/node``) unless sai
   InternalIP to 127.0.0.1, which the API server dials with the cluster CA;
 * Multus (thin plugin) as the node's CNI, the seed's ``1-multus-cni.conf`` shape: its default delegate is
   a bridge (``lsk8smain0``, standing in for weave) for ``eth0`` with no address on the host; the lesson
-  NADs run the real bridge/host-local plugins.
+  NADs run the real bridge/host-local plugins;
+* the kubelet's ``clusterDNS`` is the cluster DNS (``cluster_dns.py``), which sits on ``lsk8smain0`` at an
+  address kept out of the pods' range.
 
 The bridges and host-local files of the NADs live where a node keeps them: in the host's root network
 namespace and under /var/lib/cni/networks. ``teardown`` removes every bridge and IPAM folder that was not
@@ -40,6 +42,12 @@ NODE_NAME = "real-node-0"
 NODE_LABELS = {"type": "real", "lesson-scheduler.test/node": "real"}
 MAIN_BRIDGE = "lsk8smain0"
 MAIN_SUBNET = "10.246.0.0/16"
+# host-local hands pods addresses from here on: 10.246.0.0/24 stays free for the cluster's own fixed
+# addresses, which no pod can then be given.
+MAIN_RANGE_START = "10.246.1.1"
+# The cluster DNS (cluster_dns.py), the kubelet's clusterDNS: on the pods' network, outside their range.
+CLUSTER_DNS = "10.246.0.10"
+CLUSTER_DOMAIN = "cluster.local"
 CGROUP_ROOT = "/lesson-scheduler-test"
 SANDBOX_IMAGE = "registry.k8s.io/pause:3.10"
 # The images the tests use, as a kubelet names them, and the registry's repository for each.
@@ -189,7 +197,12 @@ class RealNode:
                     "isGateway": False,
                     "ipMasq": False,
                     "hairpinMode": True,
-                    "ipam": {"type": "host-local", "subnet": MAIN_SUBNET, "dataDir": str(self.state / "ipam")},
+                    "ipam": {
+                        "type": "host-local",
+                        "subnet": MAIN_SUBNET,
+                        "rangeStart": MAIN_RANGE_START,
+                        "dataDir": str(self.state / "ipam"),
+                    },
                 }
             ],
         }
@@ -356,6 +369,10 @@ oom_score = 0
             "podLogsDir": str(self.state / "pod-logs"),
             "volumePluginDir": str(self.state / "volume-plugins"),
             "resolvConf": "/etc/resolv.conf",
+            # pods (dnsPolicy ClusterFirst) get the cluster DNS and the search list <ns>.svc.cluster.local
+            # svc.cluster.local cluster.local, not the host's nameservers
+            "clusterDNS": [CLUSTER_DNS],
+            "clusterDomain": CLUSTER_DOMAIN,
             "serializeImagePulls": False,
             "registerNode": True,
             "maxPods": 110,
