@@ -197,8 +197,12 @@ class Demo:
             # request -> ready as the record has it (created by the request above, ready_at set by the worker)
             ready_ms = ((record.ready_at - record.created_at).total_seconds() * 1000) if record.ready_at else elapsed
             if record.checks:
-                passed = sum(c.ok for c in record.checks)
-                notes.append(f"[green]ready[/green] in {ready_ms:.0f} ms: {passed}/{len(record.checks)} pings passed")
+                links_ = [c for c in record.checks if not c.by_name]
+                named = [c for c in record.checks if c.by_name]
+                said = f"{sum(c.ok for c in links_)}/{len(links_)} pings passed"
+                if named:
+                    said += f", {sum(c.ok for c in named)}/{len(named)} by name"
+                notes.append(f"[green]ready[/green] in {ready_ms:.0f} ms: {said}")
             else:
                 notes.append(f"[green]ready[/green] in {ready_ms:.0f} ms: no links to ping")
         else:

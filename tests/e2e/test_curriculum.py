@@ -63,7 +63,8 @@ def test_every_curriculum_lesson_passes_lessonctl_demo(
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     pings = 2 * len(lesson.connections)
-    summary = "no links to ping" if pings == 0 else f"{pings}/{pings} pings passed"
+    pairs = len({(c.a, c.b) for c in lesson.connections} | {(c.b, c.a) for c in lesson.connections})
+    summary = "no links to ping" if pings == 0 else f"{pings}/{pings} pings passed, {pairs}/{pairs} by name"
     assert re.search(rf"^ready in \d+ ms: {re.escape(summary)}$", proc.stdout, re.MULTILINE), proc.stdout
     assert "torn down: status deleted, nothing left behind" in proc.stdout, proc.stdout
     for endpoint in lesson.endpoints:

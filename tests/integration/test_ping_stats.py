@@ -26,7 +26,8 @@ def test_checks_record_the_burst(
     try:
         assert record.status == "ready", record.error
         assert record.pods == "container"  # the local backend runs busybox containers by default (issue 15)
-        assert len(record.checks) == 6
+        assert len(record.checks) == 12  # each link both ways by address, each linked pair both ways by name
+        assert sum(c.by_name for c in record.checks) == 6
         for c in record.checks:
             assert (c.sent, c.received, c.loss_pct, c.ok) == (4, 4, 0.0, True), c
             assert c.rtt_min_ms is not None and c.rtt_avg_ms is not None and c.rtt_max_ms is not None
@@ -34,7 +35,7 @@ def test_checks_record_the_burst(
         metrics = Store.from_settings(settings).r.hgetall(f"lessons:{settings.instance}:metrics")
         sent = float(metrics["pings_sent_total|"])
         received = float(metrics["pings_received_total|"])
-        assert sent >= 6 * 4 and received >= 6 * 4 and received <= sent  # the first tries count too
+        assert sent >= 12 * 4 and received >= 12 * 4 and received <= sent  # the first tries count too
     finally:
         client.delete(record.id)
         client.wait(record.id, 60, until=frozenset({"deleted", "failed"}))

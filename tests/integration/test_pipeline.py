@@ -84,7 +84,7 @@ def test_http_lifecycle_request_ready_keepalive_delete(stack, tmp_path: Path) ->
     record = wait_for(store, livelesson, {"ready", "failed"})
     assert record.status == "ready", record.error
     got = httpx.get(f"{api.url}/v1/livelessons/{livelesson}", headers=auth(), timeout=10).json()
-    assert len(got["checks"]) == 6 and all(c["ok"] for c in got["checks"])
+    assert len(got["checks"]) == 12 and all(c["ok"] for c in got["checks"])  # 6 over the links, 6 by name
     assert set(got["endpoints"]) == {"bb1", "bb2", "bb3"}
     assert all(s["finished_at"] and s["attempts"] >= 1 for s in got["steps"].values())
     assert set(got["steps"]) == {"create_networks", "schedule_pods", "wait_ready", "verify_connectivity"}
@@ -228,7 +228,7 @@ def test_worker_sigkilled_mid_step_still_completes(status: str, settings_for, st
     start_worker(settings, **env)
     final = wait_for(store, livelesson, {"ready", "failed"}, timeout=120)
     assert final.status == "ready", final.error
-    assert all(c.ok for c in final.checks) and len(final.checks) == 6
+    assert all(c.ok for c in final.checks) and len(final.checks) == 12  # 6 over the links, 6 by name
     assert final.steps[step].attempts >= 2  # the killed attempt and the one that finished
     Client(settings).delete(livelesson)
     wait_for(store, livelesson, {"deleted"}, timeout=60)
@@ -335,7 +335,7 @@ def test_client_and_send_task_request(stack) -> None:
     with pytest.raises(Exception, match="not in the catalog"):
         client.request_lesson("nope", "svc")
     final = client.wait(record.id, timeout=60)
-    assert final.status == "ready" and len(final.checks) == 10
+    assert final.status == "ready" and len(final.checks) == 20  # 10 over the links, 10 by name
     client.delete(record.id)
     assert client.wait(record.id, timeout=60).status == "deleted"
 
@@ -349,7 +349,7 @@ def test_demo_command_prints_the_table_and_exits_0(tmp_path: Path, instance: str
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads(proc.stdout)
-    assert record["ready_at"] and len(record["checks"]) == 6 and all(c["ok"] for c in record["checks"])
+    assert record["ready_at"] and len(record["checks"]) == 12 and all(c["ok"] for c in record["checks"])
     assert record["status"] == "deleted"
     assert "nothing left behind" in proc.stderr
     human = subprocess.run([str(lessonctl), "demo"], env=env, capture_output=True, text=True, timeout=120)

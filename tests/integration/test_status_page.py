@@ -275,10 +275,12 @@ def test_status_page_of_a_ready_triangle_in_headless_chromium(
         # the page of the ready lesson, loaded again with the cookie alone
         assert browser.navigate(page) == 200
         dom = browser.evaluate("document.documentElement.outerHTML")
-        assert browser.evaluate("document.querySelectorAll('.check[data-ok=\"true\"]').length") == 6
+        # each link direction by address, and each linked pair both ways by name (over eth0)
+        assert browser.evaluate("document.querySelectorAll('.check[data-ok=\"true\"]').length") == 12
+        assert browser.evaluate("document.querySelectorAll('.check[data-by-name=\"true\"]').length") == 6
         assert browser.evaluate("document.querySelectorAll('[data-ok=\"false\"]').length") == 0
         pairs = browser.evaluate(
-            "Array.from(document.querySelectorAll('.check[data-ok=\"true\"]'))"
+            'Array.from(document.querySelectorAll(\'.check[data-ok="true"][data-by-name="false"]\'))'
             ".map(e => e.dataset.source + '>' + e.dataset.target).sort()"
         )
         assert pairs == sorted(f"{a}>{b}" for a in ("bb1", "bb2", "bb3") for b in ("bb1", "bb2", "bb3") if a != b)
@@ -286,13 +288,14 @@ def test_status_page_of_a_ready_triangle_in_headless_chromium(
         assert browser.evaluate("document.querySelectorAll('svg.topology path.link[data-state=\"ok\"]').length") == 3
         assert browser.evaluate("document.querySelectorAll('svg.topology g.node').length") == 3
         svg_text = browser.evaluate("document.querySelector('svg.topology').textContent")
-        addresses = [itf.address for ep in record.endpoints.values() for itf in ep.interfaces]
+        addresses = [itf.address for ep in record.endpoints.values() for itf in ep.interfaces if itf.name != "eth0"]
         assert len(addresses) == 6 and all(a and a in svg_text for a in addresses)
         # endpoints with their addresses, and a timeline row per step with its attempts
         rows = browser.evaluate(
             "Array.from(document.querySelectorAll('table.endpoints td.address')).map(td => td.textContent)"
         )
-        assert sorted(rows) == sorted(a for a in addresses if a)
+        everything = [itf.address for ep in record.endpoints.values() for itf in ep.interfaces]  # eth0 too
+        assert len(everything) == 9 and sorted(rows) == sorted(a for a in everything if a)
         steps = browser.evaluate(
             "Array.from(document.querySelectorAll('table.steps tr[data-step]')).map(tr => tr.dataset.step)"
         )
@@ -386,7 +389,7 @@ def test_pages_need_the_token_and_the_login_form_sets_an_httponly_cookie(pages) 
     assert "Secure" not in cookie  # plain http on loopback; set under https
 
     page = client.get(f"/livelessons/{record.id}", headers={"Cookie": f"lesson_token={TOKEN}"})
-    assert page.status_code == 200 and page.text.count('data-ok="true"') == 6
+    assert page.status_code == 200 and page.text.count('data-ok="true"') == 12  # 6 by name
     assert client.get("/", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
 
     out = client.post("/logout", follow_redirects=False)
@@ -439,7 +442,7 @@ def test_the_live_lesson_page_shows_topology_endpoints_timeline_and_failed_pings
     assert response.headers["content-type"].startswith("text/html")
     assert "script-src" not in response.headers["content-security-policy"]  # default-src 'none': no script
     html = response.text
-    assert html.count('data-ok="true"') == 4 and html.count('data-ok="false"') == 2
+    assert html.count('data-ok="true"') == 4 + 6 and html.count('data-ok="false"') == 2  # + 6 by name
     assert '<svg xmlns="http://www.w3.org/2000/svg" class="topology"' in html
     assert re.search(r'data-link="bb2-bb3" data-state="failed"', html)
     assert html.count('data-state="ok"') == 2
@@ -448,7 +451,7 @@ def test_the_live_lesson_page_shows_topology_endpoints_timeline_and_failed_pings
     assert re.findall(r'<tr data-step="(\w+)">', html) == [
         "create_networks", "schedule_pods", "wait_ready", "verify_connectivity"
     ]  # fmt: skip
-    assert "4/6 pings passed" in html and "0/3" in html
+    assert "10/12 pings passed" in html and "0/3" in html  # 4/6 over the links, 6/6 by name
 
 
 def test_unknown_or_malformed_ids_get_a_404_page(pages) -> None:

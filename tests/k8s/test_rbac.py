@@ -105,7 +105,7 @@ def test_a_whole_lesson_life_as_the_worker_service_account(
     kb.apply_pods(plan)
     assert kb.observe(plan, wait=30).ready
     results = ring_checks(kb, plan)  # pods/exec, in its own namespace
-    assert len(results) == 6 and all(ok for _, _, ok in results), results
+    assert len(results) == 12 and all(ok for _, _, ok in results), results  # 6 by name, through cluster DNS
     kb.destroy(plan.livelesson)
     assert namespace_json(k8s_kubectl, plan.namespace) is None
 

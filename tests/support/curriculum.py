@@ -44,7 +44,11 @@ def walk_through_api(
         assert record["backend"] == backend and record["lesson"] == slug
         assert sorted(record["endpoints"]) == sorted(e.name for e in lesson.endpoints), slug
         assert all(ep["ready"] for ep in record["endpoints"].values()), (slug, record["endpoints"])
-        assert len(record["checks"]) == 2 * len(lesson.connections), (slug, record["checks"])
+        links = [c for c in record["checks"] if not c["by_name"]]
+        assert len(links) == 2 * len(lesson.connections), (slug, record["checks"])
+        # and each linked pair, both ways, by name (a pair with parallel links once)
+        pairs = {(c.a, c.b) for c in lesson.connections} | {(c.b, c.a) for c in lesson.connections}
+        assert {(c["source"], c["target"]) for c in record["checks"] if c["by_name"]} == pairs, (slug, record["checks"])
         assert all(c["ok"] for c in record["checks"]), (slug, record["checks"])
         deleted = api.delete(f"/v1/livelessons/{livelesson}")
         assert deleted.status_code == 202, (slug, deleted.status_code, deleted.text)
