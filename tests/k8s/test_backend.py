@@ -112,9 +112,8 @@ def rbac_rules(role: str | None = None) -> set[tuple[str, str]]:
     }
 
 
-# granted for what is not requested by name: `bind` is checked when a RoleBinding is created; services are
-# for the presentations feature that has not landed yet
-NOT_REQUESTED = {("bind", "clusterroles"), ("create", "services"), ("get", "services")}
+# granted for what is not requested by name: `bind` is checked when a RoleBinding is created
+NOT_REQUESTED = {("bind", "clusterroles")}
 # every authenticated user may ask who it is and what it may do (system:basic-user)
 SELF_REVIEWS = {"selfsubjectreviews", "selfsubjectaccessreviews"}
 
@@ -132,8 +131,8 @@ def test_the_worker_role_is_small_and_namespaced_verbs_come_per_namespace() -> N
     bind = next(r for r in role["rules"] if "bind" in r["verbs"])
     assert bind["resourceNames"] == ["lesson-scheduler-lesson"]
     lesson = rbac_rules("lesson-scheduler-lesson")
-    assert all(resource in {"pods", "pods/exec", "network-attachment-definitions", "networkpolicies", "services"}
-               for _, resource in lesson), lesson  # fmt: skip
+    assert all(resource in {"pods", "pods/exec", "pods/portforward", "network-attachment-definitions",
+                            "networkpolicies", "services"} for _, resource in lesson), lesson  # fmt: skip
 
 
 @pytest.mark.root
@@ -159,10 +158,16 @@ def test_lifecycle_as_the_worker_service_account_uses_exactly_its_rbac(
     nodes = {p.node for p in observation.pods.values()}
     assert len(nodes) == 1 and None not in nodes, nodes
     for endpoint, status in observation.pods.items():
-        assert [i.name for i in status.interfaces] == [i.name for i in plan.pod(endpoint).interfaces]
+        # eth0 (the cluster's default network, the pod IP) first, then the NADs' interfaces
+        assert [i.name for i in status.interfaces] == ["eth0", *[i.name for i in plan.pod(endpoint).interfaces]]
         assert all(i.address for i in status.interfaces), status
     results = ring_checks(kb, plan)
-    assert len(results) == 6 and all(ok for _, _, ok in results), results
+    assert len(results) == 12 and all(ok for _, _, ok in results), results  # 6 by name, through cluster DNS
+    # `lessonctl port-forward`'s way in (pods/portforward): nothing listens on 9, the stream opens and ends
+    forwarded = kb.connect(plan, "bb1", 9, timeout=10)
+    forwarded.settimeout(10)
+    assert forwarded.recv(10) == b""
+    forwarded.close()
 
     pods = json.loads(k8s_kubectl("get", "pods", "-o", "json", namespace=plan.namespace).stdout)["items"]
     assert sorted(p["metadata"]["name"] for p in pods) == ["bb1", "bb2", "bb3"]
@@ -189,6 +194,8 @@ def test_lifecycle_as_the_worker_service_account_uses_exactly_its_rbac(
     for request in k8s_proxy.requests[start:]:
         if request.verb == "exec":  # a websocket exec is a GET; 1.35+ also checks create
             used |= {("get", "pods/exec"), ("create", "pods/exec")}
+        elif request.resource == "pods/portforward":  # a websocket GET too, with the same rule
+            used |= {("get", "pods/portforward"), ("create", "pods/portforward")}
         elif request.resource not in SELF_REVIEWS:
             used.add((request.verb, request.resource))
     granted = rbac_rules() - NOT_REQUESTED

@@ -77,7 +77,8 @@ def test_demo_command_on_kubernetes(
     assert record["backend"] == "kubernetes" and record["instance"] == instance
     assert record["ready_at"], record
     checks = record["checks"]
-    assert len(checks) == 6 and all(c["ok"] and c["received"] == c["sent"] > 0 for c in checks), checks
+    assert len(checks) == 12 and all(c["ok"] and c["received"] == c["sent"] > 0 for c in checks), checks
+    assert sum(c["by_name"] for c in checks) == 6  # each linked pair both ways, by its Service's name
     assert {(c["source"], c["target"]) for c in checks} == {
         ("bb1", "bb2"), ("bb2", "bb1"), ("bb2", "bb3"), ("bb3", "bb2"), ("bb3", "bb1"), ("bb1", "bb3"),
     }  # fmt: skip
@@ -114,7 +115,9 @@ def test_every_curriculum_lesson_with_connections_becomes_ready_and_is_torn_down
     for lesson in lessons:
         record = wait_for(store, ids[lesson.slug], {"ready", "failed"}, timeout=150)
         assert record.status == "ready", (lesson.slug, record.error)
-        assert len(record.checks) == 2 * len(lesson.connections)
+        assert len([c for c in record.checks if not c.by_name]) == 2 * len(lesson.connections)
+        pairs = {(c.a, c.b) for c in lesson.connections} | {(c.b, c.a) for c in lesson.connections}
+        assert {(c.source, c.target) for c in record.checks if c.by_name} == pairs  # by name, cluster DNS
         assert all(c.ok for c in record.checks), (lesson.slug, record.checks)
         assert record.node and "," not in record.node, (lesson.slug, record.node)
         pods = json.loads(k8s_kubectl("get", "pods", "-o", "json", namespace=record.namespace).stdout)["items"]
@@ -167,7 +170,7 @@ def test_api_faults_are_retried_and_the_lesson_still_becomes_ready(
     livelesson = Client(settings).request_lesson("busybox-triangle", "flaky").id
     record = wait_for(store, livelesson, {"ready", "failed"}, timeout=90)
     assert record.status == "ready", record.error
-    assert len(record.checks) == 6 and all(c.ok for c in record.checks)
+    assert len(record.checks) == 12 and all(c.ok for c in record.checks)  # 6 by name
     Client(settings).delete(livelesson)
     final = wait_for(store, livelesson, {"deleted", "failed"}, timeout=90)
     assert final.status == "deleted", final.error
@@ -217,7 +220,7 @@ def test_worker_sigkilled_mid_step_still_ends_ready(
     start_worker(settings)
     final = wait_for(store, livelesson, {"ready", "failed"}, timeout=120)
     assert final.status == "ready", final.error
-    assert len(final.checks) == 6 and all(c.ok for c in final.checks)
+    assert len(final.checks) == 12 and all(c.ok for c in final.checks)  # 6 by name
     assert final.node and "," not in final.node
     pods = json.loads(k8s_kubectl("get", "pods", "-o", "json", namespace=final.namespace).stdout)["items"]
     assert sorted(p["metadata"]["name"] for p in pods) == ["bb1", "bb2", "bb3"]
