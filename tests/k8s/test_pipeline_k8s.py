@@ -84,7 +84,9 @@ def test_demo_command_on_kubernetes(
     }  # fmt: skip
     # one node for the three pods: the record names it (several would be comma-separated)
     assert record["node"] == REAL_NODE, record["node"]  # real containers, on the kubelet's node
-    assert {ep["interfaces"][0]["address"].rsplit(".", 1)[0] for ep in record["endpoints"].values()} <= {
+    # eth0 on the cluster's main network first (the real node's pod range), then the links' subnets
+    assert {ep["interfaces"][0]["name"] for ep in record["endpoints"].values()} == {"eth0"}
+    assert {ep["interfaces"][1]["address"].rsplit(".", 1)[0] for ep in record["endpoints"].values()} <= {
         "10.10.12", "10.10.23", "10.10.31",
     }  # fmt: skip
     assert record["status"] == "deleted"
