@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from scheduler.core.lessons import check_image_reference, check_special, is_dns1123_label
+from scheduler.core.plan import MAIN_POOL
 
 __all__ = ["Settings", "get_settings"]
 
@@ -36,7 +37,7 @@ class Settings(BaseSettings):
         "10.10.0.0/16", description="Where connections without a subnet get theirs: one /24 each, in order."
     )
     main_pool: str = Field(
-        "10.250.0.0/16",
+        MAIN_POOL,
         description="Local backend: each live lesson's main network (every pod's eth0, on a bridge of its own) "
         "is the first /24 of this pool that none of its links uses; it may not overlap LESSON_SUBNET_POOL or "
         "LESSON_RESERVED_SUBNETS.",

@@ -105,9 +105,10 @@ class Backend(abc.ABC):
         For a lesson whose networks are applied (and not destroyed), never raises for "not ready": a pod
         that is missing, starting or without an address yet is reported ``ready=False`` with a
         ``reason``; ``fatal`` marks what waiting cannot fix (unschedulable, image pull or crash loop). A
-        ready pod lists eth0 (network ``main``) and then every planned interface, each with an address. Raises only for the runtime itself
-        failing (``TemporaryError`` while it may recover); before ``apply_networks`` or after ``destroy``
-        a backend may refuse (kubernetes: no grant in a namespace that is not there). Changes nothing."""
+        ready pod lists eth0 (network ``main``) and then every planned interface, each with an address.
+        Raises only for the runtime itself failing (``TemporaryError`` while it may recover); before
+        ``apply_networks`` or after ``destroy`` a backend may refuse (kubernetes: no grant in a namespace
+        that is not there). Changes nothing."""
 
     @abc.abstractmethod
     def exec(self, plan: Plan, endpoint: str, argv: Sequence[str], *, timeout: float) -> ExecResult:
