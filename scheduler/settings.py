@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -13,7 +14,25 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from scheduler.core.lessons import check_image_reference, check_special, is_dns1123_label
 from scheduler.core.plan import MAIN_POOL
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["Settings", "get_settings", "parse_sentinels"]
+
+_MASTER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
+
+
+def parse_sentinels(value: str) -> tuple[tuple[str, int], ...]:
+    """``host:port,host:port`` as (host, port) pairs; ValueError naming the bad entry. IPv6 in brackets."""
+    pairs: list[tuple[str, int]] = []
+    for entry in (part.strip() for part in value.split(",")):
+        if not entry:
+            continue
+        host, sep, port = entry.rpartition(":")
+        if not sep or not _HOST.fullmatch(host) or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{entry[:80]!r} is not host:port (e.g. 10.0.0.5:26379)")
+        pairs.append((host.strip("[]"), int(port)))
+    if len(set(pairs)) != len(pairs):
+        raise ValueError("lists a sentinel twice")
+    return tuple(pairs)
 
 # The catalog shipped in the repository, used when LESSON_CATALOG is not set.
 _DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "config" / "lessons"
@@ -22,7 +41,28 @@ _DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "config" / "lessons"
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LESSON_", frozen=True, extra="ignore")
 
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the queue, results and state.")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis for the queue, results and state. With LESSON_REDIS_SENTINELS set, its host is "
+        "ignored and it gives only the password (of the primary and of the sentinels) and the database.",
+    )
+    redis_sentinels: str = Field(
+        "",
+        description="Comma-separated `host:port` of Redis Sentinels: every process then finds the primary of "
+        "LESSON_REDIS_MASTER through them and follows a failover. Empty: one Redis at LESSON_REDIS_URL.",
+    )
+    redis_master: str = Field("lessons", description="The name the sentinels monitor the primary under.")
+    redis_min_replicas: int | None = Field(
+        None,
+        ge=0,
+        le=16,
+        description="Replicas a write acknowledged to a client (a request's 202, a delete) must reach first "
+        "(Redis `WAIT`); if fewer confirm within LESSON_REDIS_WAIT_MS the request gets 503 and may be retried "
+        "(it is idempotent). Unset: 1 with sentinels, 0 without.",
+    )
+    redis_wait_ms: int = Field(
+        1000, ge=10, le=60000, description="How long such a write waits for its replicas, in milliseconds."
+    )
     backend: Literal["local", "kubernetes"] = Field("local", description="Where lessons run.")
     catalog: Path = Field(_DEFAULT_CATALOG, description="Lesson file, flat folder or Antidote catalog.")
     instance: str = Field(
@@ -102,6 +142,19 @@ class Settings(BaseSettings):
         "(Kubernetes' defaults) and any management network.",
     )
 
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinels(cls, value: str) -> str:
+        return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in parse_sentinels(value))
+
+    @field_validator("redis_master")
+    @classmethod
+    def _master(cls, value: str) -> str:
+        # it goes into a sentinel:// URL and a SENTINEL command: a plain name only
+        if not _MASTER_NAME.fullmatch(value):
+            raise ValueError("must be 1-64 letters, digits, '.', '_' or '-'")
+        return value
+
     @field_validator("instance")
     @classmethod
     def _instance(cls, value: str) -> str:
@@ -152,6 +205,18 @@ class Settings(BaseSettings):
         if pool.overlaps(main):
             raise ValueError(f"LESSON_MAIN_POOL {main} overlaps LESSON_SUBNET_POOL {pool}: eth0 and a link would clash")
         return self
+
+    @property
+    def sentinels(self) -> tuple[tuple[str, int], ...]:
+        """The sentinels as (host, port); empty when the deployment has one Redis."""
+        return parse_sentinels(self.redis_sentinels)
+
+    @property
+    def min_replicas(self) -> int:
+        """Replicas an acknowledged write waits for (LESSON_REDIS_MIN_REPLICAS, or its default)."""
+        if self.redis_min_replicas is not None:
+            return self.redis_min_replicas
+        return 1 if self.sentinels else 0
 
     @property
     def reserved(self) -> tuple[ipaddress.IPv4Network, ...]:

@@ -125,11 +125,23 @@ def gc(self: Task) -> dict[str, int] | None:
         log.info("gc skipped: another pass holds the lock")
         return None
     try:
+        # a lock only the primary knows would vanish with it, and a second beat's pass could start on the
+        # promoted replica: with replicas configured, a pass runs only under a lock a replica confirmed
+        p.store.confirm("the GC lock")
+    except SchedulerError as exc:
+        log.warning("gc skipped: its lock is not replicated", error=str(exc))
+        _release(lock)
+        return None
+    try:
         counts = collect(p, _send)
     finally:
-        try:
-            lock.release()
-        except Exception:  # expired while we worked: the next pass proceeds anyway
-            log.warning("gc lock expired before release")
+        _release(lock)
     log.info("gc pass", **counts)
     return counts
+
+
+def _release(lock: Any) -> None:
+    try:
+        lock.release()
+    except Exception:  # expired while we worked (or Redis is away): it times out, and the next pass proceeds
+        log.warning("gc lock expired before release")

@@ -33,8 +33,10 @@ class PrivateRedis:
         aof: bool = False,
         password: str | None = None,
         tls: bool = False,
+        replica_of: int | None = None,
     ) -> None:
         self.port = port or free_port()
+        self.replica_of = replica_of
         self.password = password
         self.tls = tls
         self._own_dir = directory is None
@@ -89,8 +91,11 @@ class PrivateRedis:
             self.directory.mkdir(parents=True, exist_ok=True)
             auth = self.directory / "auth.conf"
             auth.touch(mode=0o600)
-            auth.write_text(f"requirepass {self.password}\n")
+            # a replica authenticates to its primary, and any of them may be promoted: same password both ways
+            auth.write_text(f"requirepass {self.password}\nmasterauth {self.password}\n")
             argv += ["--include", str(auth)]
+        if self.replica_of is not None:
+            argv += ["--replicaof", "127.0.0.1", str(self.replica_of)]
         if self.tls:
             argv = [a for i, a in enumerate(argv) if not (a == "--port" or (i > 0 and argv[i - 1] == "--port"))]
             argv += self._make_certificates()
@@ -117,6 +122,13 @@ class PrivateRedis:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: the host lost, no shutdown save (the AOF keeps what its last fsync wrote)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
         self.proc = None
 
     def cleanup(self) -> None:

@@ -34,6 +34,7 @@ from scheduler.http.pages import add_pages
 from scheduler.services.catalog import Catalog, configured_catalog
 from scheduler.services.lifecycle import delete_lesson, request_lesson
 from scheduler.services.metrics import RedisCollector
+from scheduler.services.redis_endpoint import connect_async
 from scheduler.services.state import UNAVAILABLE, Store, parse_status_message
 from scheduler.settings import Settings, get_settings
 
@@ -71,8 +72,8 @@ class StatusHub:
     re-read, and so it is again once it is back; and each waiter re-reads every ``RECHECK_SECONDS`` anyway.
     """
 
-    def __init__(self, url: str, channel: str) -> None:
-        self.url = url
+    def __init__(self, settings: Settings, channel: str) -> None:
+        self.settings = settings
         self.channel = channel
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -100,9 +101,7 @@ class StatusHub:
         while True:
             try:
                 async with (
-                    redis.asyncio.Redis.from_url(
-                        self.url, decode_responses=True, socket_connect_timeout=2, health_check_interval=15
-                    ) as client,
+                    connect_async(self.settings) as client,
                     client.pubsub() as pubsub,
                 ):
                     await pubsub.subscribe(self.channel)
@@ -264,7 +263,7 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     settings = settings or get_settings()
     catalog = catalog or configured_catalog(settings)
     store = Store.from_settings(settings)
-    hub = StatusHub(settings.redis_url, store.channel)
+    hub = StatusHub(settings, store.channel)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

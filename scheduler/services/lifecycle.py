@@ -37,6 +37,8 @@ def request_lesson(settings: Settings, store: Store, catalog: Catalog, lesson: s
         known = ", ".join(sorted(catalog.lessons)) or "none"
         raise NotFound(f"lesson {shorten(lesson)} is not in the catalog (known: {known})")
     created = store.create(lesson, session, backend=settings.backend)
+    # on the replicas before anyone hears "accepted": a failover right after cannot lose it
+    store.confirm(f"the request for {lesson}/{session}")
     if created.new:
         store.metrics.inc("lessons_requested_total")
         # if this send is lost, the record's lease runs out and GC sends it again
@@ -52,5 +54,6 @@ def delete_lesson(settings: Settings, store: Store, livelesson: str) -> LiveLess
         record = store.require(livelesson)
         if record.status not in {"deleting", "failed"}:
             return record  # already deleted
+    store.confirm(f"the deletion of {livelesson}")
     enqueue_step(settings, "lessons.teardown", livelesson)
     return record

@@ -10,6 +10,7 @@ from typing import Any
 
 from celery import Celery
 
+from scheduler.services.redis_endpoint import celery_endpoints
 from scheduler.settings import Settings
 
 __all__ = ["celery_config", "enqueue_step", "sender"]
@@ -23,14 +24,11 @@ def time_limits(settings: Settings) -> tuple[int, int]:
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    transport = {
-        "visibility_timeout": settings.visibility_timeout_seconds,
-        "socket_timeout": 5,
-        "socket_connect_timeout": 2,
-    }
+    url, transport = celery_endpoints(settings)
+    transport["visibility_timeout"] = settings.visibility_timeout_seconds
     return {
-        "broker_url": settings.redis_url,
-        "result_backend": settings.redis_url,
+        "broker_url": url,
+        "result_backend": url,
         "broker_transport_options": transport,
         "result_backend_transport_options": transport,
         "broker_connection_retry_on_startup": True,

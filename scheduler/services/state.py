@@ -41,9 +41,10 @@ from scheduler.core import naming
 from scheduler.core.errors import AtCapacity, LimitExceeded, NotFound, TemporaryError
 from scheduler.core.records import ACTIVE, ID_PATTERN, PROVISIONING, TERMINAL, LiveLesson, Status, check_id, new_id, now
 from scheduler.services.metrics import Metrics
+from scheduler.services.redis_endpoint import connect
 from scheduler.settings import Settings
 
-__all__ = ["LEASED", "Created", "Store", "connect", "parse_status_message", "status_message"]
+__all__ = ["LEASED", "Created", "Store", "parse_status_message", "status_message"]
 
 # Redis cannot serve us right now, but may in a moment: down, slow, full (noeviction), a read-only replica
 # after a failover, or still loading its AOF after a restart.
@@ -102,13 +103,6 @@ def parse_status_message(data: object) -> tuple[str, str] | None:
     return None
 
 
-def connect(url: str) -> redis.Redis[str]:
-    # short timeouts: a Redis outage must surface as an error (503, a retry), not a hung request
-    return redis.Redis.from_url(
-        url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=15, decode_responses=True
-    )
-
-
 @dataclass(frozen=True)
 class Created:
     record: LiveLesson
@@ -127,6 +121,8 @@ class Store:
         max_per_session: int = 3,
         max_active: int = 200,
         max_lifetime_seconds: int = 4 * 3600,
+        min_replicas: int = 0,
+        replica_wait_ms: int = 1000,
     ) -> None:
         self.r = client
         self.instance = instance
@@ -137,6 +133,8 @@ class Store:
         self.max_per_session = max_per_session
         self.max_active = max_active
         self.max_lifetime = max_lifetime_seconds
+        self.min_replicas = min_replicas
+        self.replica_wait_ms = replica_wait_ms
         self._deployment: str | None = None
         self._create = client.register_script(_CREATE)
         self.metrics = Metrics(client, instance)
@@ -145,7 +143,7 @@ class Store:
     def from_settings(cls, settings: Settings, client: redis.Redis[str] | None = None) -> Store:
         s = settings
         return cls(
-            client or connect(s.redis_url),
+            client or connect(s),
             instance=s.instance,
             ttl_seconds=s.ttl_seconds,
             provision_timeout_seconds=s.provision_timeout_seconds,
@@ -153,6 +151,8 @@ class Store:
             max_per_session=s.max_per_session,
             max_active=s.max_active,
             max_lifetime_seconds=s.max_lifetime_seconds,
+            min_replicas=s.min_replicas,
+            replica_wait_ms=s.redis_wait_ms,
         )
 
     # --- keys ---------------------------------------------------------------------------------------
@@ -362,6 +362,29 @@ class Store:
         if after.status == "deleting":
             pipe.zrem(self._k("expiry"), after.id)
 
+    def confirm(self, what: str) -> None:
+        """Return once every write this process made so far is on ``min_replicas`` replicas (none: at once).
+
+        Redis replicates asynchronously, so a primary lost right after a write may take the write along.
+        Sentinel promotes the replica that replicated the most, so a write one replica confirmed survives
+        the primary's loss. WAIT counts the writes of its own connection, and a pool may hand us another
+        one, so this makes one write of its own (a counter) on the connection that WAITs: replication is
+        in order, so a replica that has it has every earlier write too. Raises TemporaryError when too few
+        replicas confirm in ``replica_wait_ms`` (the request gets 503; every such write is idempotent).
+        """
+        if self.min_replicas <= 0:
+            return
+        pipe = self.r.pipeline(transaction=False)  # one connection for both commands
+        pipe.incr(self._k("replicated"))
+        pipe.execute_command("WAIT", self.min_replicas, self.replica_wait_ms)  # type: ignore[no-untyped-call]
+        confirmed = int(self._call(pipe.execute)[1])
+        if confirmed < self.min_replicas:
+            raise TemporaryError(
+                f"{what} reached {confirmed} of the {self.min_replicas} Redis replicas it must reach within "
+                f"{self.replica_wait_ms} ms (LESSON_REDIS_MIN_REPLICAS); try again",
+                delay=2.0,
+            )
+
     def renew_lease(self, livelesson: str, seconds: float | None = None) -> None:
         at = now().timestamp() + (seconds if seconds is not None else self.lease)
         self._call(self.r.zadd, self._k("lease"), {livelesson: at}, xx=True)
@@ -379,6 +402,7 @@ class Store:
         record = self.update(livelesson, extend)
         if record is None:
             raise NotFound(f"live lesson {livelesson!r} does not exist")
+        self.confirm(f"the keepalive of {livelesson}")
         return record
 
     def transition(self, livelesson: str, allowed: Iterable[Status], to: Status) -> LiveLesson | None:
