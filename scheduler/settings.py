@@ -147,6 +147,11 @@ class Settings(BaseSettings):
     def _sentinels(cls, value: str) -> str:
         return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in parse_sentinels(value))
 
+    @field_validator("redis_min_replicas", mode="before")
+    @classmethod
+    def _min_replicas(cls, value: object) -> object:
+        return None if value == "" else value  # an empty LESSON_REDIS_MIN_REPLICAS= means its default
+
     @field_validator("redis_master")
     @classmethod
     def _master(cls, value: str) -> str:

@@ -127,9 +127,10 @@ class SentinelGroup:
         want_sentinels = len(self.sentinel_ports) - 1
         while time.monotonic() < deadline:
             try:
+                views = [self._ask(p).sentinel_master(MASTER) for p in self.sentinel_ports]  # type: ignore[no-untyped-call]
                 ready = all(
-                    int(info["num-other-sentinels"]) >= want_sentinels and int(info["num-slaves"]) >= len(self.servers) - 1
-                    for info in (self._ask(p).sentinel_master(MASTER) for p in self.sentinel_ports)  # type: ignore[no-untyped-call]
+                    int(v["num-other-sentinels"]) >= want_sentinels and int(v["num-slaves"]) >= len(self.servers) - 1
+                    for v in views
                 )
                 if ready and self.in_sync():
                     return
