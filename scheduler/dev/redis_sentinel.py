@@ -144,7 +144,7 @@ class SentinelGroup:
         port = self.primary_port()
         if port is None:
             return False
-        role = self._ask(port).execute_command("ROLE")  # type: ignore[no-untyped-call]
+        role = self._ask(port).execute_command("ROLE")
         live = sum(1 for s in self.servers if s.proc is not None) - 1
         return bool(role[0] == "master" and len(role[2]) >= live)
 
@@ -163,7 +163,7 @@ class SentinelGroup:
             port = self.primary_port()
             if port is not None and port != old:
                 try:
-                    if self._ask(port).execute_command("ROLE")[0] == "master":  # type: ignore[no-untyped-call]
+                    if self._ask(port).execute_command("ROLE")[0] == "master":
                         return port
                 except redis.RedisError:
                     pass
@@ -175,7 +175,7 @@ class SentinelGroup:
         self.server(port).start()
 
     def role(self, port: int) -> str:
-        return str(self._ask(port).execute_command("ROLE")[0])  # type: ignore[no-untyped-call]
+        return str(self._ask(port).execute_command("ROLE")[0])
 
     def stop(self) -> None:
         for proc in self._sentinels:

@@ -82,8 +82,9 @@ def test_env_example_with_its_defaults_uncommented_is_valid(tmp_path: Path, monk
         match = re.match(r"^# (LESSON_\w+)=(\S*)$", line)
         if match and match.group(2):
             lines.append(f"{match.group(1)}={match.group(2)}")
-    # all but the five unset by default (token, kubeconfig, image substitute, image dir, insecure registries)
-    assert len(lines) >= len(env_names()) - 5
+    # all but the seven unset by default (token, kubeconfig, image substitute, image dir, insecure registries,
+    # sentinels, min replicas)
+    assert len(lines) >= len(env_names()) - 7
     env_file = tmp_path / "example.env"
     env_file.write_text("\n".join(lines) + "\n")
     for name in env_names():
