@@ -201,6 +201,13 @@ class Settings(BaseSettings):
         return ",".join(str(n) for n in nets)
 
     @model_validator(mode="after")
+    def _sentinels_without_tls(self) -> Settings:
+        if self.redis_sentinels and self.redis_url.startswith("rediss://"):
+            # not built: the sentinels' own TLS and the managed connections' would each need certificates
+            raise ValueError("LESSON_REDIS_SENTINELS with a rediss:// LESSON_REDIS_URL (TLS) is not supported")
+        return self
+
+    @model_validator(mode="after")
     def _pool_not_reserved(self) -> Settings:
         pool, main = ipaddress.IPv4Network(self.subnet_pool), ipaddress.IPv4Network(self.main_pool)
         for name, net in (("LESSON_SUBNET_POOL", pool), ("LESSON_MAIN_POOL", main)):

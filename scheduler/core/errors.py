@@ -11,6 +11,7 @@
     │   ├── CniError               a CNI plugin refused (workers/backends/local/cni.py)
     │   └── ApiError               the Kubernetes API refused; ``status`` (workers/backends/kubernetes/)
     └── TemporaryError             retrying may help; ``delay`` is a hint in seconds
+        ├── NotReplicated          a write a client is to be told of reached too few Redis replicas
         ├── CniRace                a CNI call lost a race with a concurrent one (workers/backends/local/cni.py)
         └── NetlinkRace            a netlink change lost a race (workers/backends/local/rtnetlink.py)
 
@@ -31,6 +32,7 @@ __all__ = [
     "LessonError",
     "LimitExceeded",
     "NotFound",
+    "NotReplicated",
     "PermanentError",
     "PrerequisiteMissing",
     "Problem",
@@ -108,3 +110,8 @@ class AtCapacity(LimitExceeded):
 
 class PrerequisiteMissing(PermanentError):
     pass
+
+
+class NotReplicated(TemporaryError):
+    """Fewer Redis replicas than LESSON_REDIS_MIN_REPLICAS confirmed a write in time: the client is not told
+    it is done (it may retry; the write is idempotent), since a failover now could lose it."""

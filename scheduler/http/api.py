@@ -23,6 +23,7 @@ from scheduler.core.errors import (
     LessonError,
     LimitExceeded,
     NotFound,
+    NotReplicated,
     PrerequisiteMissing,
     SchedulerError,
     TemporaryError,
@@ -305,8 +306,13 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
         status = status_for(exc)
         if isinstance(exc, TemporaryError):
             log.warning("service unavailable", error=str(exc))
-            return JSONResponse({"detail": "the scheduler's store is unavailable; retry shortly"}, 503,
-                                headers={"Retry-After": "5"})  # fmt: skip
+            # the details (addresses, replica counts) go to the log; the client learns what to do
+            detail = (
+                "the scheduler's store could not confirm the write on a replica yet; retry shortly"
+                if isinstance(exc, NotReplicated)
+                else "the scheduler's store is unavailable; retry shortly"
+            )
+            return JSONResponse({"detail": detail}, 503, headers={"Retry-After": "5"})
         if status >= 500 and not isinstance(exc, LimitExceeded):
             log.error("request failed", error=str(exc), kind=type(exc).__name__)
         headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, LimitExceeded) else None

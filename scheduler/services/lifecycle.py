@@ -37,12 +37,13 @@ def request_lesson(settings: Settings, store: Store, catalog: Catalog, lesson: s
         known = ", ".join(sorted(catalog.lessons)) or "none"
         raise NotFound(f"lesson {shorten(lesson)} is not in the catalog (known: {known})")
     created = store.create(lesson, session, backend=settings.backend)
-    # on the replicas before anyone hears "accepted": a failover right after cannot lose it
-    store.confirm(f"the request for {lesson}/{session}")
     if created.new:
         store.metrics.inc("lessons_requested_total")
         # if this send is lost, the record's lease runs out and GC sends it again
         enqueue_step(settings, "lessons.create_networks", created.record.id)
+    # the record and the step's message on the replicas before anyone hears "accepted": a failover right
+    # after cannot lose them (Store.confirm covers every write made before it, whichever connection made it)
+    store.confirm(f"the request for {lesson}/{session}")
     return created
 
 
@@ -54,6 +55,6 @@ def delete_lesson(settings: Settings, store: Store, livelesson: str) -> LiveLess
         record = store.require(livelesson)
         if record.status not in {"deleting", "failed"}:
             return record  # already deleted
-    store.confirm(f"the deletion of {livelesson}")
     enqueue_step(settings, "lessons.teardown", livelesson)
+    store.confirm(f"the deletion of {livelesson}")
     return record

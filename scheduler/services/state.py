@@ -38,7 +38,7 @@ import redis
 import structlog
 
 from scheduler.core import naming
-from scheduler.core.errors import AtCapacity, LimitExceeded, NotFound, TemporaryError
+from scheduler.core.errors import AtCapacity, LimitExceeded, NotFound, NotReplicated, TemporaryError
 from scheduler.core.records import ACTIVE, ID_PATTERN, PROVISIONING, TERMINAL, LiveLesson, Status, check_id, new_id, now
 from scheduler.services.metrics import Metrics
 from scheduler.services.redis_endpoint import connect
@@ -379,7 +379,7 @@ class Store:
         pipe.execute_command("WAIT", self.min_replicas, self.replica_wait_ms)  # type: ignore[no-untyped-call]
         confirmed = int(self._call(pipe.execute)[1])
         if confirmed < self.min_replicas:
-            raise TemporaryError(
+            raise NotReplicated(
                 f"{what} reached {confirmed} of the {self.min_replicas} Redis replicas it must reach within "
                 f"{self.replica_wait_ms} ms (LESSON_REDIS_MIN_REPLICAS); try again",
                 delay=2.0,
