@@ -9,9 +9,9 @@ PY := $(VENV)/bin/python
 # busybox-static is what the demo's busybox image is built from
 APT_PACKAGES := redis-server containernetworking-plugins iproute2 iputils-ping util-linux procps \
 	runc umoci skopeo busybox-static
-# only the tests need these: headless Chromium for the status page, a font for its screenshot, and containerd
-# for the test cluster's real node
-TEST_APT_PACKAGES := chromium fonts-dejavu-core openssl containerd
+# only the tests need these: headless Chromium for the status page, a font for its screenshot, containerd
+# for the test cluster's real node, and Redis Sentinel for the failover tests and soak
+TEST_APT_PACKAGES := chromium fonts-dejavu-core openssl containerd redis-sentinel
 # a stamp per input, so `make` reinstalls only when pyproject.toml changes
 STAMP := $(VENV)/.installed
 
@@ -30,8 +30,9 @@ apt:
 	  apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 	@# the packaged redis service is not ours to run: tests and the demo start their own on a free port
-	@if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled redis-server >/dev/null 2>&1; then \
-	  systemctl disable --now redis-server >/dev/null 2>&1 || true; fi
+	@for unit in redis-server redis-sentinel; do \
+	  if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled $$unit >/dev/null 2>&1; then \
+	    systemctl disable --now $$unit >/dev/null 2>&1 || true; fi; done
 
 $(PY):
 	@command -v python3 >/dev/null || { echo "python3 is missing: apt-get install python3 python3-venv"; exit 1; }

@@ -103,6 +103,9 @@ def test_every_process_follows_a_failover_and_loses_nothing(
         assert new != old
         logged_before = len(worker.log_file.read_text())
 
+        # the Python client's request goes through the queue and the result backend, both via the sentinels
+        ids.append(client.request_lesson("busybox-line", "client", timeout=60).id)
+
         # the worker, beat and the API were never restarted: every lesson comes up on the new primary
         for livelesson in ids:
             assert client.wait(livelesson, 90).status == "ready", client.get(livelesson)
