@@ -27,7 +27,7 @@ from scheduler.settings import Settings
 from tests.support.leftovers import leftovers
 from tests.support.lessons import REPO
 from tests.support.prereqs import needs
-from tests.support.processes import ApiServer, settings_env
+from tests.support.processes import ApiServer, Flower, settings_env
 from tests.support.waits import wait_for, wait_until
 from workers.celery_process import CeleryProcess
 
@@ -83,6 +83,7 @@ def test_every_process_follows_a_failover_and_loses_nothing(
     worker = start_worker(settings)
     beat = start_worker(settings, kind="beat")
     api = ApiServer(settings, tmp_path / "api.log", LESSON_API_TOKEN=TOKEN)
+    flower = Flower(settings, tmp_path / "flower.log", ("ops", secrets.token_hex(8)))
     client = Client(settings)
     ids: list[str] = []
     try:
@@ -100,6 +101,7 @@ def test_every_process_follows_a_failover_and_loses_nothing(
         ids.append(after)
         first_success_s = time.monotonic() - killed_at
         new = group.wait_failover(old)
+        promoted_at = time.time()
         assert new != old
         logged_before = len(worker.log_file.read_text())
 
@@ -110,6 +112,14 @@ def test_every_process_follows_a_failover_and_loses_nothing(
         for livelesson in ids:
             assert client.wait(livelesson, 90).status == "ready", client.get(livelesson)
         assert {r.id for r in client.store.many(ids)} == set(ids)
+
+        # Flower's event stream followed too (events are pub/sub: those sent while it reconnected are gone, so
+        # look for beat's GC passes, one a second, finishing after the failover)
+        def seen_by_flower() -> bool:
+            tasks = flower.get("/api/tasks", taskname="lessons.gc", state="SUCCESS")
+            return any((task.get("succeeded") or 0) > promoted_at for task in tasks.values())
+
+        wait_until("Flower to see a task after the failover", seen_by_flower, timeout=30, retry_on=(httpx.HTTPError,))
 
         # lessonctl, a fresh process, finds the new primary through the sentinels
         lessonctl = Path(sys.executable).with_name("lessonctl")
@@ -131,7 +141,7 @@ def test_every_process_follows_a_failover_and_loses_nothing(
             timeout=30,
         )
         print(
-            f"\nfailover: primary {old} killed; first 202 after {first_success_s:.2f}s ({len(codes) - 1} × 503 "
+            f"\nfailover: primary {old} killed; first 202 after {first_success_s:.2f}s ({len(codes) - 1} x 503 "
             f"before it); new primary {new}; old primary back as a replica; {passes} GC passes since the failover"
         )
 
@@ -146,6 +156,7 @@ def test_every_process_follows_a_failover_and_loses_nothing(
         assert worker.alive() and beat.alive(), "a worker or beat exited on the failover"
     finally:
         api.stop()
+        flower.stop()
 
 
 def test_a_request_no_replica_confirmed_is_never_acknowledged(

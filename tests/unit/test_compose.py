@@ -262,6 +262,186 @@ def test_local_worker_is_privileged_under_the_local_profile() -> None:
     assert command(worker)[:4] == ["celery", "-A", "workers.app", "worker"]
 
 
+# --- the `sentinel` profile ---------------------------------------------------------------------------------
+
+DATA_NODES = ("redis-1", "redis-2", "redis-3")
+SENTINELS = ("redis-sentinel-1", "redis-sentinel-2", "redis-sentinel-3")
+SENTINEL_ADDRESSES = ",".join(f"{name}:26379" for name in SENTINELS)
+
+
+def options(argv: list[str]) -> dict[str, list[str]]:
+    """``redis-server --opt a b --other c`` as {"--opt": ["a", "b"], "--other": ["c"]}."""
+    parsed: dict[str, list[str]] = {}
+    current = ""
+    for arg in argv[1:]:
+        if arg.startswith("--"):
+            current = arg
+            parsed[current] = []
+        else:
+            parsed[current].append(arg)
+    return parsed
+
+
+def config_lines(doc: dict[str, Any], service: dict[str, Any], target: str) -> list[str]:
+    (mount,) = [c for c in service["configs"] if c["target"] == target]
+    return [line.strip() for line in doc["configs"][mount["source"]]["content"].splitlines() if line.strip()]
+
+
+def test_sentinel_profile_holds_a_primary_two_replicas_and_three_sentinels() -> None:
+    doc = resolved()
+    profiled = {name for name, s in doc["services"].items() if s.get("profiles") == ["sentinel"]}
+    assert profiled == set(DATA_NODES) | set(SENTINELS)
+    primary, *replicas = (options(command(doc["services"][name])) for name in DATA_NODES)
+    assert "--replicaof" not in primary
+    assert [r["--replicaof"] for r in replicas] == [["redis-1", "6379"]] * 2
+    for name in DATA_NODES + SENTINELS:
+        assert doc["services"][name]["image"] == doc["services"]["redis"]["image"], name
+
+
+def test_sentinel_data_nodes_keep_their_data_never_evict_and_announce_their_names() -> None:
+    doc = resolved()
+    for name in DATA_NODES:
+        node = doc["services"][name]
+        argv = command(node)
+        assert argv[0] == "redis-server"
+        opts = options(argv)
+        assert opts["--appendonly"] == ["yes"] and opts["--appendfsync"] == ["everysec"], name
+        assert opts["--maxmemory-policy"] == ["noeviction"], name
+        # Sentinel and the other nodes know it by its service name, which survives a container restart
+        assert opts["--replica-announce-ip"] == [name]
+        # any node may be the primary after a failover: each requires the password and replicates with it
+        (include,) = opts["--include"]
+        assert config_lines(doc, node, include) == [f"requirepass {SECRETS['REDIS_PASSWORD']}",
+                                                    f"masterauth {SECRETS['REDIS_PASSWORD']}"]  # fmt: skip
+        assert [v for v in node["volumes"] if v.endswith(":/data")] == [f"{name}-data:/data"]
+        assert node["healthcheck"]["test"] == ["CMD-SHELL", "redis-cli ping | grep -q PONG"]
+        assert environment(node)["REDISCLI_AUTH"] == SECRETS["REDIS_PASSWORD"]
+        assert node["restart"] == "unless-stopped" and "ports" not in node
+
+
+def test_sentinels_monitor_the_primary_with_a_quorum_of_two_and_the_one_password() -> None:
+    doc = resolved()
+    password = SECRETS["REDIS_PASSWORD"]
+    volumes = set()
+    for name in SENTINELS:
+        sentinel = doc["services"][name]
+        lines = config_lines(doc, sentinel, "/usr/local/etc/redis/sentinel.conf")
+        # what scheduler/dev/redis_sentinel.py writes, with Compose's service names for addresses
+        assert "sentinel monitor lessons redis-1 6379 2" in lines
+        assert f"requirepass {password}" in lines
+        assert f"sentinel auth-pass lessons {password}" in lines
+        assert f"sentinel sentinel-pass {password}" in lines
+        assert {"sentinel resolve-hostnames yes", "sentinel announce-hostnames yes", "port 26379"} <= set(lines)
+        assert lines.index("sentinel resolve-hostnames yes") < lines.index("sentinel monitor lessons redis-1 6379 2")
+        assert environment(sentinel)["SENTINEL_ANNOUNCE_HOSTNAME"] == name
+        assert sentinel["healthcheck"]["test"][0] == "CMD-SHELL"
+        assert "ckquorum lessons" in sentinel["healthcheck"]["test"][1]
+        assert "ports" not in sentinel and sentinel["restart"] == "unless-stopped"
+        (data,) = sentinel["volumes"]
+        volumes.add(data)
+    assert volumes == {f"{name}:/data" for name in SENTINELS}  # each rewrites its own config
+    # a master name of one's own reaches the sentinels and every process alike
+    renamed = resolved(LESSON_REDIS_MASTER="school")
+    lines = config_lines(renamed, renamed["services"]["redis-sentinel-1"], "/usr/local/etc/redis/sentinel.conf")
+    assert "sentinel monitor school redis-1 6379 2" in lines
+    assert environment(renamed["services"]["api"])["LESSON_REDIS_MASTER"] == "school"
+
+
+def test_no_password_in_any_argv() -> None:
+    doc = resolved()
+    for name, service in doc["services"].items():
+        entrypoint = service.get("entrypoint") or []
+        argv = command(service) + (shlex.split(entrypoint) if isinstance(entrypoint, str) else list(entrypoint))
+        assert not [a for a in argv if SECRETS["REDIS_PASSWORD"] in a], name
+        test = service.get("healthcheck", {}).get("test", [])
+        assert not [a for a in test if SECRETS["REDIS_PASSWORD"] in str(a)], name
+
+
+def test_application_services_use_the_sentinels_only_when_told() -> None:
+    default = resolved()
+    for name in APP_SERVICES:
+        service = default["services"][name]
+        assert environment(service)["LESSON_REDIS_SENTINELS"] == "", name  # one Redis, as before
+        assert environment(service)["LESSON_REDIS_MASTER"] == "lessons", name
+        # they wait for the sentinels when the profile runs them; without it those do not exist
+        for sentinel in SENTINELS:
+            assert service["depends_on"][sentinel] == {"condition": "service_healthy", "required": False}, name
+        assert service["depends_on"]["redis"] == {"condition": "service_healthy"}, name
+    told = resolved(LESSON_REDIS_SENTINELS=SENTINEL_ADDRESSES)
+    for name in APP_SERVICES:
+        assert environment(told["services"][name])["LESSON_REDIS_SENTINELS"] == SENTINEL_ADDRESSES, name
+    assert errors(told) == []
+
+
+def test_the_documented_sentinel_addresses_are_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from scheduler.settings import Settings
+
+    monkeypatch.setenv("LESSON_REDIS_SENTINELS", SENTINEL_ADDRESSES)
+    monkeypatch.setenv("LESSON_REDIS_URL", f"redis://:{SECRETS['REDIS_PASSWORD']}@redis:6379/0")
+    settings = Settings()  # type: ignore[call-arg]
+    assert settings.sentinels == tuple((name, 26379) for name in SENTINELS)
+    assert settings.min_replicas == 1
+    assert SENTINEL_ADDRESSES in COMPOSE.read_text()  # the command the file's header shows
+    assert SENTINEL_ADDRESSES in (REPO / "docs" / "operations.md").read_text()
+
+
+@pytest.fixture
+def sentinel_start(tmp_path: Path) -> Iterator[tuple[Path, Path, Path]]:
+    """The sentinels' start script from compose.yaml, its fixed paths moved under tmp_path, and a stand-in
+    for the image's docker-entrypoint.sh that records its argv."""
+    doc = resolved()
+    script = doc["configs"]["redis-sentinel-start"]["content"]
+    data, etc, bin_ = tmp_path / "data", tmp_path / "etc", tmp_path / "bin"
+    for folder in (data, etc, bin_):
+        folder.mkdir()
+    (etc / "sentinel.conf").write_text(doc["configs"]["redis-sentinel"]["content"])
+    (bin_ / "docker-entrypoint.sh").write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$ARGV_FILE"\n')
+    (bin_ / "docker-entrypoint.sh").chmod(0o755)
+    script = script.replace("/data/", f"{data}/").replace("/usr/local/etc/redis/", f"{etc}/")
+    (tmp_path / "start.sh").write_text(script)
+    yield tmp_path / "start.sh", data / "sentinel.conf", tmp_path / "argv"
+
+
+def run_start(start: Path, argv_file: Path) -> list[str]:
+    env = {"PATH": f"{start.parent / 'bin'}:/usr/bin:/bin", "SENTINEL_ANNOUNCE_HOSTNAME": "redis-sentinel-2",
+           "ARGV_FILE": str(argv_file)}  # fmt: skip
+    proc = subprocess.run(["sh", str(start)], env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    return argv_file.read_text().splitlines()
+
+
+@pytest.mark.skipif(shutil.which("sh") is None or shutil.which("grep") is None, reason="needs sh and grep")
+def test_sentinel_start_copies_its_config_once_then_keeps_what_it_learned(
+    sentinel_start: tuple[Path, Path, Path],
+) -> None:
+    start, conf, argv_file = sentinel_start
+    argv = run_start(start, argv_file)
+    assert argv == ["redis-server", str(conf), "--sentinel"]  # the password only in the file
+    first = conf.read_text().splitlines()
+    assert first[-1] == "sentinel announce-ip redis-sentinel-2"
+    assert conf.stat().st_mode & 0o077 == 0
+    # what Sentinel rewrites: the primary it now knows, its id, and the password as an ACL line
+    learned = [line.replace("monitor lessons redis-1", "monitor lessons redis-3") for line in first
+               if not line.startswith("requirepass")]  # fmt: skip
+    learned += ['requirepass "old"', "user default on #0123 ~* &* +@all", "sentinel myid abc",
+                "sentinel known-replica lessons redis-1 6379"]  # fmt: skip
+    learned = [line.replace(f"pass lessons {SECRETS['REDIS_PASSWORD']}", "pass lessons old") for line in learned]
+    conf.write_text("\n".join(learned) + "\n")
+    assert run_start(start, argv_file) == argv
+    again = conf.read_text().splitlines()
+    # it keeps what it learned, once, and takes the password lines from Compose's config again
+    assert "sentinel monitor lessons redis-3 6379 2" in again and "sentinel myid abc" in again
+    assert "sentinel monitor lessons redis-1 6379 2" not in again
+    assert again.count("sentinel announce-ip redis-sentinel-2") == 1
+    assert "old" not in conf.read_text() and "user default" not in conf.read_text()
+    password = SECRETS["REDIS_PASSWORD"]
+    for line in (f"requirepass {password}", f"sentinel auth-pass lessons {password}",
+                 f"sentinel sentinel-pass {password}"):  # fmt: skip
+        assert again.count(line) == 1, line
+    monitor = again.index("sentinel monitor lessons redis-3 6379 2")
+    assert again.index(f"sentinel auth-pass lessons {password}") > monitor
+
+
 # --- the image ----------------------------------------------------------------------------------------------
 
 
