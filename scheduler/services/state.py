@@ -35,6 +35,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import redis
+import redis.sentinel
 import structlog
 
 from scheduler.core import naming
@@ -81,6 +82,16 @@ redis.call('HINCRBY', KEYS[9], 'requested', 1)
 redis.call('PUBLISH', ARGV[10], ARGV[11])
 return {1, ARGV[1], ARGV[2]}
 """
+
+
+def unreachable(exc: Exception) -> TemporaryError:
+    """The error for a Redis that cannot serve us, in words (redis-py's sentinel message is a client repr)."""
+    if isinstance(exc, redis.sentinel.MasterNotFoundError):
+        name = str(exc).split("'")[1] if str(exc).count("'") >= 2 else "?"
+        return TemporaryError(
+            f"Redis is unreachable: no sentinel of LESSON_REDIS_SENTINELS names a primary for {name!r}", delay=2.0
+        )
+    return TemporaryError(f"Redis is unreachable: {exc}", delay=2.0)
 
 
 def status_message(livelesson: str, status: str) -> str:
@@ -322,7 +333,7 @@ class Store:
                     except redis.WatchError:
                         continue
         except UNAVAILABLE as exc:
-            raise TemporaryError(f"Redis is unreachable: {exc}", delay=2.0) from exc
+            raise unreachable(exc) from exc
 
     def _write(self, pipe: redis.client.Pipeline[str], before: LiveLesson, after: LiveLesson) -> None:
         key = self.key(after.id)
@@ -438,7 +449,7 @@ class Store:
         try:
             return fn(*args, **kwargs)
         except UNAVAILABLE as exc:
-            raise TemporaryError(f"Redis is unreachable: {exc}", delay=2.0) from exc
+            raise unreachable(exc) from exc
 
 
 def dump(record: LiveLesson) -> dict[str, object]:

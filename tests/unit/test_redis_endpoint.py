@@ -75,3 +75,14 @@ def test_sentinels_give_celery_one_sentinel_url_each_with_the_password_and_db() 
     assert config["broker_transport_options"]["master_name"] == "m1"
     assert config["result_backend_transport_options"]["master_name"] == "m1"
     assert config["broker_transport_options"]["visibility_timeout"] == s.visibility_timeout_seconds
+
+
+def test_no_sentinel_answering_is_a_temporary_error_in_words() -> None:
+    from scheduler.core.errors import TemporaryError
+    from scheduler.dev.redis_server import free_port
+    from scheduler.services.state import Store
+
+    store = Store.from_settings(Settings(redis_sentinels=f"127.0.0.1:{free_port()}", redis_master="m1"))
+    with pytest.raises(TemporaryError) as info:
+        store.ping()
+    assert str(info.value) == "Redis is unreachable: no sentinel of LESSON_REDIS_SENTINELS names a primary for 'm1'"
