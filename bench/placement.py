@@ -68,7 +68,8 @@ CASES = [
 
 
 def main() -> int:
-    print(f"# bench/placement.py: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, CPython {platform.python_version()}")
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(f"# bench/placement.py: {when}, CPython {platform.python_version()}")
     print("# nodes: as many as needed plus one, 16 pods each; crossing = links whose ends are on different nodes")
     header = ("topology", "endpoints", "links", "nodes used", "crossing (place)", "bound", "minimal",
               "crossing (spread)", "place ms")  # fmt: skip
