@@ -15,6 +15,14 @@ that instance is removed at the end, pass or fail.
 - Faults: every ``--kill-every`` MIN..MAX seconds a random worker is SIGKILLed (its whole process group:
   main process, pool and whatever they were running) and a new one started; once, at ``--redis-at`` of the
   run, Redis is stopped and started again on the same port and directory (AOF) after ``--redis-down`` s.
+- ``--sentinel``: Redis is a Sentinel group instead (a primary, 2 replicas, 3 sentinels on loopback, one
+  password; every process finds the primary through the sentinels, acknowledged writes wait for a replica).
+  Its fault is the primary SIGKILLed (the host lost) instead of the restart: once at ``--redis-at`` of the
+  run, and once more right after a request got its 202 (from that request's own thread, so the lesson is
+  being created as the primary dies). Each time a replica is promoted, and the old primary is started again
+  (its AOF) ``--redis-down`` s after the kill (and not before the promotion) and must come back as a
+  replica. From each kill a probe POSTs a new lesson every 0.1 s (ignoring Retry-After): the time from the
+  kill to its first 202 is the outage as a client sees it; the probe's lesson is then tracked as any other.
 - Every API call retries a 503 (Redis away) the way a client would, after its Retry-After.
 - At the end: every lesson must have settled (deleted or failed) within the drain time, then one final GC
   pass (`lessonctl gc`) runs and the leaks are counted.
@@ -22,7 +30,10 @@ that instance is removed at the end, pass or fail.
 Reported: lessons requested, ready, failed (with reasons), lost (a lesson that vanished, never settled, or
 a duplicate request answered with another id: must be 0); request -> ready p50/p95 from the records' own
 timestamps; leaked namespaces, bridges, veths, IPAM files, state folders, processes and Redis index
-entries after the final GC (must be 0); worker RSS at the start and at the end, the API's too.
+entries after the final GC (must be 0); worker RSS at the start and at the end, the API's too. With
+``--sentinel``, for each primary kill: the failover time (kill -> a new primary that accepts writes), kill
+-> first 202 (the probe's, and the load's first request sent after the kill), and whether the old primary
+came back as a replica.
 """
 
 from __future__ import annotations
@@ -49,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -56,6 +68,7 @@ sys.path.insert(0, str(REPO))
 from scheduler.core import naming  # noqa: E402
 from scheduler.core.errors import SchedulerError  # noqa: E402
 from scheduler.core.naming import bridge_name  # noqa: E402
+from scheduler.dev.redis_sentinel import SentinelGroup  # noqa: E402
 from scheduler.dev.redis_server import PrivateRedis  # noqa: E402
 from scheduler.services.catalog import load_catalog  # noqa: E402
 from scheduler.services.state import Store  # noqa: E402
@@ -88,6 +101,7 @@ class Config:
     provision_timeout: int = 120
     seed: int | None = None
     verbose: bool = False
+    sentinel: bool = False  # a Sentinel group instead of one Redis; primary SIGKILLs instead of the restart
 
 
 @dataclass
@@ -106,6 +120,7 @@ class Tracked:
     duplicate_ok: bool | None = None
     vanished: bool = False
     bridges: list[str] = field(default_factory=list)
+    probe: bool = False  # requested by the failover probe, not the planned load
 
 
 def pct(values: list[float], p: float) -> float:
@@ -140,7 +155,12 @@ class Soak:
         self.work = Path(tempfile.mkdtemp(prefix="soak-"))
         self.state_dir = self.work / "state"
         (self.work / "redis").mkdir()
-        self.redis = PrivateRedis(directory=self.work / "redis", aof=True)
+        self.redis: PrivateRedis | None = None
+        self.group: SentinelGroup | None = None
+        if config.sentinel:  # the password only in files and the processes' environment, never in the results
+            self.group = SentinelGroup(password=secrets.token_hex(16), directory=self.work / "redis")
+        else:
+            self.redis = PrivateRedis(directory=self.work / "redis", aof=True)
         self.workers: list[CeleryProcess] = []
         self.dead: list[CeleryProcess] = []
         self.beat: CeleryProcess | None = None
@@ -160,12 +180,22 @@ class Soak:
         self.unexpected: list[dict[str, Any]] = []
         self.hit_by_kill: set[tuple[int, str]] = set()  # (lesson, its status when the fault struck)
         self.hit_by_redis: set[tuple[int, str]] = set()
+        self.hit_by_failover: set[tuple[int, str]] = set()
+        self.accepted_posts: list[tuple[float, float]] = []  # load POSTs answered 200/202: (sent, answered), run time
+        self.failover_threads: list[threading.Thread] = []
+        self.kill_on_accept = threading.Event()  # armed: the next request that gets its 202 kills the primary
+        self.second_kill_armed = False
 
     # --- the stack ---------------------------------------------------------------------------------------
 
     def settings(self) -> Settings:
+        if self.group is not None:
+            redis = self.group.settings()
+        else:
+            assert self.redis is not None
+            redis = {"redis_url": self.redis.url}
         return Settings(
-            redis_url=self.redis.url,
+            **redis,
             instance=self.instance,
             state_dir=self.state_dir,
             catalog=REPO / "config" / "lessons",
@@ -176,7 +206,7 @@ class Soak:
             max_active=max(200, self.cfg.count * 2),
             log_format="json",
             log_level="WARNING",
-        )  # type: ignore[call-arg]
+        )
 
     def start_worker(self, slot: int) -> CeleryProcess:
         self.worker_generation += 1
@@ -191,7 +221,11 @@ class Soak:
         return proc
 
     def start(self) -> None:
-        self.redis.start()
+        if self.group is not None:
+            self.group.start()
+        else:
+            assert self.redis is not None
+            self.redis.start()
         settings = self.settings()
         # the lessons' pods are busybox containers: the image, built as `make demo` builds it
         ImageStore.configured(settings.state_dir, settings.image_dir).build_busybox()
@@ -213,7 +247,10 @@ class Soak:
             proc.stop()
         if self.beat is not None:
             self.beat.stop()
-        self.redis.cleanup()
+        if self.group is not None:
+            self.group.cleanup()
+        if self.redis is not None:
+            self.redis.cleanup()
         cleanup_instance(self.instance, self.state_dir)  # the safety net: whatever the run left, by its mark
 
     # --- the API, as a patient client -------------------------------------------------------------------
@@ -221,6 +258,7 @@ class Soak:
     def call(self, method: str, path: str, body: dict[str, str] | None = None, patience: float = 90) -> httpx.Response:
         deadline = time.monotonic() + patience
         while True:
+            sent = time.monotonic()
             try:
                 response = self.http.request(method, path, json=body)
             except httpx.TransportError:
@@ -229,6 +267,8 @@ class Soak:
             if response is not None and response.status_code != 503:
                 if response.status_code >= 500:
                     self.counters[f"api {response.status_code}"] += 1
+                if method == "POST" and path == "/v1/livelessons" and response.status_code in (200, 202):
+                    self.accepted_posts.append((sent - self.t0, time.monotonic() - self.t0))
                 return response
             if response is not None:
                 self.counters["api 503 (retried)"] += 1
@@ -286,6 +326,12 @@ class Soak:
             return
         t.id = response.json()["id"]
         t.status = response.json()["status"]
+        if self.kill_on_accept.is_set():  # the lesson is being created, its 202 just sent: the primary dies now
+            with self.lock:
+                fire = self.kill_on_accept.is_set()
+                self.kill_on_accept.clear()
+            if fire:
+                self.primary_failover(f"right after the 202 of {t.id}")
         if self.rng.random() < 0.1:  # the same request again: must be the same live lesson
             again = self.call("POST", "/v1/livelessons", {"lesson": t.lesson, "session": t.session})
             t.duplicate_ok = again.status_code in (200, 202) and again.json()["id"] == t.id
@@ -320,7 +366,7 @@ class Soak:
             time.sleep(0.3)
 
     def poll_once(self) -> None:
-        live = [t for t in self.tracked if t.id is not None and t.status not in SETTLED]
+        live = [t for t in self.tracked if t.id is not None and t.status not in SETTLED | {"vanished"}]
         if not live:
             return
         try:
@@ -355,8 +401,13 @@ class Soak:
             self.supervise()
             now = time.monotonic()
             if not redis_done and now >= redis_at:
-                self.restart_redis()
+                if self.group is not None:
+                    self.primary_failover(f"at {self.cfg.redis_at:.0%} of the run", wait_in_flight=True)
+                else:
+                    self.restart_redis()
                 redis_done = True
+            elif self.group is not None and self.arm_second_kill(now):
+                pass
             elif now >= next_kill:
                 self.kill_worker()
                 next_kill = time.monotonic() + self.rng.uniform(self.cfg.kill_min, self.cfg.kill_max)
@@ -410,6 +461,7 @@ class Soak:
         busy = len(hit)
         self.hit_by_redis.update((t.index, t.status) for t in hit)
         t = time.monotonic()
+        assert self.redis is not None
         self.redis.stop()  # SIGTERM: redis-server flushes its AOF and exits, as `docker compose restart redis`
         time.sleep(self.cfg.redis_down)
         self.redis.start()
@@ -417,6 +469,147 @@ class Soak:
         self.faults.append({"t": round(t - self.t0, 1), "fault": "Redis restart", "down_s": round(down, 1),
                             "lessons provisioning": busy})  # fmt: skip
         self.log(f"  {t - self.t0:6.1f}s Redis restarted, down {down:.1f}s ({busy} lessons provisioning)")
+
+    # --- Sentinel: the primary lost ----------------------------------------------------------------------
+
+    def primary_kills(self) -> list[dict[str, Any]]:
+        return [f for f in self.faults if f["fault"] == "SIGKILL Redis primary"]
+
+    def arm_second_kill(self, now: float) -> bool:
+        """Arm the kill-after-202 once the first failover is over (old primary back) and the run is at its
+        second point, halfway from ``--redis-at`` to the end of the load."""
+        kills = self.primary_kills()
+        if self.second_kill_armed or len(kills) != 1 or not kills[0].get("done"):
+            return False
+        if now < self.t0 + (self.cfg.redis_at + 0.85) / 2 * self.cfg.duration:
+            return False
+        self.second_kill_armed = True  # once: the kill it arms is recorded only a moment after it disarms
+        self.kill_on_accept.set()
+        return True
+
+    def primary_failover(self, cause: str, wait_in_flight: bool = False) -> None:
+        """SIGKILL the primary now; the promotion, the probe and the old primary's return run in a thread."""
+        assert self.group is not None
+        if wait_in_flight:  # as for the other faults: aim for a moment when lessons are being worked on
+            deadline = time.monotonic() + 10
+            while not self.in_flight() and time.monotonic() < deadline and not self.stop_flag.is_set():
+                time.sleep(0.02)
+        hit = self.in_flight()
+        self.hit_by_failover.update((t.index, t.status) for t in hit)
+        killed = time.monotonic()
+        port = self.group.kill_primary()
+        entry: dict[str, Any] = {"t": round(killed - self.t0, 2), "fault": "SIGKILL Redis primary", "cause": cause,
+                                 "old_port": port, "lessons provisioning": len(hit)}  # fmt: skip
+        self.faults.append(entry)
+        self.log(f"  {killed - self.t0:6.1f}s SIGKILL Redis primary :{port} {cause} ({len(hit)} lessons in flight)")
+        probe = threading.Thread(target=self.guarded, args=(lambda: self.probe(entry, killed),), daemon=True)
+        probe.start()
+        gc_lock = threading.Thread(target=self.guarded, args=(lambda: self.watch_gc_lock(entry, killed),), daemon=True)
+        gc_lock.start()
+        thread = threading.Thread(
+            target=self.guarded, args=(lambda: self.after_kill(entry, killed, port, [probe, gc_lock]),), daemon=True
+        )
+        self.failover_threads.append(thread)
+        thread.start()
+
+    def after_kill(self, entry: dict[str, Any], killed: float, port: int, helpers: list[threading.Thread]) -> None:
+        assert self.group is not None
+        try:
+            new = self.group.wait_failover(port, timeout=60)
+            entry["failover_s"] = round(time.monotonic() - killed, 2)
+            entry["new_port"] = new
+        except SchedulerError as exc:
+            entry["failover_s"] = None
+            entry["failover_error"] = str(exc)
+        time.sleep(max(0.0, killed + self.cfg.redis_down - time.monotonic()))
+        restarted = time.monotonic()
+        self.group.restart(port)
+        entry["restarted_after_s"] = round(restarted - killed, 2)
+        # back as a replica: ROLE says slave, of the primary the sentinels name now, and the link is up (a
+        # restarted server may first follow whatever its command line named, or be a primary for a while)
+        old = redis.Redis(port=port, password=self.group.password, socket_timeout=1, decode_responses=True)
+        role: list[Any] = ["?"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis.RedisError):
+                role = old.execute_command("ROLE")
+                if role[0] == "slave" and int(role[2]) == self.group.primary_port() and role[3] == "connected":
+                    entry["rejoin_s"] = round(time.monotonic() - restarted, 2)  # restart -> a connected replica
+                    break
+            time.sleep(0.1)
+        old.close()
+        entry["old_primary_role"] = role[0] if "rejoin_s" in entry else f"{role[:4]}"
+        entry["old_primary_follows"] = int(role[2]) if role[0] == "slave" else None
+        deadline = time.monotonic() + 30
+        in_sync = False
+        while time.monotonic() < deadline and not in_sync:
+            with contextlib.suppress(Exception):
+                in_sync = self.group.in_sync()
+            if not in_sync:
+                time.sleep(0.2)
+        entry["replicas_in_sync"] = in_sync
+        for helper in helpers:
+            helper.join(130)
+        entry["done"] = True
+        self.log(f"  {killed - self.t0:6.1f}s failover: :{port} -> :{entry.get('new_port')} in "
+                 f"{entry['failover_s']} s, first 202 after {entry.get('kill_to_first_202_s')} s, old primary "
+                 f"{entry['old_primary_role']} of :{entry['old_primary_follows']} {entry.get('rejoin_s')} s after "
+                 f"its restart, in sync {in_sync}")  # fmt: skip
+
+    def watch_gc_lock(self, entry: dict[str, Any], killed: float) -> None:
+        """How long GC's lock, as the new primary has it, stays held after the kill (the same token).
+
+        A pass takes well under a second; a lock the dead primary's pass could not release (and that was
+        replicated) stays for its whole timeout, and no GC pass runs meanwhile."""
+        key = self.store.prefix + "lock:gc"
+        token: str | None = None
+        while time.monotonic() < killed + 60 and token is None and not self.stop_flag.is_set():
+            with contextlib.suppress(redis.RedisError):
+                token = self.store.r.get(key)
+                if token is None and self.store.r.execute_command("ROLE")[0] == "master":
+                    entry["gc_lock_held_after_kill_s"] = 0.0  # the new primary has no lock: GC can run
+                    return
+            time.sleep(0.1)
+        while time.monotonic() < killed + 180 and not self.stop_flag.is_set():
+            with contextlib.suppress(redis.RedisError):
+                if self.store.r.get(key) != token:
+                    break
+            time.sleep(0.1)
+        entry["gc_lock_held_after_kill_s"] = round(time.monotonic() - killed, 1)
+
+    def probe(self, entry: dict[str, Any], killed: float) -> None:
+        """POST a new lesson every 0.1 s from the kill until one gets its 202; then track it as any other."""
+        lesson = sorted(self.catalog.lessons)[0]
+        session = f"probe{len(self.primary_kills())}"
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        attempts: Counter[str] = Counter()
+        with httpx.Client(base_url=self.http.base_url, headers=headers, timeout=15) as client:
+            while time.monotonic() < killed + 120 and not self.stop_flag.is_set():
+                sent = time.monotonic()
+                try:
+                    response = client.post("/v1/livelessons", json={"lesson": lesson, "session": session})
+                except httpx.TransportError:
+                    attempts["transport error"] += 1
+                    self.counters["probe transport errors"] += 1
+                    time.sleep(0.1)
+                    continue
+                attempts[str(response.status_code)] += 1
+                if response.status_code >= 500 and response.status_code != 503:
+                    self.counters[f"api {response.status_code}"] += 1
+                if response.status_code in (200, 202):
+                    entry["kill_to_first_202_s"] = round(time.monotonic() - killed, 2)
+                    entry["probe_attempts"] = dict(attempts)
+                    with self.lock:
+                        t = Tracked(len(self.tracked), lesson, session, "keep-then-delete", 5.0, probe=True)
+                        t.requested_at, t.id, t.status = sent, response.json()["id"], response.json()["status"]
+                        self.tracked.append(t)
+                    self.at(1.0, lambda t=t: self.keepalive(t))
+                    return
+                if response.status_code != 503:
+                    entry["probe_refused"] = f"{response.status_code} {response.text[:200]}"
+                    return
+                time.sleep(0.1)
+        entry["probe_attempts"] = dict(attempts)
 
     # --- memory ------------------------------------------------------------------------------------------
 
@@ -432,8 +625,10 @@ class Soak:
         cfg = self.cfg
         self.start()
         self.log(f"soak {self.instance}: {cfg.count} lessons over {cfg.duration:.0f}s, {cfg.workers} workers x "
-                 f"{cfg.concurrency}, kill every {cfg.kill_min:.0f}-{cfg.kill_max:.0f}s, Redis restart at "
-                 f"{cfg.redis_at:.0%}; work dir {self.work}")  # fmt: skip
+                 f"{cfg.concurrency}, kill every {cfg.kill_min:.0f}-{cfg.kill_max:.0f}s, "
+                 + ("Sentinel: primary SIGKILL at " if cfg.sentinel else "Redis restart at ")
+                 + f"{cfg.redis_at:.0%}" + (" and right after a later 202" if cfg.sentinel else "")
+                 + f"; work dir {self.work}")  # fmt: skip
         self.t0 = time.monotonic()
         self.plan_load()
         threads = [threading.Thread(target=f, daemon=True) for f in (self.run_events, self.poll, self.faults_loop)]
@@ -448,6 +643,8 @@ class Soak:
             if cfg.verbose:
                 self.progress()
             time.sleep(5)
+        for thread in self.failover_threads:  # a failover still under way ends before the drain counts
+            thread.join(180)
         # drain: every intent ends by itself (delete or TTL); give it the longest hold, a TTL, GC and a deadline
         drain_limit = max(60.0, cfg.duration * 0.12) + cfg.ttl + cfg.provision_timeout + 30
         drain_end = time.monotonic() + drain_limit
@@ -546,12 +743,20 @@ class Soak:
         reasons = Counter((t.error or "?").split("\n")[0][:160] for t in failed)
         cancelled = [t for t in accepted if not t.seen_ready and t.status == "deleted"]
         ready_s = [t.ready_s for t in ready if t.ready_s is not None]
+        kills = []
+        for entry in self.primary_kills():
+            after = [answered - entry["t"] for sent, answered in self.accepted_posts if sent >= entry["t"]]
+            kills.append({
+                **{k: v for k, v in entry.items() if k != "done"},
+                "kill_to_first_load_202_s": round(min(after), 2) if after else None,
+            })  # fmt: skip
         return {
             "instance": self.instance,
             "config": asdict(self.cfg),
             "cores": os.cpu_count(),
             "run_s": round(drained_s, 1),
             "requested": len(self.tracked),
+            "probes": sum(t.probe for t in self.tracked),
             "accepted": len(accepted),
             "refused": sum(t.status == "refused" for t in self.tracked),
             "ready": len(ready),
@@ -572,7 +777,11 @@ class Soak:
                 "mean": round(statistics.fmean(ready_s), 2) if ready_s else None,
             },
             "slowest_ready_after_a_fault_s": max(
-                [self.tracked[i].ready_s or 0.0 for i, st in self.hit_by_kill | self.hit_by_redis if st != "deleting"]
+                [
+                    self.tracked[i].ready_s or 0.0
+                    for i, st in self.hit_by_kill | self.hit_by_redis | self.hit_by_failover
+                    if st != "deleting"
+                ]
                 + [0.0]
             ),
             "faults": self.faults,
@@ -580,8 +789,13 @@ class Soak:
             # lessons being worked on when a fault struck, and how they ended
             "in_flight_at_faults": {
                 name: dict(Counter(f"{status} -> {self.outcome(self.tracked[i], status)}" for i, status in hit))
-                for name, hit in (("worker kills", self.hit_by_kill), ("Redis restart", self.hit_by_redis))
+                for name, hit in (
+                    ("worker kills", self.hit_by_kill),
+                    *((("primary kills", self.hit_by_failover),) if self.cfg.sentinel else ()),
+                    *((("Redis restart", self.hit_by_redis),) if not self.cfg.sentinel else ()),
+                )
             },
+            "primary_kills": kills,
             "redis_restarts": sum(f["fault"] == "Redis restart" for f in self.faults),
             "unexpected_exits": self.unexpected,
             "counters": dict(self.counters),
@@ -612,7 +826,8 @@ def table(result: dict[str, Any]) -> str:
         f"soak: {r['requested']} lessons over {cfg['duration']:.0f}s (+ drain, {r['run_s']:.0f}s in all), "
         f"{cfg['workers']} workers x {cfg['concurrency']} + beat, {r['cores']} cores, instance {r['instance']}",
         "",
-        f"{'requested':<34} {r['requested']}",
+        f"{'requested':<34} {r['requested']}"
+        + (f" ({r['requested'] - r['probes']} + {r['probes']} failover probes)" if r.get("probes") else ""),
         f"{'ready':<34} {r['ready']}",
         f"{'deleted before ready (by intent)':<34} {r['deleted_before_ready']}",
         f"{'failed':<34} {r['failed']}",
@@ -621,12 +836,18 @@ def table(result: dict[str, Any]) -> str:
         f"{'LOST':<34} {r['lost']}",
         f"{'request -> ready p50 / p95 / max':<34} {r['request_to_ready_s']['p50']} s / "
         f"{r['request_to_ready_s']['p95']} s / {r['request_to_ready_s']['max']} s",
-        f"{'faults':<34} {r['worker_kills']} worker SIGKILLs, {r['redis_restarts']} Redis restart",
+        f"{'faults':<34} {r['worker_kills']} worker SIGKILLs, "
+        + (
+            f"{len(r['primary_kills'])} Redis primary SIGKILLs (Sentinel)"
+            if cfg.get("sentinel")
+            else f"{r['redis_restarts']} Redis restart"
+        ),
         *[
             f"{'  in flight at ' + name:<34} " + (", ".join(f"{n} x {what}" for what, n in outcome.items()) or "none")
             for name, outcome in r["in_flight_at_faults"].items()
         ],
         f"{'  slowest ready after a fault':<34} {r['slowest_ready_after_a_fault_s']:.1f} s",
+        *[line for n, kill in enumerate(r.get("primary_kills", []), 1) for line in kill_lines(n, kill)],
         f"{'workers that exited by themselves':<34} {len(r['unexpected_exits'])}",
         f"{'API 503s retried':<34} {r['counters'].get('api 503 (retried)', 0)}",
         f"{'final GC':<34} {' | '.join(r['final_gc'])}",
@@ -641,6 +862,25 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def kill_lines(n: int, kill: dict[str, Any]) -> list[str]:
+    """One primary kill: when and why, the failover, the outage as clients saw it, the old primary's return."""
+    s = lambda v: "never" if v is None else f"{v} s"  # noqa: E731
+    back = kill.get("old_primary_role") == "slave"
+    return [
+        f"{f'primary kill {n}':<34} at {kill['t']:.1f} s, {kill['cause']} ({kill['lessons provisioning']} in flight)",
+        f"{'  failover (kill -> new primary)':<34} {s(kill.get('failover_s'))}",
+        f"{'  kill -> first 202 (probe)':<34} {s(kill.get('kill_to_first_202_s'))}, "
+        + ", ".join(f"{v} x {k}" for k, v in kill.get("probe_attempts", {}).items()),
+        f"{'  kill -> first 202 (load)':<34} {s(kill.get('kill_to_first_load_202_s'))} (Retry-After honoured)",
+        f"{'  GC lock held after the kill':<34} {s(kill.get('gc_lock_held_after_kill_s'))}"
+        + (" (no GC pass meanwhile)" if (kill.get("gc_lock_held_after_kill_s") or 0) > 5 else ""),
+        f"{'  old primary back as replica':<34} "
+        + (f"yes, {kill.get('rejoin_s')} s after its restart ({kill.get('restarted_after_s')} s after the kill), "
+           f"replica of :{kill.get('old_primary_follows')}" if back else f"NO (role {kill.get('old_primary_role')})")
+        + ("" if kill.get("replicas_in_sync") else ", replicas NOT in sync"),
+    ]  # fmt: skip
+
+
 def run(config: Config, log: Callable[[str], None] = print, logs: Path | None = None) -> dict[str, Any]:
     soak = Soak(config, log)
     try:
@@ -649,8 +889,8 @@ def run(config: Config, log: Callable[[str], None] = print, logs: Path | None = 
         soak.shutdown()
         if logs is not None:  # every process's log, for a post-mortem
             logs.mkdir(parents=True, exist_ok=True)
-            for file in soak.work.glob("*.log"):
-                shutil.copy(file, logs / file.name)
+            for file in soak.work.rglob("*.log"):  # with the Sentinel group's servers and sentinels too
+                shutil.copy(file, logs / "-".join(file.relative_to(soak.work).parts))
         shutil.rmtree(soak.work, ignore_errors=True)
 
 
@@ -664,6 +904,11 @@ def main() -> int:
     parser.add_argument("--redis-at", type=float, default=0.45, help="when Redis restarts, as a fraction of the run")
     parser.add_argument("--redis-down", type=float, default=3.0, help="seconds Redis stays down")
     parser.add_argument("--ttl", type=int, default=20, help="LESSON_TTL_SECONDS for the run")
+    parser.add_argument(
+        "--sentinel",
+        action="store_true",
+        help="a Sentinel group (primary, 2 replicas, 3 sentinels); the primary SIGKILLed twice",
+    )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write the result as JSON here")
     parser.add_argument("--logs", type=Path, default=None, help="copy every process's log here at the end")
@@ -675,14 +920,24 @@ def main() -> int:
     config = Config(
         duration=args.duration, count=args.count, workers=args.workers, concurrency=args.concurrency,
         kill_min=args.kill_every[0], kill_max=args.kill_every[1], redis_at=args.redis_at,
-        redis_down=args.redis_down, ttl=args.ttl, seed=args.seed, verbose=args.verbose,
+        redis_down=args.redis_down, ttl=args.ttl, seed=args.seed, verbose=args.verbose, sentinel=args.sentinel,
     )  # fmt: skip
     result = run(config, log=lambda line: print(line, flush=True), logs=args.logs)
     print()
     print(table(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1, default=str))
-    return 0 if result["lost"] == 0 and result["leaked"] == 0 and not result["unexpected_exits"] else 1
+    return 0 if ok(result) else 1
+
+
+def ok(result: dict[str, Any]) -> bool:
+    """Nothing lost or leaked, no worker exited by itself; with Sentinel, both kills measured, both back."""
+    kills = result.get("primary_kills", [])
+    failover_ok = not result["config"].get("sentinel") or (
+        len(kills) == 2
+        and all(k.get("kill_to_first_202_s") is not None and k.get("old_primary_role") == "slave" for k in kills)
+    )
+    return result["lost"] == 0 and result["leaked"] == 0 and not result["unexpected_exits"] and failover_ok
 
 
 if __name__ == "__main__":

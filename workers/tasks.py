@@ -7,9 +7,11 @@ else, and refuses (a logged error, no retry, nothing touched) what is not a live
 
 from __future__ import annotations
 
+import time
 from functools import lru_cache
 from typing import Any
 
+import redis
 import structlog
 from celery import Task
 
@@ -141,7 +143,17 @@ def gc(self: Task) -> dict[str, int] | None:
 
 
 def _release(lock: Any) -> None:
-    try:
-        lock.release()
-    except Exception:  # expired while we worked (or Redis is away): it times out, and the next pass proceeds
-        log.warning("gc lock expired before release")
+    """Release the GC lock, riding out a failover: the lock was confirmed on a replica, so the promoted one
+    holds it, and a lock left there would stop every pass until its timeout (a minute or more)."""
+    for attempt in range(8):
+        try:
+            lock.release()
+            return
+        except redis.exceptions.LockError:  # expired (or taken over) while we worked: nothing to release
+            log.warning("gc lock expired before release")
+            return
+        except redis.RedisError as exc:  # Redis away: a primary changing takes seconds
+            if attempt == 7:
+                log.warning("gc lock not released; it times out", error=str(exc))
+                return
+            time.sleep(min(2**attempt * 0.25, 4.0))

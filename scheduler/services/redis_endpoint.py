@@ -12,6 +12,8 @@ sentinels again (a primary turned replica answers writes with READONLY, which re
 
 from __future__ import annotations
 
+import contextlib
+import time
 from typing import Any
 from urllib.parse import quote
 
@@ -23,7 +25,7 @@ from redis.connection import parse_url
 
 from scheduler.settings import Settings
 
-__all__ = ["celery_endpoints", "connect", "connect_async"]
+__all__ = ["PrimaryFollower", "celery_endpoints", "connect", "connect_async"]
 
 # short timeouts: a Redis outage must surface as an error (503, a retry), not a hung request
 _TIMEOUTS: dict[str, Any] = {"socket_timeout": 5, "socket_connect_timeout": 2}
@@ -92,3 +94,31 @@ def celery_endpoints(settings: Settings) -> tuple[str, dict[str, Any]]:
     url = ";".join(f"sentinel://{auth}{hostport}/{db}" for hostport in hosts)
     options |= {"master_name": settings.redis_master, "sentinel_kwargs": _sentinel_kwargs(settings)}
     return url, options
+
+
+class PrimaryFollower:
+    """Asks the sentinels, at most every ``every`` seconds, whether the primary moved; if it did, the
+    client's idle connections to the old one are dropped, so the next call goes to the new primary.
+
+    redis-py asks the sentinels only when it opens a connection. A pooled connection to a primary that was
+    demoted while it stayed up (a failover the sentinels made while it was slow, a partition) would go on
+    serving stale reads, and taking writes that are lost once it becomes a replica. A no-op without sentinels.
+    """
+
+    def __init__(self, client: redis.Redis[str], every: float = 1.0) -> None:
+        self.client = client
+        self.every = every
+        self._last = 0.0
+
+    def __call__(self) -> None:
+        pool = self.client.connection_pool
+        if not isinstance(pool, redis.sentinel.SentinelConnectionPool):
+            return
+        now = time.monotonic()
+        if now - self._last < self.every:
+            return
+        self._last = now  # a race between threads costs one more question, no harm
+        # no answer now: the call this precedes reports the outage if there is one
+        with contextlib.suppress(redis.RedisError):
+            pool.get_master_address()
+

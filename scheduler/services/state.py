@@ -42,7 +42,7 @@ from scheduler.core import naming
 from scheduler.core.errors import AtCapacity, LimitExceeded, NotFound, NotReplicated, TemporaryError
 from scheduler.core.records import ACTIVE, ID_PATTERN, PROVISIONING, TERMINAL, LiveLesson, Status, check_id, new_id, now
 from scheduler.services.metrics import Metrics
-from scheduler.services.redis_endpoint import connect
+from scheduler.services.redis_endpoint import PrimaryFollower, connect
 from scheduler.settings import Settings
 
 __all__ = ["LEASED", "Created", "Store", "parse_status_message", "status_message"]
@@ -148,6 +148,7 @@ class Store:
         self.replica_wait_ms = replica_wait_ms
         self._deployment: str | None = None
         self._create = client.register_script(_CREATE)
+        self._follow = PrimaryFollower(client)
         self.metrics = Metrics(client, instance)
 
     @classmethod
@@ -311,6 +312,7 @@ class Store:
     ) -> LiveLesson | None:
         """Apply ``change`` atomically. It returns the new record, or None to leave it as it is."""
         key = self.key(livelesson)
+        self._follow()
         try:
             with self.r.pipeline() as pipe:
                 while True:
@@ -444,8 +446,8 @@ class Store:
 
     # --- errors -------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        self._follow()
         try:
             return fn(*args, **kwargs)
         except UNAVAILABLE as exc:

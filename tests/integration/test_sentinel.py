@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -219,3 +220,31 @@ def test_the_gc_lock_survives_a_failover(group: SentinelGroup, instance: str, tm
     wait_until("the holder to release on the new primary", lambda: held.release() is None, retry_on=(Exception,))
     assert rival.acquire(), "the lock was not free after its holder released it"
     rival.release()
+
+
+def test_a_primary_replaced_while_it_still_lives_is_left_for_the_new_one(
+    group: SentinelGroup, instance: str, tmp_path: Path
+) -> None:
+    """The primary stops answering (SIGSTOP: a machine stalled, a partition) but is not dead, and the
+    sentinels promote a replica. The store's pooled connection to the old primary would wait for it (and,
+    once it woke, read stale data from it until the sentinels demote it); the store re-asks the sentinels
+    (at most once a second) and its next call goes to the new primary at once."""
+    store = Store.from_settings(sentinel_settings(group, instance, tmp_path))
+    assert store.ping() and store.active_count() == 0  # a pooled connection to the current primary
+    old = group.primary_port()
+    assert old is not None
+    stalled = group.server(old).proc
+    assert stalled is not None
+    os.kill(stalled.pid, signal.SIGSTOP)
+    try:
+        new = group.wait_failover(old)
+        time.sleep(1.1)  # the store asks the sentinels at most once a second
+        started = time.monotonic()
+        created = store.create("busybox-line", "after-switch", backend="local")  # no timeout, no retry
+        assert time.monotonic() - started < 2, "the call waited for the stalled primary"
+        assert group._ask(new).get(store.key(created.record.id)) is not None, "not written to the new primary"
+    finally:
+        os.kill(stalled.pid, signal.SIGCONT)
+    # woken, the old primary is demoted by the sentinels and catches up as a replica
+    wait_until("the old primary to be a replica", lambda: group.role(old) == "slave", timeout=60)
+    assert store.require(created.record.id).status == "requested"
