@@ -16,6 +16,7 @@ Keys, all under ``lessons:<instance>:`` so two instances sharing a Redis never s
                                ``/metrics`` reads one hash instead of every record
     deployment                 this deployment's id, made once (SET NX): labels and marks carry it, and GC
                                touches only what its own deployment made
+    replicated                 a counter ``confirm`` increments before its WAIT (with replicas configured)
 
 and one pub/sub channel, ``lessons:<instance>:status``: every status change of a record (its creation
 included) is published there as ``{"id": ..., "status": ...}``, in the same MULTI/EXEC (or Lua script) as the
