@@ -17,7 +17,7 @@ from typing import Any
 import redis
 
 from scheduler.core.errors import PrerequisiteMissing, TemporaryError
-from scheduler.dev.redis_server import PrivateRedis, free_port
+from scheduler.dev.redis_server import PrivateRedis, free_port, stop_process
 
 __all__ = ["SentinelGroup"]
 
@@ -183,13 +183,7 @@ class SentinelGroup:
 
     def stop(self) -> None:
         for proc in self._sentinels:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc)
         self._sentinels = []
         for server in self.servers:
             server.stop()

@@ -90,8 +90,8 @@ def celery_endpoints(settings: Settings) -> tuple[str, dict[str, Any]]:
     password = quote(str(credentials.get("password", "")), safe="")
     auth = f"{user}:{password}@" if password or user else ""
     db = credentials.get("db", 0)
-    hosts = (f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in settings.sentinels)
-    url = ";".join(f"sentinel://{auth}{hostport}/{db}" for hostport in hosts)
+    # LESSON_REDIS_SENTINELS is normalised by its validator: host:port entries, IPv6 hosts in brackets
+    url = ";".join(f"sentinel://{auth}{hostport}/{db}" for hostport in settings.redis_sentinels.split(","))
     options |= {"master_name": settings.redis_master, "sentinel_kwargs": _sentinel_kwargs(settings)}
     return url, options
 
