@@ -104,6 +104,20 @@ class Settings(BaseSettings):
         description="Local backend: `container` runs each endpoint's image and command with runc; `emulated` "
         "runs a stand-in process on the declared ports instead (hosts without runc), and says so.",
     )
+    local_nodes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Local backend: how many nodes (network namespaces joined by an underlay bridge) it "
+        "emulates on this host. A lesson stays on one node while it fits; a split one gets VXLAN links.",
+    )
+    node_max_pods: int = Field(
+        0,
+        ge=0,
+        le=10000,
+        description="Local backend: pods one node holds at most (a kubelet's maxPods); 0: no limit, so every "
+        "lesson fits on one node.",
+    )
     insecure_registries: str = Field(
         "",
         description="Local backend: comma-separated registries (host:port) pulled from over plain HTTP or "

@@ -16,6 +16,8 @@ from datetime import timedelta
 import structlog
 
 from scheduler.core.errors import PermanentError, SchedulerError
+from scheduler.core.lessons import ResolvedLesson
+from scheduler.core.placement import place
 from scheduler.core.plan import Plan, Probe, make_plan
 from scheduler.core.records import (
     ACTIVE,
@@ -72,10 +74,14 @@ class Pipeline:
 
     # --- helpers ------------------------------------------------------------------------------------
 
-    def plan(self, record: LiveLesson) -> Plan:
+    def _lesson(self, record: LiveLesson) -> ResolvedLesson:
         lesson = self.catalog.get(record.lesson)
         if lesson is None:
             raise PermanentError(f"lesson {record.lesson!r} is no longer in the catalog")
+        return lesson
+
+    def plan(self, record: LiveLesson) -> Plan:
+        lesson = self._lesson(record)
         return make_plan(
             lesson,
             record.id,
@@ -86,7 +92,36 @@ class Pipeline:
             image_substitute=self.settings.image_substitute,
             main_pool=self.settings.main_pool,
             names=self.settings.check_names,
+            placement=record.placement,
         )
+
+    def _placed(self, record: LiveLesson) -> LiveLesson:
+        """The record with its placement, decided once from the backend's free room when the backend has
+        nodes to choose from (:meth:`Backend.rooms`), and kept, so every later step plans the same nodes."""
+        if record.placement is not None:
+            return record
+        rooms = self.backend.rooms()
+        if rooms is None:
+            return record
+        lesson = self._lesson(record)
+        links = [(link.a.name, link.b.name) for link in lesson.links]
+        placed = place([ep.name for ep in lesson.endpoints], links, rooms)  # NoRoom: retried, room may free up
+
+        def change(rec: LiveLesson) -> LiveLesson | None:
+            if rec.placement is not None:
+                return None
+            rec.placement = dict(placed.nodes)
+            return rec
+
+        after = self.store.update(record.id, change)
+        log.info(
+            "placed",
+            nodes=list(placed.used),
+            crossing_links=len(placed.crossing),
+            bound=placed.bound,
+            proven_minimal=placed.proven_minimal,
+        )
+        return after if after is not None else record
 
     def deadline_passed(self, record: LiveLesson) -> bool:
         return now() >= record.created_at + timedelta(seconds=self.settings.provision_timeout_seconds)
@@ -187,7 +222,7 @@ class Pipeline:
 
     def create_networks(self, livelesson: str) -> Outcome:
         def body(record: LiveLesson) -> Outcome:
-            self.backend.apply_networks(self.plan(record))
+            self.backend.apply_networks(self.plan(self._placed(record)))
             ok = self._finish("create_networks", livelesson, "scheduling_pods")
             return Next(next_task("create_networks")) if ok else None
 
@@ -313,6 +348,7 @@ class Pipeline:
                 address=(result.resolved if c.by_name and result else None)
                 or (address.split("/")[0] if address else None),
                 by_name=c.by_name,
+                crossed_nodes=c.crosses,
                 sent=result.sent if result else 0,
                 received=result.received if result else 0,
                 loss_pct=result.loss_pct if result else 100.0,

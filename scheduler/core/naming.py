@@ -30,6 +30,9 @@ __all__ = [
     "node_netns",
     "pod_netns",
     "service_host",
+    "underlay_netns",
+    "vni",
+    "vxlan_name",
 ]
 
 MANAGED_BY = "lesson-scheduler"
@@ -54,9 +57,15 @@ def pod_netns(instance: str, livelesson: str, endpoint: str) -> str:
     return f"{namespace(instance, livelesson)}-{endpoint}"
 
 
-def node_netns(instance: str) -> str:
-    """The local backend's node: the network namespace that holds the bridges."""
-    return f"{instance}-node"
+def node_netns(instance: str, index: int = 0) -> str:
+    """The local backend's node ``index``: the network namespace that holds the bridges of the pods placed
+    on it. Node 0 keeps the name of the single node it was before there were several."""
+    return f"{instance}-node" if index == 0 else f"{instance}-node{index}"
+
+
+def underlay_netns(instance: str) -> str:
+    """The local backend's underlay: the namespace whose bridge joins its nodes, as a switch joins hosts."""
+    return f"{instance}-underlay"
 
 
 def container_id(instance: str, livelesson: str, endpoint: str) -> str:
@@ -107,6 +116,18 @@ def main_bridge_name(instance: str, livelesson: str) -> str:
 def main_network_name(instance: str, livelesson: str) -> str:
     """The CNI network name of that management network."""
     return "lsq" + _digest(instance, livelesson, "main")[:12]
+
+
+def vxlan_name(instance: str, livelesson: str, index: int | str) -> str:
+    """The VXLAN device that carries link ``index`` (or ``"main"``) between nodes; the same on every node."""
+    return "lsx" + _digest(instance, livelesson, index)[:12]
+
+
+def vni(instance: str, livelesson: str, index: int | str) -> int:
+    """The VXLAN network identifier of that link: 24 bits of the same hash (1..16777214; 0 and the top
+    value are avoided). A kernel refuses a second device with one VNI, and the backend refuses a device it
+    did not mark, so a collision fails the later lesson instead of joining two (docs/architecture.md)."""
+    return int(_digest(instance, livelesson, index)[12:20], 16) % 0xFFFFFE + 1
 
 
 def service_host(namespace: str, endpoint: str, domain: str = "cluster.local") -> str:

@@ -6,8 +6,10 @@ the same plan. Backends execute a plan; they never invent names.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -46,6 +48,7 @@ __all__ = [
     "Pod",
     "Probe",
     "Resources",
+    "Tunnel",
     "make_plan",
 ]
 
@@ -78,6 +81,17 @@ POD_PIDS_LIMIT = 1024
 
 
 @dataclass(frozen=True)
+class Tunnel:
+    """A network's Layer 2 between nodes: on each node of ``nodes`` a VXLAN device ``device`` with ``vni``,
+    a port of the network's bridge there, that floods to the other nodes (head-end replication, so the main
+    network reaches any number of nodes; a link has two)."""
+
+    device: str
+    vni: int
+    nodes: tuple[str, ...]  # sorted, at least two
+
+
+@dataclass(frozen=True)
 class Network:
     index: int
     nad: str  # NetworkAttachmentDefinition name, readable: "<a>-<b>"
@@ -86,6 +100,8 @@ class Network:
     subnet: ipaddress.IPv4Network
     a: str
     b: str
+    nodes: tuple[str, ...] = ()  # the nodes whose pods attach to it, sorted: its bridge exists on each
+    tunnel: Tunnel | None = None  # when those are more than one
 
     def cni_config(self, ipam_data_dir: str | None = None, address: str | None = None) -> dict[str, Any]:
         """The CNI configuration, as Multus would pass it to the bridge plugin: host-local addresses, or
@@ -138,6 +154,7 @@ class Pod:
     # eth0's address on the local backend's main network (CIDR); Kubernetes' default network gives its own
     main_address: str = ""
     presentations: tuple[Presentation, ...] = ()
+    node: str = ""  # the local backend's node (namespace) the pod runs on, from the placement
 
     def __post_init__(self) -> None:
         if not self.declared_image:
@@ -166,6 +183,7 @@ class Probe:
     # ping the target by its name (resolved inside the source pod, which must give the target's eth0
     # address) rather than by an address: proves the names as well as the main network
     by_name: bool = False
+    crosses: bool = False  # source and target run on different nodes: the packets cross a tunnel
 
 
 @dataclass(frozen=True)
@@ -186,6 +204,16 @@ class Plan:
     image_substitute: str | None = None
     cgroup: str = ""  # the local backend's cgroup parent of the lesson's containers
     main: Network | None = None  # the local backend's main network (eth0), one per live lesson
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """The nodes the plan's pods run on, sorted."""
+        return tuple(sorted({p.node for p in self.pods}))
+
+    @property
+    def tunnels(self) -> tuple[Network, ...]:
+        """The networks that span nodes (the main network first when it does)."""
+        return tuple(n for n in (*([self.main] if self.main else []), *self.networks) if n.tunnel is not None)
 
     def network(self, nad: str) -> Network:
         if nad == MAIN_NETWORK and self.main is not None:
@@ -241,6 +269,31 @@ def _main_subnet(lesson: ResolvedLesson, taken: list[ipaddress.IPv4Network], poo
     raise LessonError([Problem(lesson.source, "endpoints", f"the main network pool {pool} has no room for it")])
 
 
+# a node's name becomes a network namespace name (the local backend): a plain DNS-1123 label, no path
+_NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _nodes(lesson: ResolvedLesson, instance: str, placement: Mapping[str, str] | None) -> dict[str, str]:
+    """endpoint -> node; the placement must name every endpoint of the lesson, and nothing else."""
+    endpoints = [ep.name for ep in lesson.endpoints]
+    if placement is None:
+        return dict.fromkeys(endpoints, naming.node_netns(instance))
+    if set(placement) != set(endpoints):
+        raise PermanentError(f"the placement names endpoints {sorted(placement)}, the lesson has {sorted(endpoints)}")
+    bad = sorted(n for n in set(placement.values()) if not isinstance(n, str) or not _NODE_NAME.fullmatch(n))
+    if bad:
+        raise PermanentError(f"the placement names nodes that are not node names: {bad!r}")
+    return {e: placement[e] for e in endpoints}
+
+
+def _spanning(network: Network, nodes: tuple[str, ...], instance: str, livelesson: str, index: int | str) -> Network:
+    """The network on its nodes, with a tunnel between them when there are several."""
+    tunnel = None
+    if len(nodes) > 1:
+        tunnel = Tunnel(naming.vxlan_name(instance, livelesson, index), naming.vni(instance, livelesson, index), nodes)
+    return dataclasses.replace(network, nodes=nodes, tunnel=tunnel)
+
+
 def make_plan(
     lesson: ResolvedLesson,
     livelesson: str,
@@ -252,6 +305,7 @@ def make_plan(
     image_substitute: str | None = None,
     main_pool: str = MAIN_POOL,
     names: bool = True,
+    placement: Mapping[str, str] | None = None,
 ) -> Plan:
     """The plan of one live lesson.
 
@@ -262,8 +316,13 @@ def make_plan(
     With ``image_substitute`` (LESSON_IMAGE_SUBSTITUTE), every pod runs that image instead of the one its
     lesson declared (kept as ``Pod.declared_image``). A substituted pod whose lesson gives no ``command``
     runs ``sleep infinity`` without the lesson's ``args``, which were meant for the declared image's
-    entrypoint. Names, subnets, labels, interfaces and checks do not depend on it."""
+    entrypoint. Names, subnets, labels, interfaces and checks do not depend on it.
+
+    ``placement`` (endpoint -> node, from :func:`scheduler.core.placement.place`) puts pods on nodes; without
+    it every pod is on the instance's node 0, as the seed's affinity keeps a lesson on one node. A network
+    whose pods sit on several nodes gets a :class:`Tunnel`, and each check says whether it crosses nodes."""
     image_substitute = image_substitute or None
+    nodes = _nodes(lesson, instance, placement)
     namespace = naming.namespace(instance, livelesson)
     labels = {
         LABEL_MANAGED_BY: MANAGED_BY,
@@ -281,6 +340,8 @@ def make_plan(
         0, MAIN_NETWORK, main_network_name(instance, livelesson), main_bridge_name(instance, livelesson), main_subnet,
         "", "",
     )  # fmt: skip
+    main_nodes = tuple(sorted(set(nodes.values())))
+    main = _spanning(main, main_nodes, instance, livelesson, MAIN_NETWORK)
     for link, subnet in zip(lesson.links, subnets, strict=True):
         i, a, b = link.index, link.a.name, link.b.name
         base = f"{a}-{b}"
@@ -291,17 +352,10 @@ def make_plan(
             k += 1
             nad = f"{base}-{k}"
         used.add(nad)
-        networks.append(
-            Network(
-                i,
-                nad,
-                network_name(instance, livelesson, i),
-                bridge_name(instance, livelesson, i),
-                subnet,
-                a,
-                b,
-            )
+        network = Network(
+            i, nad, network_name(instance, livelesson, i), bridge_name(instance, livelesson, i), subnet, a, b
         )
+        networks.append(_spanning(network, tuple(sorted({nodes[a], nodes[b]})), instance, livelesson, i))
     pods = []
     for k, ep in enumerate(lesson.endpoints):
         image, command, args = ep.image, ep.command, ep.args
@@ -330,6 +384,7 @@ def make_plan(
                 container=naming.container_id(instance, livelesson, ep.name),
                 main_address=f"{main_subnet.network_address + k + 2}/{main_subnet.prefixlen}",
                 presentations=ep.presentations,
+                node=nodes[ep.name],
             )
         )
     by_name = {p.endpoint: p for p in pods}
@@ -337,10 +392,13 @@ def make_plan(
     for n in networks:
         for src, dst in ((n.a, n.b), (n.b, n.a)):
             iface = next(i.name for i in by_name[dst].interfaces if i.network == n.nad)
-            checks.append(Probe(src, dst, n.nad, iface))
+            checks.append(Probe(src, dst, n.nad, iface, crosses=nodes[src] != nodes[dst]))
     if names:
         pairs = dict.fromkeys((src, dst) for n in networks for src, dst in ((n.a, n.b), (n.b, n.a)))
-        checks += [Probe(src, dst, MAIN_NETWORK, MAIN_INTERFACE, by_name=True) for src, dst in pairs]
+        checks += [
+            Probe(src, dst, MAIN_NETWORK, MAIN_INTERFACE, by_name=True, crosses=nodes[src] != nodes[dst])
+            for src, dst in pairs
+        ]
     return Plan(
         livelesson=livelesson,
         lesson=lesson.slug,

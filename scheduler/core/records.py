@@ -119,6 +119,7 @@ class Check(_Model):
     network: str
     address: str | None
     by_name: bool = False  # pinged by the target's name rather than its address
+    crossed_nodes: bool = False  # source and target run on different nodes: the pings crossed a tunnel
     sent: int
     received: int
     loss_pct: float = 100.0
@@ -142,6 +143,9 @@ class LiveLesson(_Model):
     status: Status = "requested"
     namespace: str
     node: str | None = None
+    # endpoint -> node, decided once before the networks are made when the backend has several nodes or
+    # a pod limit per node (None: the backend keeps the lesson on one node by affinity)
+    placement: dict[str, str] | None = None
     created_at: datetime
     ready_at: datetime | None = None
     expires_at: datetime

@@ -29,11 +29,12 @@ def leftovers(instance: str, livelesson: str, state_dir: Path) -> list[str]:
     from tests.support import netns_tools as netns
 
     found = [f"netns {n}" for n in netns.names() if n.startswith(naming.namespace(instance, livelesson))]
-    node = naming.node_netns(instance)
-    if netns.exists(node):
-        mark = f"{naming.mark(instance, livelesson)}/"
-        found += [f"bridge {b}" for b, alias in netns.bridges(node).items() if alias.startswith(mark)]
-        found += [f"link {link['ifname']}" for link in netns.links(node) if link.get("ifname", "").startswith("veth")]
+    mark = f"{naming.mark(instance, livelesson)}/"
+    for node in (naming.node_netns(instance, k) for k in range(64)):  # every node a configuration may have
+        if netns.exists(node):
+            links = netns.link_table(node)
+            found += [f"{link.kind} {name}" for name, link in links.items() if link.alias.startswith(mark)]
+            found += [f"link {name}" for name in links if name.startswith("veth")]
     if (state_dir / instance / "lessons" / livelesson).exists():
         found.append("state dir")
     found += [f"process {pid}" for pid in sorted(marked_processes(f"{naming.mark(instance, livelesson)}/"))]

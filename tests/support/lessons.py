@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from scheduler.core.lessons import ResolvedLesson
+from scheduler.core.lessons import ResolvedLesson, parse_lesson, resolve
 from scheduler.core.plan import Plan, make_plan
 from scheduler.core.records import Check, EndpointState, Interface, LiveLesson, StepTiming, now
 from scheduler.services.catalog import load_paths
@@ -48,6 +48,21 @@ def names_catalog(folder: Path) -> Path:
     (catalog / "names.yaml").write_text(NAMES_LESSON)
     (catalog / "busybox-triangle.yaml").write_text(TRIANGLE.read_text())
     return catalog
+
+
+def ring_lesson(count: int, slug: str = "ring") -> str:
+    """A lesson file of ``count`` busybox hosts h1..hN in a ring (h1-h2, ..., hN-h1)."""
+    lines = [f"slug: {slug}", f"name: Ring of {count}", "description: A ring", "shortDescription: Ring"]
+    lines += ["category: fundamentals", "tier: prod", "endpoints:"]
+    lines += [f"- {{name: h{k}, image: busybox, command: [sleep, infinity]}}" for k in range(1, count + 1)]
+    lines += ["connections:"]
+    lines += [f"- {{a: h{k}, b: h{k % count + 1}}}" for k in range(1, count + 1)]
+    return "\n".join(lines) + "\n"
+
+
+def ring(count: int) -> ResolvedLesson:
+    """:func:`ring_lesson`, resolved."""
+    return resolve(parse_lesson(ring_lesson(count)), f"<ring of {count}>", None)
 
 
 def triangle() -> ResolvedLesson:

@@ -29,4 +29,6 @@ def get_backend(settings: Settings, *, deployment: str) -> Backend:
         pods=settings.local_pods,
         image_dir=settings.image_dir,
         insecure_registries=settings.insecure_registries,
+        nodes=settings.local_nodes,
+        node_max_pods=settings.node_max_pods,
     )

@@ -15,6 +15,7 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from scheduler.core.placement import NodeRoom
 from scheduler.core.plan import Plan, Pod
 from scheduler.core.records import PodKind
 
@@ -156,6 +157,13 @@ class Backend(abc.ABC):
         """Ids of the live lessons this instance and this deployment hold any object for (GC's orphan
         search): half-made lessons included (after :meth:`apply_networks` only, or a crash mid-apply), so
         GC can destroy them; never another deployment's or another instance's. Changes nothing."""
+
+    def rooms(self) -> Sequence[NodeRoom] | None:
+        """What each node can still take, for :func:`scheduler.core.placement.place`: a lesson whose plan
+        then names those nodes (``Pod.node``) is run there, its networks spanning nodes through tunnels.
+        None (the default): the backend keeps each lesson on one node itself (Kubernetes: the seed's
+        required pod affinity), and plans name no nodes. Changes nothing."""
+        return None
 
     def prune(self) -> bool:
         """Remove what outlives lessons once none is left (the local backend's node namespace, like a

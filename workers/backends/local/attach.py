@@ -25,9 +25,8 @@ log = structlog.get_logger(__package__)  # the local backend's events, under one
 
 
 class Attachments:
-    def __init__(self, ownership: Ownership, *, node_netns: str, ipam_dir: Path, cni_path: Path) -> None:
+    def __init__(self, ownership: Ownership, *, ipam_dir: Path, cni_path: Path) -> None:
         self.ownership = ownership
-        self.node_netns = node_netns
         self.ipam_dir = ipam_dir
         self.cni_path = cni_path
 
@@ -70,12 +69,13 @@ class Attachments:
             # half made by a run that crashed (interface without result, result without interface, a lease
             # left behind): start this attachment over, as host-local refuses a second lease for one id
             path.unlink(missing_ok=True)
-            cni.delete(config, node_netns=self.node_netns, plugin_dir=self.cni_path, **args)  # type: ignore[arg-type]
-        result = cni.add(config, node_netns=self.node_netns, plugin_dir=self.cni_path, **args)  # type: ignore[arg-type]
+            cni.delete(config, node_netns=pod.node, plugin_dir=self.cni_path, **args)  # type: ignore[arg-type]
+        # on the pod's node, as the kubelet of the node a pod was scheduled to runs its CNI ADD
+        result = cni.add(config, node_netns=pod.node, plugin_dir=self.cni_path, **args)  # type: ignore[arg-type]
         write_json(path, {"addresses": result.addresses, "mac": result.mac, "raw": result.raw})
 
-    def release(self, owner: dict[str, Any], att: dict[str, str]) -> None:
-        """CNI DEL of one attachment named in an owner record; a failure is logged, not raised."""
+    def release(self, owner: dict[str, Any], att: dict[str, str], node: str) -> None:
+        """CNI DEL of one attachment named in an owner record, on its ``node``; a failure is logged, not raised."""
         networks: dict[str, Any] = owner["networks"]
         pods: dict[str, str] = owner["pods"]
         netns_name = pods[att["endpoint"]]
@@ -86,7 +86,7 @@ class Attachments:
                 container_id=netns_name,
                 netns=NETNS_DIR / netns_name,
                 ifname=att["ifname"],
-                node_netns=self.node_netns,
+                node_netns=node,
                 plugin_dir=self.cni_path,
             )
         except SchedulerError as exc:

@@ -52,6 +52,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -61,6 +62,7 @@ import structlog
 
 from scheduler.core import naming
 from scheduler.core.errors import PermanentError, PrerequisiteMissing, TemporaryError
+from scheduler.core.placement import NodeRoom
 from scheduler.core.plan import MAIN_NETWORK, Network, Plan, Pod
 from scheduler.core.records import PodKind
 from workers.backends.base import Backend, ExecResult, InterfaceStatus, Observation, PodStatus
@@ -76,7 +78,8 @@ from workers.backends.local.containers import (
     unmount_all,
 )
 from workers.backends.local.images import ImageStore, Unpacked, tool_message
-from workers.backends.local.ownership import Ownership
+from workers.backends.local.overlay import Nodes
+from workers.backends.local.ownership import Ownership, read_json
 from workers.backends.local.pods import PodProcesses, stop
 
 __all__ = ["LocalBackend"]
@@ -111,6 +114,8 @@ class LocalBackend(Backend):
         pods: PodKind = "emulated",
         image_dir: Path | None = None,
         insecure_registries: str = "",
+        nodes: int = 1,
+        node_max_pods: int = 0,
     ) -> None:
         self.pods = pods
         self.instance = instance
@@ -118,15 +123,15 @@ class LocalBackend(Backend):
         self.root = state_dir / instance
         self.ipam_dir = self.root / "ipam"
         self.cni_path = cni_path
-        self.node_netns = naming.node_netns(instance)
+        self.node_netns = naming.node_netns(instance)  # node 0: every pod's node while nothing is placed
+        self.node_max_pods = node_max_pods
         self._checked = False
         self._owned = Ownership(instance=instance, root=self.root, deployment=deployment)
         self._processes = PodProcesses(self._owned)
         self.images = ImageStore.configured(state_dir, image_dir, insecure_registries)
         self._runc = Runc(self.root / "runc")
-        self._attachments = Attachments(
-            self._owned, node_netns=self.node_netns, ipam_dir=self.ipam_dir, cni_path=cni_path
-        )
+        self._attachments = Attachments(self._owned, ipam_dir=self.ipam_dir, cni_path=cni_path)
+        self.nodes = Nodes(instance, nodes, self.root)
 
     def mark(self, livelesson: str) -> str:
         return self._owned.mark(livelesson)
@@ -149,20 +154,52 @@ class LocalBackend(Backend):
 
     # --- apply -------------------------------------------------------------------------------------
 
+    def rooms(self) -> list[NodeRoom] | None:
+        """Each node's free pods (LESSON_NODE_MAX_PODS less the pods every live lesson of this instance,
+        whichever deployment, has on it; CPU and memory are not limited here). None with one node and no
+        limit: every lesson fits there, and nothing needs placing."""
+        if len(self.nodes.names) == 1 and not self.node_max_pods:
+            return None
+        used: Counter[str] = Counter()
+        for folder in self._owned.held():
+            owner = read_json(folder / "owner.json")
+            if isinstance(owner, dict):
+                placed = owner.get("nodes") or dict.fromkeys(owner.get("pods", {}), owner.get("node_netns"))
+                used.update(str(node) for node in placed.values())
+        limit = self.node_max_pods or 1 << 30
+        huge = 1 << 62
+        return [NodeRoom(n, max(0, limit - used[n]), huge, huge) for n in self.nodes.names]
+
     def apply_networks(self, plan: Plan) -> None:
         self._prerequisites()
+        for node in plan.nodes:
+            self.nodes.address(node)  # a node this backend does not have is refused before anything is made
         with self._owned.lesson_lock(plan.livelesson):
             self._record_owner(plan)
             with self._owned.node_lock(exclusive=False):
-                netns.add(self.node_netns, loopback=False)
+                if plan.tunnels:
+                    self.nodes.ensure_joined(plan.nodes)
+                else:
+                    for node in plan.nodes:
+                        netns.add(node, loopback=False)
                 self._ensure_bridges(plan)
+                mark = self.mark(plan.livelesson)
+                ends = [(node, n) for n in plan.tunnels for node in n.nodes]
+                _parallel(lambda node, n: self.nodes.ensure_tunnel(node, n, _alias(mark, n)), ends)
 
     def _ensure_bridges(self, plan: Plan) -> None:
-        """Every bridge of the plan exists, carries our mark and is up: one in-process rtnetlink batch."""
-        mark = self.mark(plan.livelesson)
+        """Every bridge of the plan exists on each of its nodes, carries our mark and is up: one in-process
+        rtnetlink batch per node."""
         networks = [*plan.networks, *([plan.main] if plan.main is not None else [])]
+        _parallel(
+            lambda node: self._ensure_bridges_on(node, [n for n in networks if node in n.nodes], plan.livelesson),
+            list(plan.nodes),
+        )
+
+    def _ensure_bridges_on(self, node: str, networks: list[Network], livelesson: str) -> None:
+        mark = self.mark(livelesson)
         for attempt in range(3):
-            existing = rtnetlink.bridges(self.node_netns)
+            existing = rtnetlink.bridges(node)
             create, aliases = [], {}
             for n in networks:
                 alias = existing.get(n.bridge)
@@ -170,7 +207,7 @@ class LocalBackend(Backend):
                     create.append(n.bridge)
                 elif alias and alias.rsplit("/", 1)[0] != mark:
                     raise PermanentError(
-                        f"bridge {n.bridge} exists but is not ours (mark {alias!r}); refusing to use it"
+                        f"bridge {n.bridge} on {node} exists but is not ours (mark {alias!r}); refusing to use it"
                     )
                 if alias != _alias(mark, n):
                     # also claims a bridge the plugin made by itself (after a crash between the two applies):
@@ -178,7 +215,7 @@ class LocalBackend(Backend):
                     aliases[n.bridge] = _alias(mark, n)
             if not create and not aliases:
                 return
-            if not rtnetlink.ensure_bridges(self.node_netns, create, aliases) or attempt == 2:
+            if not rtnetlink.ensure_bridges(node, create, aliases) or attempt == 2:
                 return
             # a concurrent apply of the same plan made one first: look again (its alias is checked above)
 
@@ -194,11 +231,12 @@ class LocalBackend(Backend):
 
     def _apply_pods(self, plan: Plan, images: dict[str, Unpacked]) -> None:
         self._record_owner(plan)
-        if not netns.exists(self.node_netns):
-            raise TemporaryError("the node namespace is missing; networks must be applied first")
+        missing_nodes = [node for node in plan.nodes if not netns.exists(node)]
+        if missing_nodes:
+            raise TemporaryError(f"node namespace {missing_nodes[0]} is missing; networks must be applied first")
         with self._owned.node_lock(exclusive=False):
             self._ensure_bridges(plan)  # cheap when present; without it the plugin would make unmarked ones
-            node_links = rtnetlink.link_table(self.node_netns)
+            node_links = {node: rtnetlink.link_table(node) for node in plan.nodes}
         # a namespace made just now is empty; only older ones are read back
         found = _parallel(lambda p: {} if netns.add(p.netns) else rtnetlink.addresses(p.netns), plan.pods)
         present = {p.endpoint: a for p, a in zip(plan.pods, found, strict=True)}
@@ -210,7 +248,7 @@ class LocalBackend(Backend):
                 # one pod's attachments in order, as Multus adds them: eth0, net1, net2, ... (so they are
                 # listed in that order inside the pod, as on the seed's node)
                 for itf in pod.attachments:
-                    self._attachments.ensure(plan, pod, itf, present[pod.endpoint], node_links)
+                    self._attachments.ensure(plan, pod, itf, present[pod.endpoint], node_links[pod.node])
 
             return body
 
@@ -270,7 +308,7 @@ class LocalBackend(Backend):
 
     def _status(self, plan: Plan, pod: Pod, containers: dict[str, ContainerState]) -> PodStatus:
         def not_ready(reason: str, interfaces: tuple[InterfaceStatus, ...] = (), fatal: bool = False) -> PodStatus:
-            return PodStatus(pod.endpoint, pod.netns, False, interfaces, self.node_netns, reason, fatal)
+            return PodStatus(pod.endpoint, pod.netns, False, interfaces, pod.node, reason, fatal)
 
         if not netns.exists(pod.netns):
             return not_ready("network namespace missing")
@@ -308,7 +346,7 @@ class LocalBackend(Backend):
         closed = sorted(set(ports) - set(open_ports))
         if closed:
             return not_ready(f"ports not accepting connections: {closed}", statuses)
-        return PodStatus(pod.endpoint, pod.netns, True, statuses, self.node_netns)
+        return PodStatus(pod.endpoint, pod.netns, True, statuses, pod.node)
 
     def observe(self, plan: Plan, *, wait: float = 0.0) -> Observation:
         deadline = time.monotonic() + wait
@@ -401,15 +439,21 @@ class LocalBackend(Backend):
         _parallel(lambda c: self._runc.remove(c.id), containers)
         unmount_all(folder)
         remove_cgroup(naming.cgroup_parent(self.instance, livelesson))
-        if netns.exists(self.node_netns) and self.cni_path.is_dir():
-            _parallel(lambda att: self._attachments.release(owner, att), owner["attachments"])
+        default_node = str(owner.get("node_netns") or self.node_netns)
+        nodes = self.nodes.known([*map(str, (owner.get("nodes") or {}).values()), default_node])
+        if self.cni_path.is_dir():
+            releases = [(att, str(att.get("node") or default_node)) for att in owner["attachments"]]
+            _parallel(
+                lambda att, node: self._attachments.release(owner, att, node),
+                [(att, node) for att, node in releases if node in nodes and netns.exists(node)],
+            )
         _parallel(
             lambda pid: stop(pid, lambda: self._processes.is_marked(pid, livelesson)),
             self._processes.marked(livelesson),
         )
         _parallel(netns.delete, list(pods.values()))
-        ours = [b for b, alias in rtnetlink.bridges(self.node_netns).items() if alias.rsplit("/", 1)[0] == mark]
-        rtnetlink.delete_links(self.node_netns, ours)
+        # bridges and tunnels, on every node the lesson had
+        _parallel(lambda node: rtnetlink.delete_links(node, _marked(node, mark)), nodes)
         for net in networks.values():
             shutil.rmtree(self.ipam_dir / net["cni"]["name"], ignore_errors=True)
         shutil.rmtree(self._owned.folder(livelesson), ignore_errors=True)
@@ -420,11 +464,8 @@ class LocalBackend(Backend):
         containers, mounts, cgroups, its folder."""
         prefix = naming.namespace(self.instance, livelesson)
         found = [f"netns {n}" for n in sorted(netns.names()) if n.startswith(f"{prefix}-")]
-        if netns.exists(self.node_netns):
-            mark = f"{self.mark(livelesson)}/"
-            found += [
-                f"bridge {b}" for b, alias in rtnetlink.bridges(self.node_netns).items() if alias.startswith(mark)
-            ]
+        for node in self.nodes.known(list(netns.names())):
+            found += [f"{link.kind} {link.name} on {node}" for link in _links_marked(node, self.mark(livelesson))]
         folder = self._owned.folder(livelesson)
         found += [f"container {c.id}" for c in self._runc.states().values() if c.bundle.parent == folder / "containers"]
         found += [f"mount {m}" for m in mounts_under(folder)]
@@ -436,17 +477,29 @@ class LocalBackend(Backend):
     def prune(self) -> bool:
         """Remove the node namespace once no live lesson of this instance is left. True if removed."""
         with self._owned.node_lock(exclusive=True):
-            if self._owned.held() or not netns.exists(self.node_netns):
+            nodes = self.nodes.known(list(netns.names()))
+            if self._owned.held() or not (nodes or netns.exists(self.nodes.underlay)):
                 return False
             prefix = naming.instance_mark(self.instance)
-            if any(alias.startswith(prefix) for alias in rtnetlink.bridges(self.node_netns).values()):
+            if any(link.alias.startswith(prefix) for node in nodes for link in rtnetlink.link_table(node).values()):
                 return False
-            netns.delete(self.node_netns)
+            for node in nodes:
+                netns.delete(node)
+            self.nodes.remove_underlay()
             remove_cgroup(naming.cgroup_instance(self.instance))
             for top in cgroup_dirs(naming.MANAGED_BY):  # shared by instances: only once it is empty
                 with contextlib.suppress(OSError):
                     top.rmdir()
             return True
+
+
+def _links_marked(node: str, mark: str) -> list[rtnetlink.Link]:
+    """The live lesson's links on ``node`` (bridges and VXLAN devices): those carrying its mark."""
+    return [link for link in rtnetlink.link_table(node).values() if link.alias.rsplit("/", 1)[0] == mark]
+
+
+def _marked(node: str, mark: str) -> list[str]:
+    return [link.name for link in _links_marked(node, mark)]
 
 
 def _alias(mark: str, network: Network) -> str:

@@ -133,7 +133,7 @@ class Ownership:
     def record(self, plan: Plan, *, node_netns: str, ipam_dir: Path) -> None:
         """Written before anything is created, so even a crash mid-apply leaves a record to clean up by."""
         attachments = [
-            {"endpoint": p.endpoint, "netns": p.netns, "ifname": i.name, "network": i.network}
+            {"endpoint": p.endpoint, "netns": p.netns, "ifname": i.name, "network": i.network, "node": p.node}
             for p in plan.pods
             for i in p.attachments
         ]
@@ -149,6 +149,7 @@ class Ownership:
             "session": plan.session,
             "node_netns": node_netns,
             "pods": {p.endpoint: p.netns for p in plan.pods},
+            "nodes": {p.endpoint: p.node for p in plan.pods},
             "networks": networks,
             "attachments": attachments,
         }
