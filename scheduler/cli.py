@@ -93,6 +93,13 @@ def print_record(record: LiveLesson, as_json: bool) -> None:
                 out.print(f"  {p.forward}", soft_wrap=True, highlight=False, markup=False)
     if record.checks:
         out.print(_ping_matrix(record))
+        crossed = [f"{c.source}->{c.target}" for c in record.checks if c.crossed_nodes and not c.by_name]
+        if crossed:
+            out.print(
+                f"across nodes: {len(crossed)} link pings went through a VXLAN tunnel between nodes: "
+                + ", ".join(crossed),
+                highlight=False,
+            )
         named = [c for c in record.checks if c.by_name]
         if named:
             failed = [f"{c.source}->{c.target} ({c.address or 'unresolved'})" for c in named if not c.ok]
@@ -108,14 +115,18 @@ def _status(status: str) -> str:
 
 def _endpoints_table(record: LiveLesson) -> Table:
     kind = f"; {EMULATED_NOTE}" if record.pods == "emulated" else "; pods are containers"
-    table = Table(title=f"endpoints (node {record.node or '-'}{kind})", title_justify="left")
-    for column in ("endpoint", "pod", "ready", "interface", "network", "address"):
+    nodes = sorted({ep.node for ep in record.endpoints.values() if ep.node})
+    split = len(nodes) > 1  # a node column only when the lesson spans several
+    where = f"split over {len(nodes)} nodes" if split else f"node {record.node or '-'}"
+    table = Table(title=f"endpoints ({where}{kind})", title_justify="left")
+    for column in ("endpoint", *(["node"] if split else []), "pod", "ready", "interface", "network", "address"):
         table.add_column(column)
     for name, ep in record.endpoints.items():
         rows: list[Any] = list(ep.interfaces) or [None]
         for i, itf in enumerate(rows):
             table.add_row(
                 name if i == 0 else "",
+                *([(ep.node or "-") if i == 0 else ""] if split else []),
                 ep.pod if i == 0 else "",
                 ("yes" if ep.ready else "no") if i == 0 else "",
                 itf.name if itf else "-",

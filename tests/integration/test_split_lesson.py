@@ -1,0 +1,89 @@
+"""A lesson too big for one node, through the real service (issue 18): a real Celery worker on real Redis,
+the local backend with LESSON_LOCAL_NODES=3 and LESSON_NODE_MAX_PODS=16, ``lessonctl`` as installed.
+
+- a ring of 40 is placed over the three nodes with the fewest crossing links (3, the minimum), comes up,
+  and every ping passes; the record gives each endpoint its node and flags the checks that crossed;
+- a lesson that fits stays on one node (the seed's affinity), in the room the ring left;
+- ``lessonctl gc`` removes every node and the underlay once nothing is left on them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from scheduler.core import naming
+from scheduler.settings import Settings
+from tests.support import netns_tools as netns
+from tests.support.cli import lessonctl, up
+from tests.support.leftovers import leftovers
+from tests.support.lessons import TRIANGLE, ring_lesson
+from workers.celery_process import CeleryProcess
+
+pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.usefixtures("root")]
+
+
+def record_of(settings: Settings, livelesson: str) -> dict:  # type: ignore[type-arg]
+    proc = lessonctl(settings, "status", livelesson, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+def test_a_ring_of_40_is_split_over_three_nodes_of_16_and_a_triangle_stays_on_one(
+    settings_for: Callable[..., Settings], start_worker: Callable[..., CeleryProcess], tmp_path: Path
+) -> None:
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    (catalog / "ring40.yaml").write_text(ring_lesson(40, slug="ring40"))
+    (catalog / "busybox-triangle.yaml").write_text(TRIANGLE.read_text())
+    settings = settings_for(local_pods="emulated", catalog=catalog, local_nodes=3, node_max_pods=16)
+    start_worker(settings)
+
+    livelesson = up(settings, "ring40", "alice", wait=True, timeout=120)
+    record = record_of(settings, livelesson)
+    nodes = {name: ep["node"] for name, ep in record["endpoints"].items()}
+    assert nodes == record["placement"]
+    per_node = Counter(nodes.values())
+    assert set(per_node) == {naming.node_netns(settings.instance, k) for k in range(3)}
+    assert max(per_node.values()) <= 16
+    assert record["node"] == ",".join(sorted(per_node))
+    crossing = [(f"h{k}", f"h{k % 40 + 1}") for k in range(1, 41) if nodes[f"h{k}"] != nodes[f"h{k % 40 + 1}"]]
+    assert len(crossing) == 3  # a ring in three arcs: the fewest any split can cross
+
+    assert all(c["ok"] for c in record["checks"]), [c for c in record["checks"] if not c["ok"]]
+    for c in record["checks"]:
+        assert c["crossed_nodes"] == (nodes[c["source"]] != nodes[c["target"]]), c
+    crossed = [c for c in record["checks"] if c["crossed_nodes"] and not c["by_name"]]
+    assert len(crossed) == 6  # the three crossing links, both ways
+
+    text = lessonctl(settings, "status", livelesson).stdout
+    assert "split over 3 nodes" in text and "across nodes: 6 link pings went through a VXLAN tunnel" in text, text
+    # a person's view: from one side of a crossing link, the other by name (the main network spans nodes)
+    a, b = crossing[0]
+    pinged = lessonctl(settings, "exec", livelesson, a, "--", "ping", "-c", "2", "-W", "2", b)
+    assert pinged.returncode == 0, (pinged.stdout, pinged.stderr)
+
+    triangle = up(settings, "busybox-triangle", "bob", wait=True)
+    small = record_of(settings, triangle)
+    assert len({ep["node"] for ep in small["endpoints"].values()}) == 1
+    assert not any(c["crossed_nodes"] for c in small["checks"])
+    fuller = max(per_node, key=lambda n: (per_node[n] < 16, -per_node[n]))  # best fit: the least room that fits
+    assert small["node"] == fuller, (small["node"], per_node)
+
+    for done in (livelesson, triangle):
+        proc = lessonctl(settings, "down", done)
+        assert proc.returncode == 0, proc.stderr
+    deadline = time.monotonic() + 60
+    while any(record_of(settings, i)["status"] != "deleted" for i in (livelesson, triangle)):
+        assert time.monotonic() < deadline, "not deleted within 60 s"
+        time.sleep(0.2)
+    for done in (livelesson, triangle):
+        assert leftovers(settings.instance, done, settings.state_dir) == []
+    proc = lessonctl(settings, "gc")
+    assert proc.returncode == 0, proc.stderr
+    assert not [n for n in netns.names() if n.startswith(f"{settings.instance}-")], netns.names()
