@@ -44,6 +44,9 @@ import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from stats import pct  # noqa: E402
 
 from scheduler.client import Client  # noqa: E402
 from scheduler.core.lessons import ResolvedLesson  # noqa: E402
@@ -62,11 +65,6 @@ from workers.celery_process import CeleryProcess  # noqa: E402
 from workers.connectivity import run_check  # noqa: E402
 
 READY = frozenset({"ready", "failed"})
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def alone_run(backend: LocalBackend, lesson: ResolvedLesson, instance: str) -> float:

@@ -64,6 +64,9 @@ import redis
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from stats import pct  # noqa: E402
 
 from scheduler.core.records import LiveLesson  # noqa: E402
 from scheduler.dev.redis_server import PrivateRedis  # noqa: E402
@@ -80,13 +83,6 @@ from workers.celery_process import CeleryProcess  # noqa: E402
 LESSON = "busybox-triangle"
 STEPS = ("create_networks", "schedule_pods", "wait_ready", "verify_connectivity")
 PROBE_PERIOD = 0.2
-
-
-def pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 # --- samplers --------------------------------------------------------------------------------------------

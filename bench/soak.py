@@ -64,6 +64,9 @@ import redis
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from stats import pct  # noqa: E402
 
 from scheduler.core import naming  # noqa: E402
 from scheduler.core.errors import SchedulerError  # noqa: E402
@@ -121,13 +124,6 @@ class Tracked:
     vanished: bool = False
     bridges: list[str] = field(default_factory=list)
     probe: bool = False  # requested by the failover probe, not the planned load
-
-
-def pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def rss_kib(pid: int | None) -> int:
