@@ -232,11 +232,13 @@ def _matrix(record: LiveLesson) -> str:
         if c.rtt_avg_ms is not None:
             spread = f", rtt min/avg/max {c.rtt_min_ms}/{c.rtt_avg_ms}/{c.rtt_max_ms} ms"
         how = f"{c.target} by name ({c.address or 'unresolved'})" if c.by_name else f"{c.target} {c.address or ''}"
-        tip = f"{c.source} -> {how} over {c.network}: {c.received}/{c.sent} replies{spread}"
+        across = " (across nodes, through a VXLAN tunnel)" if c.crossed_nodes else ""
+        tip = f"{c.source} -> {how} over {c.network}{across}: {c.received}/{c.sent} replies{spread}"
         cells.setdefault((c.source, c.target), []).append(
             f'<span class="check" data-ok="{"true" if c.ok else "false"}" data-source="{escape(c.source)}" '
             f'data-target="{escape(c.target)}" data-network="{escape(c.network)}" '
-            f'data-by-name="{"true" if c.by_name else "false"}" title="{escape(tip)}">'
+            f'data-by-name="{"true" if c.by_name else "false"}" '
+            f'data-crossed-nodes="{"true" if c.crossed_nodes else "false"}" title="{escape(tip)}">'
             f"{'&#10003;' if c.ok else '&#10007;'} {escape(rtt)}</span>"
         )
     rows = []

@@ -16,8 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
 from scheduler.core import naming
+from scheduler.http.api import create_app
 from scheduler.settings import Settings
 from tests.support import netns_tools as netns
 from tests.support.cli import lessonctl, up
@@ -63,6 +65,12 @@ def test_a_ring_of_40_is_split_over_three_nodes_of_16_and_a_triangle_stays_on_on
 
     text = lessonctl(settings, "status", livelesson).stdout
     assert "split over 3 nodes" in text and "across nodes: 6 link pings went through a VXLAN tunnel" in text, text
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as api:
+        page = api.get(f"/livelessons/{livelesson}")
+        assert page.status_code == 200
+        api_record = api.get(f"/v1/livelessons/{livelesson}").json()
+    assert page.text.count('data-crossed-nodes="true"') == 12  # six link pings and six by name
+    assert api_record["placement"] == record["placement"]
     # a person's view: from one side of a crossing link, the other by name (the main network spans nodes)
     a, b = crossing[0]
     pinged = lessonctl(settings, "exec", livelesson, a, "--", "ping", "-c", "2", "-W", "2", b)

@@ -4,8 +4,9 @@
 to channel 0, channel 1 to stdout, channel 2 to stderr (without a terminal; with one the pod's terminal
 merges them). With ``tty`` the local terminal is in raw mode for the session (every key, ^C included,
 goes to the pod) and is always restored; its size goes on the resize channel at the start and after every
-SIGWINCH. The exit status stays on the error channel for ``backend._returncode``; what the runtime said
-when the command could not start at all is :func:`start_failure`.
+SIGWINCH, and again 0.5, 2 and 5 s later. The exit status stays on the error channel for
+``backend._returncode``; what the runtime said when the command could not start at all is
+:func:`start_failure`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import signal
 import ssl
 import termios
 import threading
+import time
 import tty as ttymode
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -32,6 +34,7 @@ __all__ = ["OutputClosed", "pump", "start_failure"]
 
 STDIN, STDOUT, STDERR = 0, 1, 2
 CHUNK = 16 * 1024  # one read of stdin, one frame: small enough to fit the room a writable socket has
+RESEND_SIZE_AFTER = (0.5, 2.0, 5.0)  # seconds after each size sent: the same size, sent again
 
 
 class OutputClosed(Exception):
@@ -47,10 +50,18 @@ def pump(resp: Any, *, tty: bool) -> None:
     caller to translate. (The client also keeps a copy of all output, which ``stream`` offers no way to
     turn off: a person's session is small enough.)"""
     with _raw(tty) as wake:
+        # the size again a little later: a resize is idempotent, and one that the path to the runtime lost
+        # under load (seen on the test cluster's kubelet and containerd) then still lands, as the docker CLI
+        # retries its first resize
+        resend: list[float] = []
         if tty:
             _send_size(resp)
+            resend = [time.monotonic() + d for d in RESEND_SIZE_AFTER]
         reading = _readable(STDIN)
         while resp.is_open():
+            if resend and time.monotonic() >= resend[0]:
+                resend.pop(0)
+                _send_size(resp)
             sock = resp.sock.sock
             # stdin is read only while the socket has room: a send that blocks would stop us reading the
             # pod's output, and a command that blocks on its output stops reading its input (`cat`): a
@@ -61,10 +72,12 @@ def pump(resp: Any, *, tty: bool) -> None:
             # cannot see them; then select only looks whether anything else is ready too
             pending = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
             wants_room = [sock] if reading and not room else []
-            ready = select.select(watched, wants_room, [], 0 if pending else None)[0]
+            timeout = 0.0 if pending else (max(0.0, resend[0] - time.monotonic()) if resend else None)
+            ready = select.select(watched, wants_room, [], timeout)[0]
             if wake is not None and wake in ready:
                 os.read(wake, CHUNK)
                 _send_size(resp)
+                resend = [time.monotonic() + d for d in RESEND_SIZE_AFTER]
             if room and STDIN in ready:
                 reading = _forward_stdin(resp)
             if pending or sock in ready:
