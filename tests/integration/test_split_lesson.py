@@ -95,3 +95,23 @@ def test_a_ring_of_40_is_split_over_three_nodes_of_16_and_a_triangle_stays_on_on
     proc = lessonctl(settings, "gc")
     assert proc.returncode == 0, proc.stderr
     assert not [n for n in netns.names() if n.startswith(f"{settings.instance}-")], netns.names()
+
+
+def test_a_lesson_with_no_room_on_any_node_fails_saying_why(
+    settings_for: Callable[..., Settings], start_worker: Callable[..., CeleryProcess], tmp_path: Path
+) -> None:
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    (catalog / "ring10.yaml").write_text(ring_lesson(10, slug="ring10"))
+    # one attempt: the room would not free up here, and a retried step only delays the same answer
+    settings = settings_for(local_pods="emulated", catalog=catalog, local_nodes=2, node_max_pods=4, step_max_attempts=1)
+    start_worker(settings)
+    livelesson = up(settings, "ring10", "carol", wait=False)
+    deadline = time.monotonic() + 60
+    while (record := record_of(settings, livelesson))["status"] != "failed":
+        assert time.monotonic() < deadline, record
+        time.sleep(0.2)
+    assert record["error"]["step"] == "create_networks"
+    assert "no placement of 10 endpoints fits on 2 nodes (8 pods free in all)" in record["error"]["message"], record
+    assert record["placement"] is None
+    assert not [n for n in netns.names() if n.startswith(f"{settings.instance}-{livelesson}")]

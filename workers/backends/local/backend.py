@@ -164,8 +164,9 @@ class LocalBackend(Backend):
         for folder in self._owned.held():
             owner = read_json(folder / "owner.json")
             if isinstance(owner, dict):
-                placed = owner.get("nodes") or dict.fromkeys(owner.get("pods", {}), owner.get("node_netns"))
-                used.update(str(node) for node in placed.values())
+                placed = owner.get("nodes") or dict.fromkeys(owner.get("pods") or {}, owner.get("node_netns"))
+                if isinstance(placed, dict):
+                    used.update(str(node) for node in placed.values())
         limit = self.node_max_pods or 1 << 30
         huge = 1 << 62
         return [NodeRoom(n, max(0, limit - used[n]), huge, huge) for n in self.nodes.names]
