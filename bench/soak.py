@@ -105,6 +105,8 @@ class Config:
     seed: int | None = None
     verbose: bool = False
     sentinel: bool = False  # a Sentinel group instead of one Redis; primary SIGKILLs instead of the restart
+    nodes: int = 1  # LESSON_LOCAL_NODES: with a small node_max_pods, lessons are split over nodes (VXLAN links)
+    node_max_pods: int = 0  # LESSON_NODE_MAX_PODS
 
 
 @dataclass
@@ -123,6 +125,7 @@ class Tracked:
     duplicate_ok: bool | None = None
     vanished: bool = False
     bridges: list[str] = field(default_factory=list)
+    split: bool = False  # placed over several nodes (its links crossing them through VXLAN)
     probe: bool = False  # requested by the failover probe, not the planned load
 
 
@@ -200,6 +203,8 @@ class Soak:
             lease_seconds=self.cfg.lease,
             provision_timeout_seconds=self.cfg.provision_timeout,
             max_active=max(200, self.cfg.count * 2),
+            local_nodes=self.cfg.nodes,
+            node_max_pods=self.cfg.node_max_pods,
             log_format="json",
             log_level="WARNING",
         )
@@ -380,6 +385,8 @@ class Soak:
             t.status = record.status
             if not t.bridges:
                 t.bridges = [bridge_name(self.instance, record.id, i) for i in range(8)]
+            if record.placement and len(set(record.placement.values())) > 1:
+                t.split = True
             if record.ready_at is not None and not t.seen_ready:
                 t.seen_ready = True
                 t.ready_s = (record.ready_at - record.created_at).total_seconds()
@@ -687,12 +694,15 @@ class Soak:
     def leaks(self) -> dict[str, list[str]]:
         prefix = f"{self.instance}-"
         mark = f"lesson-scheduler/{self.instance}/"
-        node = f"{self.instance}-node"
         found: dict[str, list[str]] = {}
         found["namespaces"] = sorted(n for n in netns.names() if n.startswith(prefix))
-        table = netns.link_table(node) if netns.exists(node) else {}
+        table = {}  # every node's links (the node namespaces go with the last lesson; anything left is a leak)
+        for node in (naming.node_netns(self.instance, k) for k in range(self.cfg.nodes)):
+            if netns.exists(node):
+                table.update({f"{n}@{node}": link for n, link in netns.link_table(node).items()})
         found["bridges"] = sorted(n for n, link in table.items() if link.kind == "bridge")
         found["veths"] = sorted(n for n, link in table.items() if link.kind == "veth")
+        found["VXLAN devices"] = sorted(n for n, link in table.items() if link.kind == "vxlan")
         ours = {b for t in self.tracked for b in t.bridges}
         root = netns.ip("-j", "-d", "link", "show")
         found["root-namespace links"] = sorted(
@@ -756,6 +766,7 @@ class Soak:
             "accepted": len(accepted),
             "refused": sum(t.status == "refused" for t in self.tracked),
             "ready": len(ready),
+            "split": sum(t.split for t in ready),
             "failed": len(failed),
             "failed_reasons": dict(reasons),
             "deleted_before_ready": len(cancelled),
@@ -810,6 +821,17 @@ class Soak:
         return t.status  # torn down (deleted), failed, or still stuck
 
 
+def _nodes_line(r: dict[str, Any]) -> list[str]:
+    cfg = r["config"]
+    if cfg.get("nodes", 1) <= 1:
+        return []
+    pods = cfg["node_max_pods"] or "unlimited"
+    return [
+        f"nodes: {cfg['nodes']} of {pods} pods (LESSON_LOCAL_NODES, LESSON_NODE_MAX_PODS); "
+        f"lessons split over nodes and ready: {r.get('split', 0)}"
+    ]
+
+
 def table(result: dict[str, Any]) -> str:
     r = result
     cfg = r["config"]
@@ -821,6 +843,7 @@ def table(result: dict[str, Any]) -> str:
     lines = [
         f"soak: {r['requested']} lessons over {cfg['duration']:.0f}s (+ drain, {r['run_s']:.0f}s in all), "
         f"{cfg['workers']} workers x {cfg['concurrency']} + beat, {r['cores']} cores, instance {r['instance']}",
+        *_nodes_line(r),
         "",
         f"{'requested':<34} {r['requested']}"
         + (f" ({r['requested'] - r['probes']} + {r['probes']} failover probes)" if r.get("probes") else ""),
@@ -905,6 +928,10 @@ def main() -> int:
         action="store_true",
         help="a Sentinel group (primary, 2 replicas, 3 sentinels); the primary SIGKILLed twice",
     )
+    parser.add_argument("--nodes", type=int, default=1, help="LESSON_LOCAL_NODES (default 1)")
+    parser.add_argument(
+        "--node-max-pods", type=int, default=0, help="LESSON_NODE_MAX_PODS: small, and lessons are split (default 0)"
+    )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write the result as JSON here")
     parser.add_argument("--logs", type=Path, default=None, help="copy every process's log here at the end")
@@ -917,6 +944,7 @@ def main() -> int:
         duration=args.duration, count=args.count, workers=args.workers, concurrency=args.concurrency,
         kill_min=args.kill_every[0], kill_max=args.kill_every[1], redis_at=args.redis_at,
         redis_down=args.redis_down, ttl=args.ttl, seed=args.seed, verbose=args.verbose, sentinel=args.sentinel,
+        nodes=args.nodes, node_max_pods=args.node_max_pods,
     )  # fmt: skip
     result = run(config, log=lambda line: print(line, flush=True), logs=args.logs)
     print()

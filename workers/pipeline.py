@@ -7,17 +7,22 @@ Every backend call is idempotent, so running a step twice is harmless.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 
+import redis
 import structlog
+from redis.exceptions import LockError
 
-from scheduler.core.errors import PermanentError, SchedulerError
+from scheduler.core.errors import PermanentError, SchedulerError, TemporaryError
 from scheduler.core.lessons import ResolvedLesson
-from scheduler.core.placement import place
+from scheduler.core.placement import NodeRoom, place
 from scheduler.core.plan import Plan, Probe, make_plan
 from scheduler.core.records import (
     ACTIVE,
@@ -34,7 +39,7 @@ from scheduler.core.records import (
 )
 from scheduler.core.steps import WAITING_STEPS, next_task
 from scheduler.services.catalog import Catalog
-from scheduler.services.state import Store
+from scheduler.services.state import Store, unreachable
 from scheduler.settings import Settings
 from workers.backends.base import Backend, Observation
 from workers.connectivity import Burst, run_check
@@ -46,6 +51,7 @@ log = structlog.get_logger(__name__)
 OBSERVE_SLICE = 2.0  # a waiting step watches this long, then gives its worker slot back
 WAIT_COUNTDOWN = 0.5
 PING_BUDGET = 10.0  # per verification attempt; the first packet of a link waits for ARP
+PLACEMENT_LOCK_SECONDS = 10.0  # a placement reads the records and backend once: well under this
 
 
 @dataclass(frozen=True)
@@ -97,23 +103,35 @@ class Pipeline:
 
     def _placed(self, record: LiveLesson) -> LiveLesson:
         """The record with its placement, decided once from the backend's free room when the backend has
-        nodes to choose from (:meth:`Backend.rooms`), and kept, so every later step plans the same nodes."""
-        if record.placement is not None:
-            return record
-        rooms = self.backend.rooms()
-        if rooms is None:
+        nodes to choose from (:meth:`Backend.rooms`), and kept, so every later step plans the same nodes.
+
+        One placement at a time per instance (a Redis lock, so across workers and hosts), counting the
+        lessons placed but not yet made on the backend: two lessons placed at once never share the same
+        free pods, and LESSON_NODE_MAX_PODS holds."""
+        if record.placement is not None or self.backend.rooms() is None:
             return record
         lesson = self._lesson(record)
         links = [(link.a.name, link.b.name) for link in lesson.links]
-        placed = place([ep.name for ep in lesson.endpoints], links, rooms)  # NoRoom: retried, room may free up
+        lock = self.store.lock("placement", timeout=PLACEMENT_LOCK_SECONDS, wait=PLACEMENT_LOCK_SECONDS)
+        try:
+            if not lock.acquire():
+                raise TemporaryError("another lesson is being placed; will place this one after it")
+        except redis.RedisError as exc:
+            raise unreachable(exc) from exc
+        try:
+            rooms = self._free_rooms(record.id)
+            placed = place([ep.name for ep in lesson.endpoints], links, rooms)  # NoRoom: retried, room may free up
 
-        def change(rec: LiveLesson) -> LiveLesson | None:
-            if rec.placement is not None:
-                return None
-            rec.placement = dict(placed.nodes)
-            return rec
+            def change(rec: LiveLesson) -> LiveLesson | None:
+                if rec.placement is not None:
+                    return None
+                rec.placement = dict(placed.nodes)
+                return rec
 
-        after = self.store.update(record.id, change)
+            after = self.store.update(record.id, change)
+        finally:
+            with contextlib.suppress(redis.RedisError, LockError):  # expired or gone: its timeout frees it
+                lock.release()
         log.info(
             "placed",
             nodes=list(placed.used),
@@ -122,6 +140,17 @@ class Pipeline:
             proven_minimal=placed.proven_minimal,
         )
         return after if after is not None else record
+
+    def _free_rooms(self, livelesson: str) -> list[NodeRoom]:
+        """The backend's free room, less the pods of active lessons placed but not yet held by the backend
+        (their networks are not made yet)."""
+        rooms = self.backend.rooms() or []
+        held = set(self.backend.list())
+        pending: Counter[str] = Counter()
+        for other in self.store.active():
+            if other.id != livelesson and other.placement and other.id not in held:
+                pending.update(other.placement.values())
+        return [dataclasses.replace(r, pods=max(0, r.pods - pending[r.name])) for r in rooms]
 
     def deadline_passed(self, record: LiveLesson) -> bool:
         return now() >= record.created_at + timedelta(seconds=self.settings.provision_timeout_seconds)

@@ -17,6 +17,7 @@ Keys, all under ``lessons:<instance>:`` so two instances sharing a Redis never s
     deployment                 this deployment's id, made once (SET NX): labels and marks carry it, and GC
                                touches only what its own deployment made
     replicated                 a counter ``confirm`` increments before its WAIT (with replicas configured)
+    lock:gc, lock:placement    Redis locks: one GC pass at a time; one placement on the nodes at a time
 
 and one pub/sub channel, ``lessons:<instance>:status``: every status change of a record (its creation
 included) is published there as ``{"id": ..., "status": ...}``, in the same MULTI/EXEC (or Lua script) as the
@@ -244,6 +245,11 @@ class Store:
     def active_count(self) -> int:
         return int(self._call(self.r.scard, self._k("active")))
 
+    def active(self) -> list[LiveLesson]:
+        """Every active live lesson's record (provisioning, ready or deleting)."""
+        ids = self._call(self.r.smembers, self._k("active"))
+        return self.many(sorted(i for i in ids if ID_PATTERN.fullmatch(i)))
+
     def status_counts(self) -> dict[str, int]:
         """Active live lessons (provisioning, ready, deleting) by status: one hash read, kept by each write."""
         raw: dict[str, str] = self._call(self.r.hgetall, self._k("gauge", "status"))
@@ -442,8 +448,12 @@ class Store:
         pipe.srem(self._k("active"), livelesson)
         self._call(pipe.execute)
 
-    def lock(self, name: str, timeout: float) -> redis.lock.Lock:
-        return self.r.lock(self._k("lock", name), timeout=timeout, blocking=False)
+    def lock(self, name: str, timeout: float, wait: float | None = None) -> redis.lock.Lock:
+        """A Redis lock of this instance, held at most ``timeout`` seconds. ``acquire`` does not wait, or
+        waits up to ``wait`` seconds when given."""
+        if wait is None:
+            return self.r.lock(self._k("lock", name), timeout=timeout, blocking=False)
+        return self.r.lock(self._k("lock", name), timeout=timeout, blocking=True, blocking_timeout=wait)
 
     # --- errors -------------------------------------------------------------------------------------
 

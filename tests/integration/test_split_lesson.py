@@ -10,14 +10,17 @@ the local backend with LESSON_LOCAL_NODES=3 and LESSON_NODE_MAX_PODS=16, ``lesso
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
+from scheduler.client import Client
 from scheduler.core import naming
 from scheduler.http.api import create_app
 from scheduler.settings import Settings
@@ -115,3 +118,39 @@ def test_a_lesson_with_no_room_on_any_node_fails_saying_why(
     assert "no placement of 10 endpoints fits on 2 nodes (8 pods free in all)" in record["error"]["message"], record
     assert record["placement"] is None
     assert not [n for n in netns.names() if n.startswith(f"{settings.instance}-{livelesson}")]
+
+
+def test_lessons_placed_at_once_never_share_a_nodes_free_pods(
+    settings_for: Callable[..., Settings], start_worker: Callable[..., CeleryProcess], tmp_path: Path
+) -> None:
+    """Four rings of 6 requested at once on two nodes of 10: three fit (6, 6, then 3 + 3 or 4 + 2), the
+    fourth has no room. Placements are serialised (a Redis lock) and count lessons placed but not made yet,
+    so no node ever holds more than 10 pods, whatever order the four workers' steps run in."""
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    (catalog / "ring6.yaml").write_text(ring_lesson(6, slug="ring6"))
+    settings = settings_for(
+        local_pods="emulated", catalog=catalog, local_nodes=2, node_max_pods=10, step_max_attempts=2
+    )
+    start_worker(settings, concurrency=4)
+    client = Client(settings)
+    start = threading.Barrier(4)
+
+    def request(session: str) -> str:
+        start.wait()  # all four in the same instant: their placements race unless serialised
+        return client.request_lesson("ring6", session).id
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        ids = list(pool.map(request, ["s1", "s2", "s3", "s4"]))
+    deadline = time.monotonic() + 90
+    while (records := [record_of(settings, i) for i in ids]) and any(
+        r["status"] not in ("ready", "failed") for r in records
+    ):
+        assert time.monotonic() < deadline, [(r["id"], r["status"]) for r in records]
+        time.sleep(0.3)
+    ready = [r for r in records if r["status"] == "ready"]
+    failed = [r for r in records if r["status"] == "failed"]
+    assert len(ready) == 3 and len(failed) == 1, [(r["status"], r["error"]) for r in records]
+    assert "no placement of 6 endpoints fits on 2 nodes" in failed[0]["error"]["message"], failed[0]["error"]
+    per_node = Counter(ep["node"] for r in ready for ep in r["endpoints"].values())
+    assert sum(per_node.values()) == 18 and max(per_node.values()) <= 10, per_node
