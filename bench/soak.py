@@ -827,7 +827,7 @@ def _nodes_line(r: dict[str, Any]) -> list[str]:
         return []
     pods = cfg["node_max_pods"] or "unlimited"
     return [
-        f"nodes: {cfg['nodes']} of {pods} pods (LESSON_LOCAL_NODES, LESSON_NODE_MAX_PODS); "
+        f"nodes: {cfg['nodes']} of {pods} pods each (LESSON_LOCAL_NODES, LESSON_NODE_MAX_PODS); "
         f"lessons split over nodes and ready: {r.get('split', 0)}"
     ]
 

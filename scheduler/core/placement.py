@@ -137,11 +137,15 @@ def place(
     if not candidates:
         raise NoRoom(
             f"no placement of {len(endpoints)} endpoints fits on {len(nodes)} nodes "
-            f"({sum(n.pods for n in nodes)} pods free in all)",
+            f"({_pods(sum(n.pods for n in nodes))} free in all)",
             delay=30.0,
         )
     best_nodes = min(candidates, key=lambda c: (graph.cut(c), len(set(c.values())), sorted(c.items())))
     return Placement(dict(best_nodes), crossing_links(best_nodes, links), lower_bound(endpoints, links, nodes, demand))
+
+
+def _pods(count: int) -> str:
+    return f"{count} pod" if count == 1 else f"{count} pods"
 
 
 def spread(
