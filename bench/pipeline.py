@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,9 +68,12 @@ from workers.connectivity import run_check  # noqa: E402
 READY = frozenset({"ready", "failed"})
 
 
-def alone_run(backend: LocalBackend, lesson: ResolvedLesson, instance: str) -> float:
-    """One triangle through the backend's four operations in this process; milliseconds to all pings passing."""
-    plan = make_plan(lesson, new_id(), "bench", instance=instance)
+def alone_run(
+    backend: LocalBackend, lesson: ResolvedLesson, instance: str, placement: Mapping[str, str] | None = None
+) -> float:
+    """One lesson (a triangle here) through the backend's four operations in this process, on the nodes of
+    ``placement`` if given; milliseconds to all pings passing."""
+    plan = make_plan(lesson, new_id(), "bench", instance=instance, placement=placement)
     t0 = time.perf_counter()
     backend.apply_networks(plan)
     backend.apply_pods(plan)

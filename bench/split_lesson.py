@@ -35,12 +35,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from pipeline import alone_run  # noqa: E402
 from stats import pct  # noqa: E402
 
 from scheduler.client import Client  # noqa: E402
-from scheduler.core.placement import place, spread  # noqa: E402
-from scheduler.core.plan import make_plan  # noqa: E402
-from scheduler.core.records import LiveLesson, new_id  # noqa: E402
+from scheduler.core.placement import place_lesson, spread  # noqa: E402
+from scheduler.core.records import LiveLesson  # noqa: E402
 from scheduler.dev.redis_server import PrivateRedis  # noqa: E402
 from scheduler.services.catalog import load_paths  # noqa: E402
 from scheduler.services.logging import configure as configure_logging  # noqa: E402
@@ -49,9 +49,7 @@ from tests.support.leftovers import cleanup_instance  # noqa: E402
 from tests.support.lessons import ring_lesson  # noqa: E402
 from tests.support.processes import settings_env  # noqa: E402
 from workers.backends.local import LocalBackend  # noqa: E402
-from workers.backends.local.backend import _parallel  # noqa: E402
 from workers.celery_process import CeleryProcess  # noqa: E402
-from workers.connectivity import run_check  # noqa: E402
 
 SIZE, PER_NODE, NODES = 40, 16, 3
 DONE = frozenset({"ready", "failed"})
@@ -93,25 +91,8 @@ class Config:
         lesson = load_paths([self.settings.catalog]).get(f"ring{SIZE}")
         assert lesson is not None
         rooms = self.backend.rooms()
-        placement = None
-        if rooms is not None:
-            links = [(x.a.name, x.b.name) for x in lesson.links]
-            placement = place([e.name for e in lesson.endpoints], links, rooms).nodes
-        plan = make_plan(lesson, new_id(), "bench", instance=self.instance, placement=placement)
-        t0 = time.perf_counter()
-        self.backend.apply_networks(plan)
-        self.backend.apply_pods(plan)
-        obs = self.backend.observe(plan, wait=60)
-        deadline = time.monotonic() + 30
-        results = _parallel(
-            lambda c: run_check(self.backend, plan, c, obs.address(c.target, c.interface) or "", deadline=deadline),
-            list(plan.checks),
-        )
-        elapsed = (time.perf_counter() - t0) * 1000
-        self.backend.destroy(plan.livelesson)
-        if not all(r.ok for r in results):
-            raise RuntimeError(f"{self.label} alone: pings failed")
-        return elapsed
+        placement = place_lesson(lesson, rooms).nodes if rooms is not None else None
+        return alone_run(self.backend, lesson, self.instance, placement)
 
 
 def crossing(record: LiveLesson) -> int:
@@ -168,7 +149,7 @@ def main() -> int:
         names, links = [e.name for e in lesson.endpoints], [(x.a.name, x.b.name) for x in lesson.links]
         rooms = configs[1].backend.rooms()
         assert rooms is not None
-        blind, bound = spread(names, links, rooms), place(names, links, rooms).bound
+        blind, bound = spread(names, links, rooms), place_lesson(lesson, rooms).bound
         print(
             f"\n# bench/split_lesson.py --runs {args.runs} --settle {args.settle:g}: "
             f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, Linux {platform.release()}, "

@@ -22,7 +22,7 @@ from redis.exceptions import LockError
 
 from scheduler.core.errors import PermanentError, SchedulerError, TemporaryError
 from scheduler.core.lessons import ResolvedLesson
-from scheduler.core.placement import NodeRoom, place
+from scheduler.core.placement import NodeRoom, place_lesson
 from scheduler.core.plan import Plan, Probe, make_plan
 from scheduler.core.records import (
     ACTIVE,
@@ -108,10 +108,9 @@ class Pipeline:
         One placement at a time per instance (a Redis lock, so across workers and hosts), counting the
         lessons placed but not yet made on the backend: two lessons placed at once never share the same
         free pods, and LESSON_NODE_MAX_PODS holds."""
-        if record.placement is not None or self.backend.rooms() is None:
+        if record.placement is not None or not self.backend.places:
             return record
         lesson = self._lesson(record)
-        links = [(link.a.name, link.b.name) for link in lesson.links]
         lock = self.store.lock("placement", timeout=PLACEMENT_LOCK_SECONDS, wait=PLACEMENT_LOCK_SECONDS)
         try:
             if not lock.acquire():
@@ -119,8 +118,7 @@ class Pipeline:
         except redis.RedisError as exc:
             raise unreachable(exc) from exc
         try:
-            rooms = self._free_rooms(record.id)
-            placed = place([ep.name for ep in lesson.endpoints], links, rooms)  # NoRoom: retried, room may free up
+            placed = place_lesson(lesson, self._free_rooms(record.id))  # NoRoom: retried, room may free up
 
             def change(rec: LiveLesson) -> LiveLesson | None:
                 if rec.placement is not None:
@@ -142,8 +140,8 @@ class Pipeline:
         return after if after is not None else record
 
     def _free_rooms(self, livelesson: str) -> list[NodeRoom]:
-        """The backend's free room, less the pods of active lessons placed but not yet held by the backend
-        (their networks are not made yet)."""
+        """The backend's free room, read under the placement lock, less the pods of active lessons placed
+        but not yet held by the backend (their networks are not made yet)."""
         rooms = self.backend.rooms() or []
         held = set(self.backend.list())
         pending: Counter[str] = Counter()

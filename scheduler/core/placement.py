@@ -29,9 +29,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from scheduler.core.errors import TemporaryError
+from scheduler.core.lessons import ResolvedLesson
 from scheduler.core.plan import POD_REQUESTS, Resources
 
-__all__ = ["NoRoom", "NodeRoom", "Placement", "crossing_links", "lower_bound", "place", "spread"]
+__all__ = [
+    "NoRoom",
+    "NodeRoom",
+    "Placement",
+    "crossing_links",
+    "lower_bound",
+    "place",
+    "place_lesson",
+    "spread",
+]
 
 # Greedy growth is tried from this many seeds (the best-connected endpoints first). More seeds rarely
 # find a better split and cost one growth and one local search each.
@@ -142,6 +152,12 @@ def place(
         )
     best_nodes = min(candidates, key=lambda c: (graph.cut(c), len(set(c.values())), sorted(c.items())))
     return Placement(dict(best_nodes), crossing_links(best_nodes, links), lower_bound(endpoints, links, nodes, demand))
+
+
+def place_lesson(lesson: ResolvedLesson, nodes: Sequence[NodeRoom]) -> Placement:
+    """:func:`place` for a lesson: its endpoints, and its links as (a, b) pairs."""
+    links = [(link.a.name, link.b.name) for link in lesson.links]
+    return place([ep.name for ep in lesson.endpoints], links, nodes)
 
 
 def _pods(count: int) -> str:

@@ -27,7 +27,7 @@ import pytest
 from scheduler.core import naming
 from scheduler.core.errors import PrerequisiteMissing
 from scheduler.core.lessons import ResolvedLesson
-from scheduler.core.plan import Plan, Probe, make_plan
+from scheduler.core.plan import Plan, make_plan
 from scheduler.services.catalog import load_paths
 from tests.support import netns_tools as netns
 from tests.support.faults import REAL_CNI
@@ -35,10 +35,10 @@ from tests.support.faults import cni_dir_with as fake_cni
 from tests.support.ids import new_id
 from tests.support.leftovers import marked_processes
 from tests.support.lessons import CURRICULUM, REPO, TRIANGLE, triangle
+from tests.support.local_lessons import ping_all, ready, up
 from tests.support.prereqs import needs
 from workers.backends.base import Observation
 from workers.backends.local import LocalBackend, attach
-from workers.connectivity import PingResult, run_check
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("root")]
 
@@ -62,29 +62,6 @@ def plan_for(backend: LocalBackend, lesson: ResolvedLesson | None = None, livele
 def backend(instance: str, tmp_path: Path) -> LocalBackend:
     # the state dir the instance fixture sweeps after the test
     return LocalBackend(instance=instance, state_dir=tmp_path / "state")
-
-
-def up(backend: LocalBackend, plan: Plan, wait: float = 10.0) -> Observation:
-    backend.apply_networks(plan)
-    backend.apply_pods(plan)
-    return ready(backend, plan, wait)
-
-
-def ready(backend: LocalBackend, plan: Plan, wait: float = 10.0) -> Observation:
-    obs = backend.observe(plan, wait=wait)
-    assert obs.ready, {e: p.reason for e, p in obs.pods.items() if not p.ready}
-    return obs
-
-
-def ping_all(backend: LocalBackend, plan: Plan, obs: Observation) -> dict[Probe, PingResult]:
-    deadline = time.monotonic() + 5
-
-    def one(check: Probe) -> PingResult:
-        address = obs.address(check.target, check.interface)
-        assert address is not None, check
-        return run_check(backend, plan, check, address, deadline=deadline)
-
-    return dict(zip(plan.checks, concurrently(one, list(plan.checks)), strict=True))
 
 
 def assert_all_pings_pass(backend: LocalBackend, plan: Plan, obs: Observation | None = None) -> None:

@@ -23,15 +23,15 @@ import pytest
 from scheduler.core import naming
 from scheduler.core.errors import PermanentError
 from scheduler.core.lessons import ResolvedLesson
-from scheduler.core.placement import Placement, place, spread
+from scheduler.core.placement import Placement, place_lesson, spread
 from scheduler.core.plan import Plan, make_plan
 from tests.support import netns_tools as netns
 from tests.support.ids import new_id
 from tests.support.lessons import ring
+from tests.support.local_lessons import ping_all, up
 from workers.backends.base import Observation
 from workers.backends.local import LocalBackend
 from workers.backends.local.overlay import UPLINK, VXLAN_PORT
-from workers.connectivity import run_check
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("root")]
 
@@ -47,28 +47,12 @@ def make_backend(instance: str, tmp_path: Path, nodes: int, max_pods: int) -> Lo
 def placed(backend: LocalBackend, lesson: ResolvedLesson) -> tuple[Plan, Placement]:
     rooms = backend.rooms()
     assert rooms is not None
-    placement = place([e.name for e in lesson.endpoints], [(x.a.name, x.b.name) for x in lesson.links], rooms)
+    placement = place_lesson(lesson, rooms)
     return make_plan(lesson, new_id(), "s", instance=backend.instance, placement=placement.nodes), placement
 
 
-def up(backend: LocalBackend, plan: Plan) -> Observation:
-    backend.apply_networks(plan)
-    backend.apply_pods(plan)
-    obs = backend.observe(plan, wait=30)
-    assert obs.ready, {e: p.reason for e, p in obs.pods.items() if not p.ready}
-    return obs
-
-
 def failing_checks(backend: LocalBackend, plan: Plan, obs: Observation) -> dict[str, Any]:
-    deadline = time.monotonic() + 10
-
-    def one(check: Any) -> Any:
-        address = obs.address(check.target, check.interface)
-        assert address is not None, check
-        return run_check(backend, plan, check, address, deadline=deadline)
-
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        results = dict(zip(plan.checks, pool.map(one, plan.checks), strict=True))
+    results = ping_all(backend, plan, obs, budget=10)
     return {f"{c.source}->{c.target} over {c.network}": r for c, r in results.items() if not r.ok}
 
 
@@ -99,7 +83,7 @@ def test_a_ring_of_40_on_nodes_of_16_crosses_the_fewest_links_and_every_ping_pas
     rooms = backend.rooms()
     assert rooms is not None
     assert len(spread([e.name for e in lesson.endpoints], links, rooms).crossing) == 40  # link-blind: all
-    obs = up(backend, plan)
+    obs = up(backend, plan, wait=30)
     assert {e: p.node for e, p in obs.pods.items()} == dict(placement.nodes)
     assert all(sum(p.node == node for p in plan.pods) <= 16 for node in plan.nodes)
 
@@ -150,18 +134,16 @@ def _sniff(ns: str, seconds: float, needle: bytes) -> int:
     return netns.in_netns(ns, body, timeout=seconds + 10)
 
 
-def test_two_split_lessons_with_the_same_addresses_never_see_each_others_packets(
-    instance: str, tmp_path: Path
-) -> None:
+def test_two_split_lessons_with_the_same_addresses_never_see_each_others_packets(instance: str, tmp_path: Path) -> None:
     backend = make_backend(instance, tmp_path, nodes=2, max_pods=0)
     # two rings of 4, each split 2 + 2 over the same two nodes, so both have tunnels between them, and
     # both got the same link subnets and main addresses (one pool, each plan its own)
     split = {"h1": backend.nodes.names[0], "h2": backend.nodes.names[0]}
     split |= {"h3": backend.nodes.names[1], "h4": backend.nodes.names[1]}
     plan_a = make_plan(ring(4), new_id(), "s", instance=instance, placement=split)
-    obs_a = up(backend, plan_a)
+    obs_a = up(backend, plan_a, wait=30)
     plan_b = make_plan(ring(4), new_id(), "s", instance=instance, placement=split)
-    obs_b = up(backend, plan_b)
+    obs_b = up(backend, plan_b, wait=30)
     assert plan_a.nodes == plan_b.nodes and len(plan_a.nodes) == 2
     assert [n.subnet for n in plan_a.networks] == [n.subnet for n in plan_b.networks]
     assert {n.tunnel.vni for n in plan_a.tunnels if n.tunnel}.isdisjoint(
@@ -225,7 +207,7 @@ def test_a_vni_already_used_on_a_node_is_refused_not_joined(instance: str, tmp_p
 def test_a_tunnel_removed_under_a_live_lesson_comes_back_on_the_next_apply(instance: str, tmp_path: Path) -> None:
     backend = make_backend(instance, tmp_path, nodes=2, max_pods=3)
     plan, _ = placed(backend, ring(5))
-    obs = up(backend, plan)
+    obs = up(backend, plan, wait=30)
     network = next(n for n in plan.networks if n.tunnel is not None)
     assert network.tunnel is not None
     netns.ip("link", "del", network.tunnel.device, netns=network.tunnel.nodes[1])

@@ -33,6 +33,14 @@ from workers.celery_process import CeleryProcess
 pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.usefixtures("root")]
 
 
+def rings_catalog(tmp_path: Path, count: int) -> Path:
+    """A catalog folder with a ring of ``count`` busybox hosts, slug ``ring<count>``."""
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    (catalog / f"ring{count}.yaml").write_text(ring_lesson(count, slug=f"ring{count}"))
+    return catalog
+
+
 def record_of(settings: Settings, livelesson: str) -> dict:  # type: ignore[type-arg]
     proc = lessonctl(settings, "status", livelesson, "--json")
     assert proc.returncode == 0, proc.stderr
@@ -42,9 +50,7 @@ def record_of(settings: Settings, livelesson: str) -> dict:  # type: ignore[type
 def test_a_ring_of_40_is_split_over_three_nodes_of_16_and_a_triangle_stays_on_one(
     settings_for: Callable[..., Settings], start_worker: Callable[..., CeleryProcess], tmp_path: Path
 ) -> None:
-    catalog = tmp_path / "catalog"
-    catalog.mkdir()
-    (catalog / "ring40.yaml").write_text(ring_lesson(40, slug="ring40"))
+    catalog = rings_catalog(tmp_path, 40)
     (catalog / "busybox-triangle.yaml").write_text(TRIANGLE.read_text())
     settings = settings_for(local_pods="emulated", catalog=catalog, local_nodes=3, node_max_pods=16)
     start_worker(settings)
@@ -103,9 +109,7 @@ def test_a_ring_of_40_is_split_over_three_nodes_of_16_and_a_triangle_stays_on_on
 def test_a_lesson_with_no_room_on_any_node_fails_saying_why(
     settings_for: Callable[..., Settings], start_worker: Callable[..., CeleryProcess], tmp_path: Path
 ) -> None:
-    catalog = tmp_path / "catalog"
-    catalog.mkdir()
-    (catalog / "ring10.yaml").write_text(ring_lesson(10, slug="ring10"))
+    catalog = rings_catalog(tmp_path, 10)
     # one attempt: the room would not free up here, and a retried step only delays the same answer
     settings = settings_for(local_pods="emulated", catalog=catalog, local_nodes=2, node_max_pods=4, step_max_attempts=1)
     start_worker(settings)
@@ -126,9 +130,7 @@ def test_lessons_placed_at_once_never_share_a_nodes_free_pods(
     """Four rings of 6 requested at once on two nodes of 10: three fit (6, 6, then 3 + 3 or 4 + 2), the
     fourth has no room. Placements are serialised (a Redis lock) and count lessons placed but not made yet,
     so no node ever holds more than 10 pods, whatever order the four workers' steps run in."""
-    catalog = tmp_path / "catalog"
-    catalog.mkdir()
-    (catalog / "ring6.yaml").write_text(ring_lesson(6, slug="ring6"))
+    catalog = rings_catalog(tmp_path, 6)
     settings = settings_for(
         local_pods="emulated", catalog=catalog, local_nodes=2, node_max_pods=10, step_max_attempts=2
     )

@@ -158,11 +158,17 @@ class Backend(abc.ABC):
         search): half-made lessons included (after :meth:`apply_networks` only, or a crash mid-apply), so
         GC can destroy them; never another deployment's or another instance's. Changes nothing."""
 
+    @property
+    def places(self) -> bool:
+        """True when lessons are placed on this backend's nodes by the scheduler (:meth:`rooms`); False
+        (the default): the backend keeps each lesson on one node itself (Kubernetes: the seed's required
+        pod affinity), and plans name no nodes. Cheap: no I/O."""
+        return False
+
     def rooms(self) -> Sequence[NodeRoom] | None:
         """What each node can still take, for :func:`scheduler.core.placement.place`: a lesson whose plan
         then names those nodes (``Pod.node``) is run there, its networks spanning nodes through tunnels.
-        None (the default): the backend keeps each lesson on one node itself (Kubernetes: the seed's
-        required pod affinity), and plans name no nodes. Changes nothing."""
+        None exactly when not :attr:`places`. Changes nothing."""
         return None
 
     def prune(self) -> bool:

@@ -154,11 +154,15 @@ class LocalBackend(Backend):
 
     # --- apply -------------------------------------------------------------------------------------
 
+    @property
+    def places(self) -> bool:
+        """With one node and no pod limit every lesson fits there, and nothing needs placing."""
+        return len(self.nodes.names) > 1 or self.node_max_pods > 0
+
     def rooms(self) -> list[NodeRoom] | None:
         """Each node's free pods (LESSON_NODE_MAX_PODS less the pods every live lesson of this instance,
-        whichever deployment, has on it; CPU and memory are not limited here). None with one node and no
-        limit: every lesson fits there, and nothing needs placing."""
-        if len(self.nodes.names) == 1 and not self.node_max_pods:
+        whichever deployment, has on it; CPU and memory are not limited here). None when not placing."""
+        if not self.places:
             return None
         used: Counter[str] = Counter()
         for folder in self._owned.held():
