@@ -60,6 +60,7 @@ from scheduler.settings import Settings  # noqa: E402
 from tests.support.leftovers import cleanup_instance  # noqa: E402
 from tests.support.lessons import TRIANGLE  # noqa: E402
 from tests.support.processes import ApiServer, settings_env  # noqa: E402
+from workers.backends.base import Backend  # noqa: E402
 from workers.backends.local import LocalBackend  # noqa: E402
 from workers.backends.local.backend import _parallel  # noqa: E402
 from workers.celery_process import CeleryProcess  # noqa: E402
@@ -69,16 +70,22 @@ READY = frozenset({"ready", "failed"})
 
 
 def alone_run(
-    backend: LocalBackend, lesson: ResolvedLesson, instance: str, placement: Mapping[str, str] | None = None
+    backend: Backend,
+    lesson: ResolvedLesson,
+    instance: str,
+    placement: Mapping[str, str] | None = None,
+    *,
+    wait: float = 10.0,
 ) -> float:
     """One lesson (a triangle here) through the backend's four operations in this process, on the nodes of
-    ``placement`` if given; milliseconds to all pings passing."""
+    ``placement`` if given; milliseconds to all pings passing. ``wait``: seconds for readiness, and again for
+    the pings."""
     plan = make_plan(lesson, new_id(), "bench", instance=instance, placement=placement)
     t0 = time.perf_counter()
     backend.apply_networks(plan)
     backend.apply_pods(plan)
-    obs = backend.observe(plan, wait=10)
-    deadline = time.monotonic() + 10
+    obs = backend.observe(plan, wait=wait)
+    deadline = time.monotonic() + wait
     results = _parallel(
         lambda c: run_check(backend, plan, c, obs.address(c.target, c.interface) or "", deadline=deadline),
         list(plan.checks),

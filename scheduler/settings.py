@@ -115,8 +115,15 @@ class Settings(BaseSettings):
         0,
         ge=0,
         le=10000,
-        description="Local backend: pods one node holds at most (a kubelet's maxPods); 0: no limit, so every "
-        "lesson fits on one node.",
+        description="Pods of lessons one node holds at most (local backend: a kubelet's maxPods; kubernetes "
+        "with LESSON_K8S_PLACEMENT=nodes: below the node's allocatable pods); 0: no limit of ours.",
+    )
+    k8s_placement: Literal["affinity", "nodes"] = Field(
+        "affinity",
+        description="Kubernetes backend: `affinity` keeps every lesson on one node by the seed's required pod "
+        "affinity (the scheduler picks the node); `nodes` places each lesson on the nodes labelled "
+        "lessons.io/tunnel-address (where the node agent runs): on one while it fits, else split with the "
+        "fewest crossing links, which the node agent joins with VXLAN.",
     )
     insecure_registries: str = Field(
         "",

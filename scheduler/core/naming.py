@@ -7,8 +7,12 @@ name itself. Pure.
 from __future__ import annotations
 
 import hashlib
+import re
 
 __all__ = [
+    "ANNOTATION_PLACEMENT",
+    "ANNOTATION_TUNNEL",
+    "BRIDGE_NAME",
     "LABEL_DEPLOYMENT",
     "LABEL_ENDPOINT",
     "LABEL_INSTANCE",
@@ -16,7 +20,11 @@ __all__ = [
     "LABEL_LIVELESSON",
     "LABEL_MANAGED_BY",
     "LABEL_SESSION",
+    "LABEL_TUNNEL_ADDRESS",
     "MANAGED_BY",
+    "NODE_NAME",
+    "TUNNEL_MARK",
+    "VXLAN_NAME",
     "bridge_name",
     "cgroup_instance",
     "cgroup_parent",
@@ -45,6 +53,24 @@ LABEL_SESSION = "lessons.io/session"
 LABEL_ENDPOINT = "lessons.io/endpoint"
 # which deployment made it: two deployments sharing an instance name never collect each other's objects
 LABEL_DEPLOYMENT = "lessons.io/deployment"
+
+# Kubernetes, lessons split over nodes. A node's label: the address its VXLAN devices send from (its
+# underlay); nodes carrying it are the ones lessons are placed on (LESSON_K8S_PLACEMENT=nodes), and the node
+# agent reads the others' to flood to them.
+LABEL_TUNNEL_ADDRESS = "lessons.io/tunnel-address"
+# a NetworkAttachmentDefinition's annotation: the tunnel its link needs ({"device", "vni", "nodes"})
+ANNOTATION_TUNNEL = "lessons.io/tunnel"
+# a lesson namespace's annotation: endpoint -> node, so the room left on each node is read from the API
+ANNOTATION_PLACEMENT = "lessons.io/placement"
+# the alias (IFLA_IFALIAS) the node agent marks its VXLAN devices and their bridges with, before
+# "<namespace>/<nad>" (no space: `ip -batch` splits on it)
+TUNNEL_MARK = "lessons.io/tunnel="
+
+# What the names below look like, for whoever reads one back from a hostile place (a Kubernetes object)
+BRIDGE_NAME = re.compile(r"lsb[0-9a-f]{12}")
+VXLAN_NAME = re.compile(r"lsx[0-9a-f]{12}")
+# a node's name: a DNS-1123 subdomain (a Kubernetes node name); a local node's is a label of it
+NODE_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*")
 
 
 def namespace(instance: str, livelesson: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -126,6 +125,15 @@ class Network:
     def cni_json(self, ipam_data_dir: str | None = None) -> str:
         return json.dumps(self.cni_config(ipam_data_dir), sort_keys=True)
 
+    def spanning_address(self, endpoint: str) -> str | None:
+        """``endpoint``'s address (CIDR) on a link whose ends run on different nodes, else None. Each node's
+        host-local keeps its own store, so two nodes would both hand out the first address: the plan decides
+        instead (``a`` the subnet's first host, ``b`` its second)."""
+        if self.tunnel is None or endpoint not in (self.a, self.b):
+            return None
+        host = self.subnet.network_address + (1 if endpoint == self.a else 2)
+        return f"{host}/{self.subnet.prefixlen}"
+
 
 @dataclass(frozen=True)
 class Attachment:
@@ -204,6 +212,9 @@ class Plan:
     image_substitute: str | None = None
     cgroup: str = ""  # the local backend's cgroup parent of the lesson's containers
     main: Network | None = None  # the local backend's main network (eth0), one per live lesson
+    # the pods' nodes come from a placement (Pod.node is where each must run), not from the backend's own
+    # rule (the seed's affinity on Kubernetes)
+    placed: bool = False
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -269,10 +280,6 @@ def _main_subnet(lesson: ResolvedLesson, taken: list[ipaddress.IPv4Network], poo
     raise LessonError([Problem(lesson.source, "endpoints", f"the main network pool {pool} has no room for it")])
 
 
-# a node's name becomes a network namespace name (the local backend): a plain DNS-1123 label, no path
-_NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-
-
 def _nodes(lesson: ResolvedLesson, instance: str, placement: Mapping[str, str] | None) -> dict[str, str]:
     """endpoint -> node; the placement must name every endpoint of the lesson, and nothing else."""
     endpoints = [ep.name for ep in lesson.endpoints]
@@ -280,7 +287,7 @@ def _nodes(lesson: ResolvedLesson, instance: str, placement: Mapping[str, str] |
         return dict.fromkeys(endpoints, naming.node_netns(instance))
     if set(placement) != set(endpoints):
         raise PermanentError(f"the placement names endpoints {sorted(placement)}, the lesson has {sorted(endpoints)}")
-    bad = sorted(n for n in set(placement.values()) if not isinstance(n, str) or not _NODE_NAME.fullmatch(n))
+    bad = sorted(n for n in set(placement.values()) if not isinstance(n, str) or not naming.NODE_NAME.fullmatch(n))
     if bad:
         raise PermanentError(f"the placement names nodes that are not node names: {bad!r}")
     return {e: placement[e] for e in endpoints}
@@ -415,4 +422,5 @@ def make_plan(
         image_substitute=image_substitute,
         cgroup=naming.cgroup_parent(instance, livelesson),
         main=main,
+        placed=placement is not None,
     )

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from scheduler.core.naming import LABEL_ENDPOINT, LABEL_LIVELESSON
+from scheduler.core.naming import ANNOTATION_PLACEMENT, ANNOTATION_TUNNEL, LABEL_ENDPOINT, LABEL_LIVELESSON
 from scheduler.core.plan import POD_LIMITS, POD_REQUESTS, UNTRUSTED_CAPABILITIES, Plan, Pod
 
 __all__ = [
@@ -45,23 +45,35 @@ RESOURCES = {
 
 
 def namespace(plan: Plan) -> Obj:
-    return {
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": {"name": plan.namespace, "labels": dict(plan.labels)},
-    }
+    metadata: Obj = {"name": plan.namespace, "labels": dict(plan.labels)}
+    if plan.placed:  # what the lesson holds on each node, read back for the room left (KubernetesBackend.rooms)
+        placement = {p.endpoint: p.node for p in plan.pods}
+        metadata["annotations"] = {ANNOTATION_PLACEMENT: json.dumps(placement, sort_keys=True)}
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": metadata}
 
 
 def network_attachment_definitions(plan: Plan) -> list[Obj]:
-    return [
-        {
-            "apiVersion": "k8s.cni.cncf.io/v1",
-            "kind": "NetworkAttachmentDefinition",
-            "metadata": {"name": n.nad, "namespace": plan.namespace, "labels": dict(plan.labels)},
-            "spec": {"config": n.cni_json()},
-        }
-        for n in plan.networks
-    ]
+    """One NAD per link. A link whose ends run on different nodes carries its tunnel in an annotation (the
+    node agent on each of those nodes makes the VXLAN device), and takes each end's address from the pod's
+    network selection (``ips``, through the static IPAM plugin) rather than from each node's host-local."""
+    nads = []
+    for n in plan.networks:
+        metadata: Obj = {"name": n.nad, "namespace": plan.namespace, "labels": dict(plan.labels)}
+        config = n.cni_config()
+        if n.tunnel is not None:
+            tunnel = {"device": n.tunnel.device, "vni": n.tunnel.vni, "nodes": list(n.tunnel.nodes)}
+            metadata["annotations"] = {ANNOTATION_TUNNEL: json.dumps(tunnel, sort_keys=True)}
+            config["ipam"] = {"type": "static"}
+            config["capabilities"] = {"ips": True}
+        nads.append(
+            {
+                "apiVersion": "k8s.cni.cncf.io/v1",
+                "kind": "NetworkAttachmentDefinition",
+                "metadata": metadata,
+                "spec": {"config": json.dumps(config, sort_keys=True)},
+            }
+        )
+    return nads
 
 
 def _security_context(pod: Pod) -> Obj:
@@ -80,7 +92,13 @@ def _security_context(pod: Pod) -> Obj:
 
 
 def _pod(plan: Plan, pod: Pod) -> Obj:
-    networks = [{"name": i.network, "namespace": plan.namespace, "interface": i.name} for i in pod.interfaces]
+    networks: list[Obj] = []
+    for i in pod.interfaces:
+        selection: Obj = {"name": i.network, "namespace": plan.namespace, "interface": i.name}
+        address = plan.network(i.network).spanning_address(pod.endpoint)
+        if address is not None:
+            selection["ips"] = [address]
+        networks.append(selection)
     container: Obj = {
         "name": pod.endpoint,
         "image": pod.image,
@@ -103,20 +121,7 @@ def _pod(plan: Plan, pod: Pod) -> Obj:
             "annotations": {NETWORKS_ANNOTATION: json.dumps(networks)} if networks else {},
         },
         "spec": {
-            "affinity": {
-                "podAffinity": {
-                    "requiredDuringSchedulingIgnoredDuringExecution": [
-                        {
-                            "labelSelector": {
-                                "matchExpressions": [
-                                    {"key": LABEL_LIVELESSON, "operator": "In", "values": [plan.livelesson]}
-                                ]
-                            },
-                            "topologyKey": "kubernetes.io/hostname",
-                        }
-                    ]
-                }
-            },
+            "affinity": _affinity(plan, pod),
             # the seed's names: the pod calls itself by its endpoint's name, which its Service resolves to
             "hostname": pod.endpoint,
             "automountServiceAccountToken": False,
@@ -126,6 +131,33 @@ def _pod(plan: Plan, pod: Pod) -> Obj:
             "containers": [container],
         },
     }
+
+
+def _affinity(plan: Plan, pod: Pod) -> Obj:
+    """The seed's rule, a lesson's pods on one node (required pod affinity), while the lesson is on one node.
+    A placed plan also pins each pod to its node by name (``matchFields``, as a DaemonSet's pods are); a split
+    lesson keeps only that pin, since its pods are on several nodes by design."""
+    affinity: Obj = {}
+    if len(plan.nodes) == 1:
+        affinity["podAffinity"] = {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "labelSelector": {
+                        "matchExpressions": [{"key": LABEL_LIVELESSON, "operator": "In", "values": [plan.livelesson]}]
+                    },
+                    "topologyKey": "kubernetes.io/hostname",
+                }
+            ]
+        }
+    if plan.placed:
+        affinity["nodeAffinity"] = {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [pod.node]}]}
+                ]
+            }
+        }
+    return affinity
 
 
 def pods(plan: Plan) -> list[Obj]:

@@ -34,18 +34,18 @@ from tests.support.waits import wait_until
 HERE = Path(__file__).resolve().parent
 
 
-def _cluster(command: str) -> None:
-    """`cluster.py COMMAND`; a failure fails the session with its output. `down` checks the host after
-    itself: a container, mount, cgroup, bridge or IPAM file left is a failure."""
+def run_cluster(*command: str) -> None:
+    """`cluster.py COMMAND...`; a failure fails the test with its output. `down` and `nodes-down` check the
+    host after themselves: a container, mount, cgroup, bridge or IPAM file left is a failure."""
     proc = subprocess.run(
-        [sys.executable, str(HERE / "machinery" / "cluster.py"), command],
+        [sys.executable, str(HERE / "machinery" / "cluster.py"), *command],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
     if proc.returncode != 0:
-        pytest.fail(f"`cluster.py {command}` failed:\n{proc.stdout}{proc.stderr}", pytrace=False)
+        pytest.fail(f"`cluster.py {' '.join(command)}` failed:\n{proc.stdout}{proc.stderr}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -54,10 +54,10 @@ def k8s_kubeconfig() -> Iterator[Path]:
     cluster_prerequisites()
     started = not cluster.is_up()
     if started:
-        _cluster("up")
+        run_cluster("up")
     yield cluster.STATE / "kubeconfig"
     if started and os.environ.get("LESSON_K8S_KEEP") != "1":
-        _cluster("down")
+        run_cluster("down")
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from scheduler.core.errors import PermanentError
+from scheduler.core.errors import PermanentError, TemporaryError
 from scheduler.core.render import NETWORK_STATUS_ANNOTATION
 from scheduler.services.catalog import load_catalog
 from tests.k8s.machinery.api_proxy import ApiProxy
@@ -119,10 +119,11 @@ SELF_REVIEWS = {"selfsubjectreviews", "selfsubjectaccessreviews"}
 
 
 def test_the_worker_role_is_small_and_namespaced_verbs_come_per_namespace() -> None:
-    """Cluster-wide, only namespaces and the one grant; every pod verb is in the per-namespace role."""
+    """Cluster-wide, only namespaces, the one grant and a list of nodes (placement); every pod verb is in the
+    per-namespace role."""
     assert rbac_rules("lesson-scheduler-worker") == {
         ("create", "namespaces"), ("get", "namespaces"), ("list", "namespaces"), ("watch", "namespaces"),
-        ("delete", "namespaces"), ("create", "rolebindings"), ("bind", "clusterroles"),
+        ("delete", "namespaces"), ("create", "rolebindings"), ("bind", "clusterroles"), ("list", "nodes"),
     }  # fmt: skip
     role = next(
         d for d in yaml.safe_load_all(RBAC.read_text()) if d and d["metadata"]["name"] == "lesson-scheduler-worker"
@@ -147,6 +148,11 @@ def test_lifecycle_as_the_worker_service_account_uses_exactly_its_rbac(
     assert "system:masters" not in (review.status.user_info.groups or [])
     start = k8s_proxy.mark()
 
+    # LESSON_K8S_PLACEMENT=nodes reads the room on the nodes (here none carries a tunnel address: said so)
+    kb.placement = "nodes"
+    with pytest.raises(TemporaryError, match=r"no node labelled lessons\.io/tunnel-address"):
+        kb.rooms()
+    kb.placement = "affinity"
     plan = plan_for("busybox-triangle", instance)
     kb.apply_networks(plan)
     kb.apply_pods(plan)
@@ -226,7 +232,8 @@ def test_what_the_role_does_not_grant_is_refused_and_never_retried(
             k8s_namespace, {"metadata": {"name": "escalate"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io",
             "kind": "ClusterRole", "name": "cluster-admin"}, "subjects": [{"kind": "ServiceAccount",
             "name": WORKER_SA[1], "namespace": WORKER_SA[0]}]}, **kw)),
-        ("list nodes", lambda **kw: kb.core.list_node(**kw)),
+        # it lists nodes (placement) and may change none: a label would make a node one lessons are placed on
+        ("label a node", lambda **kw: kb.core.patch_node(REAL_NODE, {"metadata": {"labels": {"x": "y"}}}, **kw)),
     ]  # fmt: skip
     for what, request in forbidden:
         before = k8s_proxy.mark()

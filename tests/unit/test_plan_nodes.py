@@ -87,6 +87,11 @@ def test_one_lessons_tunnels_have_distinct_vnis_and_devices() -> None:
         ({"bb1": N0, "bb2": N0, "bb3": "a/b"}, "not node names"),
         ({"bb1": N0, "bb2": N0, "bb3": ""}, "not node names"),
         ({"bb1": N0, "bb2": N0, "bb3": "X" * 70}, "not node names"),
+        ({"bb1": N0, "bb2": N0, "bb3": "a" * 64}, "not node names"),  # a label is at most 63
+        ({"bb1": N0, "bb2": N0, "bb3": "a..b"}, "not node names"),
+        ({"bb1": N0, "bb2": N0, "bb3": "-a.b"}, "not node names"),
+        ({"bb1": N0, "bb2": N0, "bb3": "a.b."}, "not node names"),
+        ({"bb1": N0, "bb2": N0, "bb3": ".."}, "not node names"),
     ],
 )
 def test_a_placement_that_is_not_one_is_refused_naming_the_problem(placement: dict[str, str], says: str) -> None:

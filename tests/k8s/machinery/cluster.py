@@ -8,6 +8,11 @@
     cluster.py down     stop everything by PID, undo the DNS's and the agent's network namespaces,
                         remove .k8s/.
     cluster.py status   exit 0 if the cluster is up and answering (and say whether the DNS answers).
+    cluster.py nodes-up [--count N] [--max-pods M]
+                        start real nodes netns-node-1..N, each in a network namespace of ours (see
+                        netns_nodes.py); the cluster must be up. Nodes already up are left as they are.
+    cluster.py nodes-down
+                        stop every netns node and the underlay; exit 1 if anything of them is left.
 
 The binaries come from `make k8s-tools` (tests/k8s/machinery/build-tools.sh); nothing is downloaded here.
 Standard library only, so any python3 can run it; the node agent runs with the project's venv.
@@ -18,6 +23,7 @@ LESSON_K8S_NETNS_PREFIX (default k8sagent), K8S_BIN_DIR (default from versions.s
 
 from __future__ import annotations
 
+import argparse
 import base64
 import contextlib
 import importlib.util
@@ -68,6 +74,7 @@ def _sibling(name: str):  # loaded by path: this file runs as a script and is lo
 
 real_node = _sibling("real_node")
 cluster_dns = _sibling("cluster_dns")
+netns_nodes = _sibling("netns_nodes")
 # Start order; `down` stops in reverse.
 COMPONENTS = (
     "etcd",
@@ -90,6 +97,10 @@ def node():  # the real node, with this module's helpers (spawn, stop, kubectl, 
 
 def dns():  # the cluster DNS (CoreDNS in a network namespace of ours), with the same helpers
     return cluster_dns.ClusterDNS(types.SimpleNamespace(**globals()))
+
+
+def netns():  # the real nodes in network namespaces of ours (`nodes-up`), with the same helpers
+    return netns_nodes.NetnsNodes(types.SimpleNamespace(**globals()))
 
 
 SERVICE_CIDR = "10.96.0.0/16"
@@ -731,8 +742,14 @@ def down(quiet: bool = False) -> int:
         return 0
     if not MARKER.exists() and any(STATE.iterdir()):
         raise ClusterError(f"{STATE} was not made by this script (no {MARKER.name}): not touching it")
-    # The DNS (its processes, namespace and veth), then the real node while the API server still answers:
-    # the kubelet stops its pods itself.
+    # The netns nodes first (their veths are ports of the DNS's bridge), then the DNS (its processes,
+    # namespace and veth), then the real node while the API server still answers: the kubelets stop their
+    # pods themselves.
+    try:
+        netns_left = netns().teardown()
+    except Exception as exc:  # go on: the rest of the cluster still has to go
+        log(f"netns nodes teardown failed: {exc}")
+        netns_left = netns().leftovers()
     cluster_dns_ = dns()
     try:
         cluster_dns_.down()
@@ -743,7 +760,7 @@ def down(quiet: bool = False) -> int:
         real.down()
     except Exception as exc:  # go on: the rest of the cluster still has to go
         log(f"real node teardown failed: {exc}")
-    left = cluster_dns_.leftovers() + real.leftovers()
+    left = netns_left + cluster_dns_.leftovers() + real.leftovers()
     stop("node-agent")
     # The agent's namespaces, bridges, IPAM leases and CNI state: torn down by the agent's own code.
     agent_state = STATE / "agent"
@@ -789,19 +806,30 @@ def status() -> int:
     ok = is_up()
     print("API:", "ready" if ok else "not ready")
     print("DNS:", dns().describe())
+    for line in netns().describe():
+        print("netns node", line)
     return 0 if ok else 1
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[1] not in ("up", "down", "status", "bin-dir"):
+    commands = ("up", "down", "status", "bin-dir", "nodes-up", "nodes-down")
+    if len(argv) < 2 or argv[1] not in commands or (argv[1] != "nodes-up" and len(argv) != 2):
         print(__doc__, file=sys.stderr)
         return 2
     try:
         if argv[1] == "bin-dir":
             print(bin_dir())
             return 0
+        if argv[1] == "nodes-up":
+            parser = argparse.ArgumentParser(prog=f"{argv[0]} nodes-up")
+            parser.add_argument("--count", type=int, default=2, help="how many netns nodes (default 2)")
+            parser.add_argument("--max-pods", type=int, default=110, help="each node's maxPods (default 110)")
+            args = parser.parse_args(argv[2:])
+            return netns().up(args.count, args.max_pods)
+        if argv[1] == "nodes-down":
+            return netns().down()
         return {"up": up, "down": down, "status": status}[argv[1]]()
-    except ClusterError as exc:
+    except (ClusterError, netns_nodes.NetnsNodeError, real_node.NodeError) as exc:
         print(f"[k8s] error: {exc}", file=sys.stderr)
         return 1
 

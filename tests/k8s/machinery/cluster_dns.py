@@ -276,30 +276,42 @@ def _setns(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def relay(netns: Path, port: int, target_port: int) -> None:
+def relay(netns: Path | None, port: int, target_port: int, connect_netns: Path | None = None) -> None:
     """Accept on 127.0.0.1:``port`` inside ``netns``; for each connection, connect to 127.0.0.1:``target_port``
-    in the namespace this process started in (the root one) and copy bytes both ways.
+    inside ``connect_netns`` and copy bytes both ways. Either namespace may be left out: it is then the one
+    this process started in (the root one). The DNS's relay listens in its namespace and connects in the
+    root one; a netns node's kubelet relay (netns_nodes.py) listens in the root one and connects in the node's.
 
     A socket belongs to the network namespace its thread was in when it was made: the listener is made
-    after setns into ``netns``, then the process returns to its own namespace, where every outgoing
-    connection is made. Nothing listens anywhere else."""
-    with open("/proc/self/ns/net", "rb") as home, open(netns, "rb") as theirs:
+    after setns into ``netns``; then the process moves to ``connect_netns`` (or returns to its own), where
+    every outgoing connection is made (each worker thread also enters it itself, setns being per thread).
+    Nothing listens anywhere else."""
+    with open("/proc/self/ns/net", "rb") as home:
         home_id = os.readlink("/proc/self/ns/net")
-        _setns(theirs.fileno())
+        if netns is not None:
+            with open(netns, "rb") as theirs:
+                _setns(theirs.fileno())
         try:
             server = socket.create_server(("127.0.0.1", port), backlog=64)
         finally:
             _setns(home.fileno())
         if os.readlink("/proc/self/ns/net") != home_id:
             raise OSError("the relay did not return to its own network namespace")
-    print(f"relay: 127.0.0.1:{port} in {netns} -> 127.0.0.1:{target_port}", flush=True)
+    connect_fd = os.open(connect_netns, os.O_RDONLY) if connect_netns is not None else None
+    if connect_fd is not None:
+        _setns(connect_fd)
+    here = str(netns) if netns is not None else "this namespace"
+    there = str(connect_netns) if connect_netns is not None else "this namespace"
+    print(f"relay: 127.0.0.1:{port} in {here} -> 127.0.0.1:{target_port} in {there}", flush=True)
     while True:
         client, _ = server.accept()
-        threading.Thread(target=_pipe, args=(client, target_port), daemon=True).start()
+        threading.Thread(target=_pipe, args=(client, target_port, connect_fd), daemon=True).start()
 
 
-def _pipe(client: socket.socket, target_port: int) -> None:
+def _pipe(client: socket.socket, target_port: int, connect_fd: int | None = None) -> None:
     try:
+        if connect_fd is not None:  # per thread; a new thread inherits it from the main one anyway
+            _setns(connect_fd)
         upstream = socket.create_connection(("127.0.0.1", target_port), timeout=10)
     except OSError as exc:
         print(f"relay: cannot reach 127.0.0.1:{target_port}: {exc}", flush=True)
@@ -328,11 +340,12 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("relay", help="the TCP relay from the DNS namespace's loopback to the API server")
-    r.add_argument("--netns", type=Path, required=True)
+    r.add_argument("--netns", type=Path, help="where to listen (default: this process's namespace)")
+    r.add_argument("--connect-netns", type=Path, help="where to connect (default: this process's namespace)")
     r.add_argument("--port", type=int, required=True)
     r.add_argument("--target-port", type=int, required=True)
     args = parser.parse_args(argv[1:])
-    relay(args.netns, args.port, args.target_port)
+    relay(args.netns, args.port, args.target_port, args.connect_netns)
     return 0
 
 

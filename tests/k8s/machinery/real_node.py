@@ -45,6 +45,8 @@ MAIN_SUBNET = "10.246.0.0/16"
 # host-local hands pods addresses from here on: 10.246.0.0/24 stays free for the cluster's own fixed
 # addresses, which no pod can then be given.
 MAIN_RANGE_START = "10.246.1.1"
+# real-node-0's range ends here: 10.246.128.0 and up are the netns nodes' (netns_nodes.py), 8 /24s each.
+MAIN_RANGE_END = "10.246.127.254"
 # The cluster DNS (cluster_dns.py), the kubelet's clusterDNS: on the pods' network, outside their range.
 CLUSTER_DNS = "10.246.0.10"
 CLUSTER_DOMAIN = "cluster.local"
@@ -56,7 +58,7 @@ IMAGES = {
     "pause": ("pause", "3.10", None, ["/bin/sleep", "infinity"]),
 }
 MIRRORED = ("docker.io", "registry.k8s.io")
-CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
+CNI_PLUGINS = ("bridge", "host-local", "static", "loopback", "portmap")  # static: a split link's fixed addresses
 HOST_CNI_DIR = Path("/usr/lib/cni")
 HOST_IPAM_DIR = Path("/var/lib/cni/networks")
 DEBIAN_BUSYBOX = Path("/bin/busybox")
@@ -100,10 +102,42 @@ def _is_static_busybox(path: Path) -> bool:
 class RealNode:
     """Start and stop the node; ``cluster`` is cluster.py as a module (spawn, stop, wait_for, kubectl...)."""
 
-    def __init__(self, cluster: Any) -> None:
+    def __init__(
+        self,
+        cluster: Any,
+        name: str = NODE_NAME,
+        state: Path | None = None,
+        cgroup_root: str = CGROUP_ROOT,
+        netns: Path | None = None,
+        labels: dict[str, str] | None = None,
+        main_range: tuple[str, str] = (MAIN_RANGE_START, MAIN_RANGE_END),
+        max_pods: int = 110,
+    ) -> None:
+        """The defaults are real-node-0 (the host's root network namespace); netns_nodes.py passes a node
+        name, its own state folder and cgroup root, the network namespace its containerd and kubelet run
+        in (``nsenter --net``), its labels, its share of the main delegate's host-local range, its maxPods."""
         self.c = cluster
-        self.state: Path = cluster.STATE / "node"
+        self.name = name
+        self.state: Path = state if state is not None else cluster.STATE / "node"
         self.sock = self.state / "containerd" / "containerd.sock"
+        self.cgroup_root = cgroup_root
+        self.netns = netns
+        self.labels = labels if labels is not None else NODE_LABELS
+        self.main_range = main_range
+        self.max_pods = max_pods
+        # real-node-0 keeps its historical component, certificate and log names; other nodes suffix theirs
+        suffix = "" if name == NODE_NAME else f"-{name}"
+        self.containerd_c = f"containerd{suffix}"
+        self.kubelet_c = f"kubelet{suffix}"
+        self.kubelet_pki = f"kubelet{suffix}"
+        self.node_pki = f"node{suffix}"
+        self.multus_log = f"multus{suffix}.log"
+        # what teardown unmounts and leftovers checks: all of .k8s for real-node-0 (as before), else its state
+        self.mount_root: Path = cluster.STATE if name == NODE_NAME else self.state
+
+    def _argv(self, argv: list[str]) -> list[str]:
+        """``argv`` run in the node's network namespace, if it has one (same mount namespace: nsenter --net)."""
+        return ["nsenter", f"--net={self.netns}", "--", *argv] if self.netns else argv
 
     # --- up ----------------------------------------------------------------------------------------------
 
@@ -127,6 +161,11 @@ class RealNode:
         registry = f"127.0.0.1:{ports['registry']}"
         self._start_registry(bins, registry)
         self._push_images(bins, registry)
+        self.start_node(bins, ports, registry)
+
+    def start_node(self, bins: Path, ports: dict[str, int], registry: str) -> None:
+        """CNI config, containerd, certificates, kubelet, then the node's addresses, untainted and Ready."""
+        self.state.mkdir(parents=True, exist_ok=True)
         self._write_cni(bins)
         self._start_containerd(registry)
         self._make_node_pki()
@@ -186,7 +225,7 @@ class RealNode:
             "kubeconfig": str(kubeconfig),
             "binDir": str(cni_bin),
             "cniDir": str(self.state / "cni" / "multus-cache"),
-            "logFile": str(self.c.STATE / "logs" / "multus.log"),
+            "logFile": str(self.c.STATE / "logs" / self.multus_log),
             "logLevel": "error",
             "delegates": [
                 {
@@ -200,7 +239,8 @@ class RealNode:
                     "ipam": {
                         "type": "host-local",
                         "subnet": MAIN_SUBNET,
-                        "rangeStart": MAIN_RANGE_START,
+                        "rangeStart": self.main_range[0],
+                        "rangeEnd": self.main_range[1],
                         "dataDir": str(self.state / "ipam"),
                     },
                 }
@@ -292,9 +332,11 @@ oom_score = 0
 
     def _start_containerd(self, registry: str) -> None:
         config = self._containerd_config(registry)
-        self.c.log(f"containerd (Debian's, private root and socket {self.sock})")
-        self.c.spawn("containerd", ["containerd", "--config", str(config)])
-        self.c.wait_for("containerd's socket", lambda: self._ctr("version").returncode == 0, 30, "containerd")
+        where = f", in network namespace {self.netns.name}" if self.netns else ""
+        self.c.log(f"containerd (Debian's, private root and socket {self.sock}{where})")
+        self.c.spawn(self.containerd_c, self._argv(["containerd", "--config", str(config)]))
+        ok = lambda: self._ctr("version").returncode == 0  # noqa: E731
+        self.c.wait_for(f"{self.containerd_c}'s socket", ok, 30, self.containerd_c)
 
     def _ctr(self, *args: str, namespace: str = "k8s.io") -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -307,9 +349,9 @@ oom_score = 0
 
     def _make_node_pki(self) -> None:
         # the kubelet's serving certificate, for the address the API server dials (127.0.0.1)
-        self.c.sign("kubelet", f"/CN={NODE_NAME}", "serverAuth", f"IP:127.0.0.1,DNS:{NODE_NAME}")
+        self.c.sign(self.kubelet_pki, f"/CN={self.name}", "serverAuth", f"IP:127.0.0.1,DNS:{self.name}")
         # the kubelet's client identity, which the Node authorizer and NodeRestriction know
-        self.c.sign("node", f"/O=system:nodes/CN=system:node:{NODE_NAME}", "clientAuth", None)
+        self.c.sign(self.node_pki, f"/O=system:nodes/CN=system:node:{self.name}", "clientAuth", None)
 
     def _client_kubeconfig(self, name: str, user: str) -> Path:
         pki = self.c.STATE / "pki"
@@ -341,10 +383,10 @@ oom_score = 0
 
     def _start_kubelet(self, bins: Path, ports: dict[str, int]) -> None:
         pki = self.c.STATE / "pki"
-        kubeconfig = self._client_kubeconfig("node", f"system:node:{NODE_NAME}")
+        kubeconfig = self._client_kubeconfig(self.node_pki, f"system:node:{self.name}")
         root = self.state / "kubelet"
         root.mkdir(parents=True, exist_ok=True)
-        _make_cgroups(CGROUP_ROOT)
+        _make_cgroups(self.cgroup_root)
         config = {
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
             "kind": "KubeletConfiguration",
@@ -353,8 +395,8 @@ oom_score = 0
             "readOnlyPort": 0,
             "healthzBindAddress": "127.0.0.1",
             "healthzPort": ports["kubelet_healthz"],
-            "tlsCertFile": str(pki / "kubelet.crt"),
-            "tlsPrivateKeyFile": str(pki / "kubelet.key"),
+            "tlsCertFile": str(pki / f"{self.kubelet_pki}.crt"),
+            "tlsPrivateKeyFile": str(pki / f"{self.kubelet_pki}.key"),
             "authentication": {
                 "anonymous": {"enabled": False},
                 "webhook": {"enabled": True},
@@ -362,7 +404,7 @@ oom_score = 0
             },
             "authorization": {"mode": "Webhook"},
             "cgroupDriver": "cgroupfs",
-            "cgroupRoot": CGROUP_ROOT,
+            "cgroupRoot": self.cgroup_root,
             "cgroupsPerQOS": True,
             "failSwapOn": False,
             "containerRuntimeEndpoint": f"unix://{self.sock}",
@@ -375,7 +417,7 @@ oom_score = 0
             "clusterDomain": CLUSTER_DOMAIN,
             "serializeImagePulls": False,
             "registerNode": True,
-            "maxPods": 110,
+            "maxPods": self.max_pods,
             "makeIPTablesUtilChains": False,
             # a shared build machine: never evict test pods for disk or memory the tests do not use
             "evictionHard": {
@@ -393,49 +435,53 @@ oom_score = 0
         }
         path = self.state / "kubelet.yaml"
         path.write_text(json.dumps(config, indent=2) + "\n")  # JSON is YAML
-        labels = ",".join(f"{k}={v}" for k, v in NODE_LABELS.items())
-        self.c.log(f"kubelet for node {NODE_NAME} on 127.0.0.1:{ports['kubelet']} (cgroup {CGROUP_ROOT})")
+        labels = ",".join(f"{k}={v}" for k, v in self.labels.items())
+        where = f" in network namespace {self.netns.name}" if self.netns else ""
+        port = ports["kubelet"]
+        self.c.log(f"kubelet for node {self.name} on 127.0.0.1:{port}{where} (cgroup {self.cgroup_root})")
         self.c.spawn(
-            "kubelet",
-            [
-                str(bins / "kubelet"),
-                f"--config={path}",
-                f"--kubeconfig={kubeconfig}",
-                f"--root-dir={root}",
-                f"--cert-dir={self.state / 'kubelet-pki'}",
-                f"--hostname-override={NODE_NAME}",
-                "--cloud-provider=external",
-                f"--node-labels={labels}",
-                "--v=1",
-            ],
+            self.kubelet_c,
+            self._argv(
+                [
+                    str(bins / "kubelet"),
+                    f"--config={path}",
+                    f"--kubeconfig={kubeconfig}",
+                    f"--root-dir={root}",
+                    f"--cert-dir={self.state / 'kubelet-pki'}",
+                    f"--hostname-override={self.name}",
+                    "--cloud-provider=external",
+                    f"--node-labels={labels}",
+                    "--v=1",
+                ]
+            ),
         )
 
         def registered() -> bool:
-            return self.c.kubectl("get", "node", NODE_NAME, check=False).returncode == 0
+            return self.c.kubectl("get", "node", self.name, check=False).returncode == 0
 
-        self.c.wait_for(f"node {NODE_NAME} to register", registered, 90, "kubelet")
+        self.c.wait_for(f"node {self.name} to register", registered, 90, self.kubelet_c)
 
     def _initialise_node(self, ports: dict[str, int]) -> None:
         """What a cloud-node controller does for --cloud-provider=external: addresses, then untaint."""
-        self.c.log(f"node {NODE_NAME}: InternalIP 127.0.0.1 (as a cloud controller would), removing its taint")
+        self.c.log(f"node {self.name}: InternalIP 127.0.0.1 (as a cloud controller would), removing its taint")
         patch = {
             "status": {
                 "addresses": [
                     {"type": "InternalIP", "address": "127.0.0.1"},
-                    {"type": "Hostname", "address": NODE_NAME},
+                    {"type": "Hostname", "address": self.name},
                 ]
             }
         }
-        self.c.kubectl("patch", "node", NODE_NAME, "--subresource=status", "--type=merge", "-p", json.dumps(patch))
-        self.c.kubectl("taint", "node", NODE_NAME, "node.cloudprovider.kubernetes.io/uninitialized-", check=False)
+        self.c.kubectl("patch", "node", self.name, "--subresource=status", "--type=merge", "-p", json.dumps(patch))
+        self.c.kubectl("taint", "node", self.name, "node.cloudprovider.kubernetes.io/uninitialized-", check=False)
 
         def ready() -> bool:
-            node = json.loads(self.c.kubectl("get", "node", NODE_NAME, "-o", "json").stdout)
+            node = json.loads(self.c.kubectl("get", "node", self.name, "-o", "json").stdout)
             conds = {c["type"]: c["status"] for c in node["status"].get("conditions", [])}
             taints = [t["key"] for t in node["spec"].get("taints", [])]
             return conds.get("Ready") == "True" and not taints and bool(node["status"].get("addresses"))
 
-        self.c.wait_for(f"node {NODE_NAME} Ready and untainted", ready, 120, "kubelet")
+        self.c.wait_for(f"node {self.name} Ready and untainted", ready, 120, self.kubelet_c)
 
     # --- down --------------------------------------------------------------------------------------------
 
@@ -443,39 +489,50 @@ oom_score = 0
         """Remove every container, mount, cgroup, bridge and IPAM file of the node; safe to call twice."""
         if not self.state.exists():
             return
-        if self.c.recorded("kubelet") and self.c.api_ready():
+        self.stop_node()
+        self.c.stop("registry")
+        _unmount_under(self.mount_root)
+        _remove_cgroups(self.cgroup_root)
+        self._remove_host_leftovers()
+        _remove_container_log_links(self.state / "pod-logs")
+
+    def stop_node(self) -> None:
+        """The node's pods (deleted through the API: the kubelet stops them, CNI DEL runs), its kubelet, its
+        containers, containerd and any shim still holding its socket."""
+        self.delete_pods()
+        self.stop_runtime()
+
+    def delete_pods(self) -> None:
+        if self.c.recorded(self.kubelet_c) and self.c.api_ready():
             # the kubelet stops the pods itself: CNI DEL runs, IPAM leases are released
             self.c.kubectl(
                 "delete",
                 "pods",
                 "--all-namespaces",
-                f"--field-selector=spec.nodeName={NODE_NAME}",
+                f"--field-selector=spec.nodeName={self.name}",
                 "--grace-period=1",
                 "--wait=true",
                 "--timeout=60s",
                 check=False,
             )
-        self.c.stop("kubelet")
-        if self.c.recorded("containerd"):
+
+    def stop_runtime(self) -> None:
+        self.c.stop(self.kubelet_c)
+        if self.c.recorded(self.containerd_c):
             self._remove_containers()
-        self.c.stop("containerd")
+        self.c.stop(self.containerd_c)
         self._kill_shims()
-        self.c.stop("registry")
-        _unmount_under(self.c.STATE)
-        _remove_cgroups(CGROUP_ROOT)
-        self._remove_host_leftovers()
-        _remove_container_log_links(self.state / "pod-logs")
 
     def leftovers(self) -> list[str]:
         """What of the node is still on the host: empty after a clean ``down``."""
         found = [f"containerd shim {pid}" for pid in self._shims()]
-        prefix = str(self.c.STATE.resolve()) + "/"
+        prefix = str(self.mount_root.resolve()) + "/"
         found += [f"mount {m}" for m in _mounts() if m.startswith(prefix)]
         base = Path("/sys/fs/cgroup")
         found += [
-            f"cgroup {h / CGROUP_ROOT.lstrip('/')}"
+            f"cgroup {h / self.cgroup_root.lstrip('/')}"
             for h in (base.iterdir() if base.is_dir() else [])
-            if (h / CGROUP_ROOT.lstrip("/")).is_dir()
+            if (h / self.cgroup_root.lstrip("/")).is_dir()
         ]
         try:
             before = json.loads((self.state / "host-before.json").read_text())

@@ -11,6 +11,7 @@ resourceVersion and lists again on 410 Gone.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -27,12 +28,22 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.stream import portforward, stream
 from kubernetes.stream.ws_client import ERROR_CHANNEL
+from kubernetes.utils.quantity import parse_quantity
 from websocket import WebSocketException
 
 from scheduler.core import naming
 from scheduler.core.errors import PermanentError, PrerequisiteMissing, SchedulerError, TemporaryError
-from scheduler.core.naming import LABEL_DEPLOYMENT, LABEL_INSTANCE, LABEL_LIVELESSON, LABEL_MANAGED_BY, MANAGED_BY
-from scheduler.core.plan import Plan, Pod
+from scheduler.core.naming import (
+    ANNOTATION_PLACEMENT,
+    LABEL_DEPLOYMENT,
+    LABEL_INSTANCE,
+    LABEL_LIVELESSON,
+    LABEL_MANAGED_BY,
+    LABEL_TUNNEL_ADDRESS,
+    MANAGED_BY,
+)
+from scheduler.core.placement import NodeRoom
+from scheduler.core.plan import POD_REQUESTS, Plan, Pod
 from scheduler.core.render import namespace, network_attachment_definitions, network_policy, pods, services
 from scheduler.settings import Settings
 from workers.backends.base import Backend, ExecResult, Observation
@@ -60,10 +71,20 @@ class KubernetesBackend(Backend):
     name = "kubernetes"
     pods = "container"  # real pods: on a real node they run the image (kwok nodes in the test cluster run nothing)
 
-    def __init__(self, api: client.ApiClient, *, instance: str, deployment: str = "") -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        *,
+        instance: str,
+        deployment: str = "",
+        placement: str = "affinity",
+        node_max_pods: int = 0,
+    ) -> None:
         self.api = api
         self.instance = instance
         self.deployment = deployment
+        self.placement = placement  # LESSON_K8S_PLACEMENT: "affinity" (the seed's) or "nodes"
+        self.node_max_pods = node_max_pods
         # Any: the client's own stubs say V1Namespace where it accepts the plain dicts render() makes
         self.core: Any = client.CoreV1Api(api)
         self.custom: Any = client.CustomObjectsApi(api)
@@ -72,11 +93,20 @@ class KubernetesBackend(Backend):
 
     @classmethod
     def from_settings(cls, settings: Settings, *, deployment: str = "") -> KubernetesBackend:
-        return cls.from_kubeconfig(settings.kubeconfig, instance=settings.instance, deployment=deployment)
+        return cls.from_kubeconfig(
+            settings.kubeconfig, instance=settings.instance, deployment=deployment,
+            placement=settings.k8s_placement, node_max_pods=settings.node_max_pods,
+        )  # fmt: skip
 
     @classmethod
     def from_kubeconfig(
-        cls, kubeconfig: str | Path | None, *, instance: str, deployment: str = ""
+        cls,
+        kubeconfig: str | Path | None,
+        *,
+        instance: str,
+        deployment: str = "",
+        placement: str = "affinity",
+        node_max_pods: int = 0,
     ) -> KubernetesBackend:
         """A backend on that kubeconfig, or on the in-cluster ServiceAccount when it is None."""
         configuration = client.Configuration()
@@ -92,7 +122,10 @@ class KubernetesBackend(Backend):
         # urllib3 would otherwise retry resets of GETs silently, three times, unbounded in time: every retry
         # is tenacity's, bounded and logged
         configuration.retries = False
-        return cls(client.ApiClient(configuration), instance=instance, deployment=deployment)
+        return cls(
+            client.ApiClient(configuration), instance=instance, deployment=deployment,
+            placement=placement, node_max_pods=node_max_pods,
+        )  # fmt: skip
 
     def close(self) -> None:
         self.api.close()
@@ -146,6 +179,58 @@ class KubernetesBackend(Backend):
             deleting = metadata.get("deletionTimestamp") if isinstance(metadata, dict) else metadata.deletion_timestamp
             if deleting:
                 raise TemporaryError(f"{kind} {name} is still being deleted", delay=2.0) from exc
+
+    # --- placement ----------------------------------------------------------------------------------
+
+    @property
+    def places(self) -> bool:
+        return self.placement == "nodes"
+
+    def rooms(self) -> list[NodeRoom] | None:
+        """The nodes labelled with a tunnel address (the node agent's) that take pods now (Ready, not
+        cordoned, no NoSchedule/NoExecute taint), each with its allocatable pods, CPU and memory (pods at most
+        LESSON_NODE_MAX_PODS) less what lessons (of any instance) hold there, read from their namespaces'
+        placement annotations. Two list calls; other workloads' pods are the kube-scheduler's to count."""
+        if not self.places:
+            return None
+        nodes = call(self.core.list_node, label_selector=LABEL_TUNNEL_ADDRESS).items
+        held: dict[str, int] = {}
+        # every instance's and deployment's lessons: they share the nodes
+        listing = call(self.core.list_namespace, label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}")
+        for ns in listing.items:
+            for node in _placement(ns.metadata.name, ns.metadata.annotations).values():
+                held[node] = held.get(node, 0) + 1
+        rooms = []
+        for node in nodes:
+            if not _takes_pods(node):
+                continue
+            name = node.metadata.name
+            allocatable = node.status.allocatable or {}
+            try:
+                pods = int(parse_quantity(allocatable.get("pods", "0")))
+                cpu = int(parse_quantity(allocatable.get("cpu", "0")) * 1000)
+                memory = int(parse_quantity(allocatable.get("memory", "0")))
+            except (ValueError, ArithmeticError):
+                log.warning("node with an unreadable allocatable ignored", node=name, allocatable=allocatable)
+                continue
+            if self.node_max_pods:
+                pods = min(pods, self.node_max_pods)
+            n = held.get(name, 0)
+            rooms.append(
+                NodeRoom(
+                    name,
+                    max(0, pods - n),
+                    max(0, cpu - n * POD_REQUESTS.cpu_millicores),
+                    max(0, memory - n * POD_REQUESTS.memory_bytes),
+                )
+            )
+        if not rooms:
+            raise TemporaryError(
+                f"LESSON_K8S_PLACEMENT=nodes, but no node labelled {LABEL_TUNNEL_ADDRESS} takes pods now "
+                "(is the node agent running there, and are the nodes Ready?)",
+                delay=10.0,
+            )
+        return sorted(rooms, key=lambda r: r.name)
 
     # --- apply --------------------------------------------------------------------------------------
 
@@ -360,6 +445,31 @@ class KubernetesBackend(Backend):
             if deadline - time.monotonic() < 1:
                 raise TemporaryError(f"namespace {name} still terminating after {DELETE_WAIT_SECONDS}s", delay=5.0)
             time.sleep(0.2)
+
+
+def _takes_pods(node: Any) -> bool:
+    """Ready, schedulable, and no taint that keeps a lesson's pods (which tolerate none) off it."""
+    conditions = {c.type: c.status for c in (node.status.conditions or [])}
+    taints = [t for t in (node.spec.taints or []) if t.effect in ("NoSchedule", "NoExecute")]
+    return conditions.get("Ready") == "True" and not node.spec.unschedulable and not taints
+
+
+def _placement(namespace: str, annotations: dict[str, str] | None) -> dict[str, str]:
+    """A namespace's placement annotation (endpoint -> node); anything else there is logged and counts as
+    nothing: a hostile or broken annotation must not stop placement for every other lesson."""
+    text = (annotations or {}).get(ANNOTATION_PLACEMENT)
+    if text is None:
+        return {}
+    try:
+        placement = json.loads(text)
+    except ValueError:
+        placement = None
+    if not isinstance(placement, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in placement.items()
+    ):
+        log.warning("unreadable placement annotation ignored", namespace=namespace)
+        return {}
+    return placement
 
 
 def _drain(resp: Any, stdout: list[str], stderr: list[str]) -> None:

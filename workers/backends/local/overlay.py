@@ -28,6 +28,7 @@ import structlog
 from scheduler.core import naming
 from scheduler.core.errors import PermanentError, TemporaryError
 from scheduler.core.plan import Network
+from workers import vxlan
 from workers.backends.local import netns, rtnetlink
 
 __all__ = ["UNDERLAY_SUBNET", "VXLAN_PORT", "Nodes"]
@@ -39,9 +40,8 @@ UNDERLAY_SUBNET = ipaddress.IPv4Network("10.249.0.0/24")
 UNDERLAY_BRIDGE = "underlay"
 UPLINK = "underlay0"  # each node's end of its veth to the underlay bridge
 # VXLAN adds 50 bytes: an uplink this large lets a tunnel carry the pods' full 1500-byte frames
-UPLINK_MTU = 1550
-TUNNEL_MTU = 1500
-VXLAN_PORT = 4789  # IANA's
+UPLINK_MTU = vxlan.TUNNEL_MTU + 50
+VXLAN_PORT = vxlan.VXLAN_PORT
 _CALL = 20.0
 
 
@@ -132,26 +132,19 @@ class Nodes:
         if device is not None and device.alias not in ("", alias):
             raise PermanentError(f"VXLAN device {tunnel.device} on {node} is not ours (mark {device.alias!r})")
         if device is None:
-            error = _ip(
-                node,
-                [
-                    f"link add {tunnel.device} mtu {TUNNEL_MTU} type vxlan id {tunnel.vni} "
-                    f"local {self.address(node)} dstport {VXLAN_PORT} dev {UPLINK}"
-                ],
-            )
+            error = _ip(node, vxlan.add(tunnel.device, tunnel.vni, self.address(node), uplink=UPLINK))
             if error and tunnel.device not in rtnetlink.link_table(node):
-                if "VNI" in error or "exists" in error:  # the name is free, so the VNI is taken
+                if vxlan.collides(error):  # the name is free, so the VNI is taken
                     raise PermanentError(
                         f"VNI {tunnel.vni} of network {network.nad} is already used on {node} by another live "
                         f"lesson's link (a hash collision); refused rather than joined: {error}"
                     )
                 raise TemporaryError(f"cannot make VXLAN device {tunnel.device} on {node}: {error}")
-        error = _ip(node, [f"link set {tunnel.device} alias {alias} master {network.bridge} up"])
+        error = _ip(node, vxlan.join(tunnel.device, alias, network.bridge))
         if error:
             raise TemporaryError(f"cannot join VXLAN device {tunnel.device} to {network.bridge} on {node}: {error}")
         # appending an existing entry is a no-op for the kernel, so this converges after a crash
         remotes = [self.address(other) for other in tunnel.nodes if other != node]
-        lines = [f"fdb append 00:00:00:00:00:00 dev {tunnel.device} dst {remote}" for remote in remotes]
-        error = _ip(node, lines, tool="bridge")
+        error = _ip(node, vxlan.flood(tunnel.device, remotes), tool="bridge")
         if error:
             raise TemporaryError(f"cannot point VXLAN device {tunnel.device} on {node} at its peers: {error}")
