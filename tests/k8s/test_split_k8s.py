@@ -183,3 +183,29 @@ def test_the_node_agent_refuses_a_hostile_nad_and_makes_nothing(
 
         wait_until(f"{node}'s agent refusing {k8s_namespace}/hostile", refused, 45)
         assert device not in links(node_netns(node), "vxlan")
+
+
+AGENT = "system:serviceaccount:lesson-scheduler:lesson-scheduler-node-agent"
+
+
+@pytest.mark.parametrize(
+    ("verb", "resource", "allowed"),
+    [
+        ("list", "network-attachment-definitions.k8s.cni.cncf.io", True),
+        ("watch", "network-attachment-definitions.k8s.cni.cncf.io", True),
+        ("get", "nodes", True),
+        ("list", "nodes", True),
+        ("create", "network-attachment-definitions.k8s.cni.cncf.io", False),
+        ("delete", "network-attachment-definitions.k8s.cni.cncf.io", False),
+        ("patch", "nodes", False),
+        ("list", "pods", False),
+        ("get", "secrets", False),
+        ("create", "pods/exec", False),
+    ],
+)
+def test_the_node_agents_role_reads_nads_and_nodes_and_nothing_else(
+    k8s_kubectl: Kubectl, verb: str, resource: str, allowed: bool
+) -> None:
+    """config/k8s/node-agent.yaml as the API server enforces it, for the agent's ServiceAccount."""
+    proc = k8s_kubectl("auth", "can-i", verb, resource, "--all-namespaces", f"--as={AGENT}", check=False)
+    assert proc.stdout.strip() == ("yes" if allowed else "no"), (verb, resource, proc.stdout, proc.stderr)

@@ -38,8 +38,15 @@ def main(argv: list[str] | None = None) -> int:
     except SchedulerError as exc:
         parser.exit(2, f"node agent: {exc}\n")
     stop = threading.Event()
+
+    def leave(*_: object) -> None:
+        # raised, not only flagged: a watch blocks in a read for up to --resync seconds. Leaving mid-pass is
+        # safe, every pass being idempotent; the devices stay, they belong to live lessons
+        stop.set()
+        raise SystemExit(0)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, leave)
     try:
         NodeAgent(backend.api, args.node, mtu=args.mtu, resync=args.resync).run(stop, ready_file=args.ready_file)
     finally:
