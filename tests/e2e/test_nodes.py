@@ -232,3 +232,22 @@ def test_rooms_count_live_lessons_and_a_node_the_backend_lacks_is_refused(instan
     with pytest.raises(PermanentError, match="LESSON_LOCAL_NODES"):
         backend.apply_networks(bad)
     assert not netns.exists(stray)
+
+
+def test_a_node_namespace_deleted_while_being_read_reads_as_gone(instance: str) -> None:
+    """Deleting a namespace unmounts it, then unlinks its file: in between, /run/netns/<name> is a plain file,
+    and setns on it fails with EINVAL. A reader racing a GC pass that prunes an empty node (CI's sentinel test
+    did) must see "gone", not an error."""
+    from workers.backends.local import rtnetlink
+    from workers.backends.local.netns import NETNS_DIR, NamespaceGone, in_netns
+
+    node = naming.node_netns(instance, 1)
+    half_deleted = NETNS_DIR / node
+    NETNS_DIR.mkdir(parents=True, exist_ok=True)
+    half_deleted.touch()  # the state between the unmount and the unlink
+    try:
+        with pytest.raises(NamespaceGone, match="does not exist"):
+            in_netns(node, lambda: None)
+        assert rtnetlink.link_table(node) == {}
+    finally:
+        half_deleted.unlink(missing_ok=True)

@@ -31,6 +31,7 @@ from scheduler.core.errors import PermanentError, PrerequisiteMissing, Temporary
 
 __all__ = [
     "NETNS_DIR",
+    "NamespaceGone",
     "add",
     "check_privileges",
     "delete",
@@ -202,6 +203,10 @@ def delete(name: str) -> None:
         raise TemporaryError(f"cannot delete network namespace {name!r}: {exc.strerror}") from exc
 
 
+class NamespaceGone(PermanentError):
+    """The network namespace does not exist: never made, or deleted (perhaps while we looked)."""
+
+
 def in_netns(name: str, fn: Callable[[], T], timeout: float = 10.0) -> T:
     """Run ``fn`` in a fresh thread that has entered namespace ``name`` (setns moves only that thread)."""
 
@@ -209,10 +214,13 @@ def in_netns(name: str, fn: Callable[[], T], timeout: float = 10.0) -> T:
         try:
             fd = os.open(NETNS_DIR / name, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError as exc:
-            raise PermanentError(f"network namespace {name!r} does not exist") from exc
+            raise NamespaceGone(f"network namespace {name!r} does not exist") from exc
         try:
             if _libc.setns(fd, CLONE_NEWNET) != 0:
-                raise PermanentError(f"setns({name}): {os.strerror(ctypes.get_errno())}")
+                err = ctypes.get_errno()
+                if err == errno.EINVAL:  # the file is no namespace (any more): deleted between open and setns
+                    raise NamespaceGone(f"network namespace {name!r} does not exist")
+                raise PermanentError(f"setns({name}): {os.strerror(err)}")
         finally:
             os.close(fd)
         return fn()

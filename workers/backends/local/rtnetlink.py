@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 from scheduler.core.errors import PermanentError, TemporaryError
-from workers.backends.local.netns import exists, in_netns
+from workers.backends.local.netns import NamespaceGone, exists, in_netns
 
 __all__ = [
     "Link",
@@ -115,7 +115,10 @@ def link_table(netns: str) -> dict[str, Link]:
     """Every link in the namespace by name (kind, alias, master), in-process. Empty if it is gone."""
     if not exists(netns):
         return {}
-    return {link.name: link for link in in_netns(netns, _links).values()}
+    try:
+        return {link.name: link for link in in_netns(netns, _links).values()}
+    except NamespaceGone:  # deleted since exists() looked (a GC pass pruning an empty node)
+        return {}
 
 
 def bridges(netns: str) -> dict[str, str]:
