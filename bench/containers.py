@@ -48,6 +48,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from local_backend import FLOOR, floor_run  # noqa: E402
 from pipeline import Pipeline, pct  # noqa: E402
 
+from lessonctl.celery_process import CeleryProcess  # noqa: E402
 from scheduler.client import Client  # noqa: E402
 from scheduler.core.plan import make_plan  # noqa: E402
 from scheduler.core.records import LiveLesson, new_id  # noqa: E402
@@ -60,7 +61,6 @@ from tests.support.lessons import triangle  # noqa: E402
 from tests.support.processes import ApiServer, settings_env  # noqa: E402
 from workers.backends.local.containers import runtime_config  # noqa: E402
 from workers.backends.local.images import BUSYBOX, ImageStore  # noqa: E402
-from workers.celery_process import CeleryProcess  # noqa: E402
 
 FLOOR_CONTAINERS = REPO / "bench" / "floor-containers.sh"
 SERIES = ("container", "emulated", "floor-triangle", "floor-containers")

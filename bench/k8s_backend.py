@@ -50,6 +50,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from lessonctl.celery_process import CeleryProcess  # noqa: E402
 from scheduler.client import Client  # noqa: E402
 from scheduler.core.records import STEPS, LiveLesson  # noqa: E402
 from scheduler.dev.redis_server import PrivateRedis  # noqa: E402
@@ -60,7 +61,6 @@ from tests.k8s.machinery.api_proxy import ApiProxy, write_token_kubeconfig  # no
 from tests.support.k8s import INSTANCES_CONFIGMAP, REAL_NODE, WORKER_SA, probe_namespace  # noqa: E402
 from tests.support.k8s import cluster as test_cluster  # noqa: E402
 from tests.support.waits import wait_for  # noqa: E402
-from workers.celery_process import CeleryProcess  # noqa: E402
 
 CLUSTER = REPO / "tests" / "k8s" / "machinery" / "cluster.py"
 STATE = REPO / ".k8s"

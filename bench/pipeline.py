@@ -49,6 +49,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from stats import pct  # noqa: E402
 
+from lessonctl.celery_process import CeleryProcess  # noqa: E402
 from scheduler.client import Client  # noqa: E402
 from scheduler.core.lessons import ResolvedLesson  # noqa: E402
 from scheduler.core.plan import make_plan  # noqa: E402
@@ -63,7 +64,6 @@ from tests.support.processes import ApiServer, settings_env  # noqa: E402
 from workers.backends.base import Backend  # noqa: E402
 from workers.backends.local import LocalBackend  # noqa: E402
 from workers.backends.local.backend import _parallel  # noqa: E402
-from workers.celery_process import CeleryProcess  # noqa: E402
 from workers.connectivity import run_check  # noqa: E402
 
 READY = frozenset({"ready", "failed"})

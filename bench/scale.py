@@ -4,7 +4,7 @@ and what limits it, measured.
 Run as root: `.venv/bin/python bench/scale.py [--lessons 30] [--configs 1,2,4,2x1,2x2] [--pods emulated]`.
 
 Every configuration gets a fresh set of Celery workers on one private redis-server (started here, loopback
-only). A worker is ``celery -A workers.app worker -c 1`` (:class:`workers.celery_process.CeleryProcess`):
+only). A worker is ``celery -A workers.app worker -c 1`` (:class:`lessonctl.celery_process.CeleryProcess`):
 one pool process per worker, so the number of worker processes is the variable. ``N`` means N such workers
 on one host (one ``LESSON_INSTANCE``, one queue ``<instance>.lessons``, one state folder, one node
 namespace). ``HxW`` means H worker hosts of W workers each: each host is its own process group with its
@@ -68,6 +68,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from stats import pct  # noqa: E402
 
+from lessonctl.celery_process import CeleryProcess  # noqa: E402
 from scheduler.core.records import LiveLesson  # noqa: E402
 from scheduler.dev.redis_server import PrivateRedis  # noqa: E402
 from scheduler.services.catalog import Catalog, configured_catalog  # noqa: E402
@@ -78,7 +79,6 @@ from scheduler.settings import Settings  # noqa: E402
 from tests.support.leftovers import cleanup_instance  # noqa: E402
 from tests.support.processes import settings_env  # noqa: E402
 from workers.backends.local import netns, rtnetlink  # noqa: E402
-from workers.celery_process import CeleryProcess  # noqa: E402
 
 LESSON = "busybox-triangle"
 STEPS = ("create_networks", "schedule_pods", "wait_ready", "verify_connectivity")

@@ -68,6 +68,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from stats import pct  # noqa: E402
 
+from lessonctl.celery_process import CeleryProcess  # noqa: E402
 from scheduler.core import naming  # noqa: E402
 from scheduler.core.errors import SchedulerError  # noqa: E402
 from scheduler.core.naming import bridge_name  # noqa: E402
@@ -81,7 +82,6 @@ from tests.support.leftovers import cleanup_instance  # noqa: E402
 from tests.support.processes import ApiServer, settings_env  # noqa: E402
 from workers.backends.local.containers import Runc, cgroup_dirs, mounts_under  # noqa: E402
 from workers.backends.local.images import ImageStore  # noqa: E402
-from workers.celery_process import CeleryProcess  # noqa: E402
 
 TOKEN = "soak-" + secrets.token_hex(8)
 SETTLED = {"deleted", "failed"}

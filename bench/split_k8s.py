@@ -43,6 +43,7 @@ from k8s_backend import CLUSTER, STATE, cluster, kubectl, wait  # noqa: E402
 from pipeline import alone_run  # noqa: E402
 from stats import pct  # noqa: E402
 
+from lessonctl.celery_process import CeleryProcess  # noqa: E402
 from scheduler.client import Client  # noqa: E402
 from scheduler.core.placement import place_lesson, spread  # noqa: E402
 from scheduler.core.records import LiveLesson  # noqa: E402
@@ -55,8 +56,7 @@ from tests.k8s.machinery.api_proxy import write_token_kubeconfig  # noqa: E402
 from tests.support.k8s import INSTANCES_CONFIGMAP, WORKER_SA, probe_namespace  # noqa: E402
 from tests.support.lessons import ring_lesson  # noqa: E402
 from tests.support.processes import settings_env  # noqa: E402
-from workers.backends.kubernetes import KubernetesBackend  # noqa: E402
-from workers.celery_process import CeleryProcess  # noqa: E402
+from workers.backends.kubernetes.backend import KubernetesBackend  # noqa: E402
 
 NODES = 3
 TIMEOUT = 600.0

@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from pipeline import alone_run  # noqa: E402
 from stats import pct  # noqa: E402
 
+from lessonctl.celery_process import CeleryProcess  # noqa: E402
 from scheduler.client import Client  # noqa: E402
 from scheduler.core.placement import place_lesson, spread  # noqa: E402
 from scheduler.core.records import LiveLesson  # noqa: E402
@@ -49,7 +50,6 @@ from tests.support.leftovers import cleanup_instance  # noqa: E402
 from tests.support.lessons import ring_lesson  # noqa: E402
 from tests.support.processes import settings_env  # noqa: E402
 from workers.backends.local import LocalBackend  # noqa: E402
-from workers.celery_process import CeleryProcess  # noqa: E402
 
 SIZE, PER_NODE, NODES = 40, 16, 3
 DONE = frozenset({"ready", "failed"})

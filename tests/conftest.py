@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from lessonctl.celery_process import CeleryProcess
 from scheduler.dev.redis_server import PrivateRedis
 from scheduler.settings import Settings
 from tests.support.ids import unique
@@ -21,7 +22,6 @@ from tests.support.leftovers import cleanup_instance
 from tests.support.lessons import CATALOG
 from tests.support.prereqs import is_root, needs
 from tests.support.processes import start_celery
-from workers.celery_process import CeleryProcess
 
 
 @pytest.fixture

@@ -50,7 +50,7 @@ def make_backend(request: pytest.FixtureRequest, instance: str, tmp_path: Path) 
     else:
         kubeconfig: Path = request.getfixturevalue("direct_worker_kubeconfig")
         request.getfixturevalue("k8s_cleanup")  # as admin, removes the instance's namespaces, pass or fail
-        from workers.backends.kubernetes import KubernetesBackend
+        from workers.backends.kubernetes.backend import KubernetesBackend
 
         def make(deployment: str) -> Backend:
             return KubernetesBackend.from_kubeconfig(kubeconfig, instance=instance, deployment=deployment)

@@ -23,12 +23,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from lessonctl.celery_process import CeleryProcess
 from scheduler.settings import Settings
 from tests.support.curriculum import LESSONS, walk_through_api
 from tests.support.leftovers import leftovers
 from tests.support.lessons import CURRICULUM
 from tests.support.processes import ApiServer
-from workers.celery_process import CeleryProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.usefixtures("root")]
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
+from lessonctl.demo import json_events
 from tests.support.lessons import CURRICULUM
-from workers.demo import json_events
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("root")]
 

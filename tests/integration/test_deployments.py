@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from lessonctl.celery_process import CeleryProcess
 from scheduler.dev.redis_server import PrivateRedis
 from scheduler.services.queue import sender
 from scheduler.services.state import Store
@@ -18,7 +19,6 @@ from tests.support import netns_tools as netns
 from tests.support.leftovers import cleanup_instance, leftovers
 from tests.support.lessons import TRIANGLE
 from tests.support.waits import wait_for
-from workers.celery_process import CeleryProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("root")]
 

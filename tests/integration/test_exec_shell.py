@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 import pytest
 
+from lessonctl.celery_process import CeleryProcess
 from scheduler.settings import Settings
 from tests.support.cli import LESSONCTL, assert_shell_session, lessonctl, lessonctl_env, shell_session, up
-from workers.celery_process import CeleryProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.usefixtures("root")]
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from lessonctl.celery_process import CeleryProcess
 from scheduler.core.records import new_id
 from scheduler.services.queue import sender
 from scheduler.services.state import Store
@@ -19,7 +20,6 @@ from scheduler.settings import Settings
 from tests.support.lessons import TRIANGLE
 from tests.support.waits import wait_for
 from workers.backends.local import LocalBackend
-from workers.celery_process import CeleryProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("root")]
 

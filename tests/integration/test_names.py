@@ -25,11 +25,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from lessonctl.celery_process import CeleryProcess
 from scheduler.http.api import create_app
 from scheduler.settings import Settings
 from tests.support.cli import LESSONCTL, lessonctl, lessonctl_env, up
 from tests.support.lessons import names_catalog
-from workers.celery_process import CeleryProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.usefixtures("root")]
 

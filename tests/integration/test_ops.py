@@ -22,6 +22,7 @@ import redis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from lessonctl.celery_process import CeleryProcess
 from scheduler.client import Client
 from scheduler.dev.redis_server import PrivateRedis
 from scheduler.services.state import Store
@@ -30,7 +31,6 @@ from tests.support.leftovers import leftovers
 from tests.support.lessons import REPO
 from tests.support.processes import ApiServer, Flower, settings_env
 from tests.support.waits import eventually, wait_for
-from workers.celery_process import CeleryProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("root")]
 

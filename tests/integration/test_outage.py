@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from lessonctl.celery_process import CeleryProcess
 from scheduler.dev.redis_server import PrivateRedis
 from scheduler.services.state import Store
 from scheduler.settings import Settings
@@ -24,7 +25,6 @@ from tests.support.faults import cni_dir_with, wrapper_dir
 from tests.support.leftovers import leftovers
 from tests.support.lessons import REPO
 from tests.support.processes import ApiServer
-from workers.celery_process import CeleryProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("root")]
 

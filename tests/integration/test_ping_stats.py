@@ -8,10 +8,10 @@ from collections.abc import Callable
 
 import pytest
 
+from lessonctl.celery_process import CeleryProcess
 from scheduler.client import Client
 from scheduler.services.state import Store
 from scheduler.settings import Settings
-from workers.celery_process import CeleryProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("root")]
 

@@ -17,6 +17,7 @@ import httpx
 import pytest
 import redis
 
+from lessonctl.celery_process import CeleryProcess
 from scheduler.client import Client
 from scheduler.core.records import LiveLesson
 from scheduler.services.state import Store
@@ -26,7 +27,6 @@ from tests.support.leftovers import leftovers
 from tests.support.lessons import TRIANGLE
 from tests.support.processes import ApiServer
 from tests.support.waits import wait_for
-from workers.celery_process import CeleryProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("root")]
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from lessonctl.celery_process import CeleryProcess
 from scheduler.client import Client
 from scheduler.core.errors import TemporaryError
 from scheduler.dev.redis_sentinel import SentinelGroup
@@ -31,7 +32,6 @@ from tests.support.lessons import REPO
 from tests.support.prereqs import needs
 from tests.support.processes import ApiServer, Flower, settings_env
 from tests.support.waits import wait_for, wait_until
-from workers.celery_process import CeleryProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("root")]
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from lessonctl.celery_process import CeleryProcess
 from scheduler.client import Client
 from scheduler.core import naming
 from scheduler.http.api import create_app
@@ -28,7 +29,6 @@ from tests.support import netns_tools as netns
 from tests.support.cli import lessonctl, up
 from tests.support.leftovers import leftovers
 from tests.support.lessons import TRIANGLE, ring_lesson
-from workers.celery_process import CeleryProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.usefixtures("root")]
 

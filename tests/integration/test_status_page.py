@@ -30,6 +30,7 @@ import pytest
 import websocket
 from fastapi.testclient import TestClient
 
+from lessonctl.celery_process import CeleryProcess
 from scheduler.core.records import LiveLesson
 from scheduler.http.api import create_app
 from scheduler.services.catalog import load_catalog
@@ -40,7 +41,6 @@ from tests.support.lessons import REPO, live_record
 from tests.support.prereqs import needs
 from tests.support.processes import ApiServer, settings_env
 from tests.support.waits import wait_for
-from workers.celery_process import CeleryProcess
 
 TOKEN = "page-s3cret"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")

@@ -33,8 +33,7 @@ from tests.support.k8s import (
     ring_checks,
 )
 from tests.support.waits import wait_until
-from workers.backends.kubernetes import ApiError
-from workers.backends.kubernetes.api import call
+from workers.backends.kubernetes.api import ApiError, call
 from workers.backends.kubernetes.status import _interfaces, _not_ready
 
 # --- pure ---------------------------------------------------------------------------------------------------

@@ -204,7 +204,7 @@ def test_exec_is_confined_to_the_pods_network_namespace_as_nobody(
     from scheduler.core import render
     from scheduler.core.plan import make_plan
     from scheduler.services.catalog import load_catalog
-    from workers.backends.kubernetes import KubernetesBackend
+    from workers.backends.kubernetes.backend import KubernetesBackend
 
     lesson = load_catalog(k8s_cluster.REPO / "config" / "lessons").get("busybox-line")
     assert lesson is not None

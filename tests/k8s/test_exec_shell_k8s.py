@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from lessonctl.celery_process import CeleryProcess
 from scheduler.services.state import Store
 from scheduler.settings import Settings
 from tests.support.cli import LESSONCTL, assert_shell_session, lessonctl, lessonctl_env, shell_session, up
 from tests.support.k8s import REAL_NODE
-from workers.celery_process import CeleryProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

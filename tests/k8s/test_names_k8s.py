@@ -23,13 +23,13 @@ from typing import Any
 
 import pytest
 
+from lessonctl.celery_process import CeleryProcess
 from scheduler.core import naming
 from scheduler.services.state import Store
 from scheduler.settings import Settings
 from tests.support.cli import LESSONCTL, lessonctl, lessonctl_env, up
 from tests.support.k8s import REAL_NODE
 from tests.support.lessons import names_catalog
-from workers.celery_process import CeleryProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from lessonctl.celery_process import CeleryProcess
 from scheduler.client import Client
 from scheduler.core.plan import make_plan
 from scheduler.services.catalog import load_catalog
@@ -23,8 +24,7 @@ from tests.k8s.machinery.api_proxy import ApiProxy
 from tests.support.k8s import REAL_NODE, SLEEPER, Kubectl, cluster, namespaces_of
 from tests.support.lessons import CURRICULUM, TRIANGLE
 from tests.support.waits import wait_for, wait_until
-from workers.backends.kubernetes import KubernetesBackend
-from workers.celery_process import CeleryProcess
+from workers.backends.kubernetes.backend import KubernetesBackend
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

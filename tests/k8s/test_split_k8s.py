@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from lessonctl.celery_process import CeleryProcess
 from scheduler.client import Client
 from scheduler.core import naming
 from scheduler.services.state import Store
@@ -23,7 +24,6 @@ from tests.k8s.conftest import run_cluster
 from tests.support.k8s import Kubectl, backend, cluster
 from tests.support.lessons import ring_lesson
 from tests.support.waits import wait_for, wait_until
-from workers.celery_process import CeleryProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

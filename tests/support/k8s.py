@@ -19,7 +19,7 @@ from scheduler.services.catalog import load_catalog
 from tests.support.ids import new_id
 from tests.support.lessons import CATALOG, REPO
 from tests.support.prereqs import needs
-from workers.backends.kubernetes import KubernetesBackend
+from workers.backends.kubernetes.backend import KubernetesBackend
 from workers.connectivity import run_check
 
 K8S_TESTS = REPO / "tests" / "k8s"

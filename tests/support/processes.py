@@ -16,9 +16,9 @@ from typing import Any
 
 import httpx
 
+from lessonctl.celery_process import CeleryProcess
 from scheduler.dev.redis_server import free_port
 from scheduler.settings import Settings
-from workers.celery_process import CeleryProcess
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

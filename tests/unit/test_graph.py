@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from scheduler.cli import main
+from lessonctl.cli import main
 from scheduler.core import graph
 from scheduler.core.lessons import ResolvedLesson, parse_lesson, resolve
 from scheduler.core.plan import make_plan

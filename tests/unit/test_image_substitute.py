@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from scheduler import cli
+from lessonctl import output
 from scheduler.core.lessons import ResolvedLesson, check_image_reference, parse_lesson, resolve
 from scheduler.core.plan import SUBSTITUTE_COMMAND, Plan, make_plan
 from scheduler.core.records import LiveLesson, substitute_note
@@ -249,13 +249,13 @@ def test_record_round_trip_and_old_records() -> None:
 
 def test_status_says_it(capsys: pytest.CaptureFixture[str]) -> None:
     _, record = live_record(triangle())
-    cli.print_record(record, as_json=False)
+    output.print_record(record, as_json=False)
     assert "LESSON_IMAGE_SUBSTITUTE" not in capsys.readouterr().out
     record.image_substitute = "busybox"
-    cli.print_record(record, as_json=False)
+    output.print_record(record, as_json=False)
     assert substitute_note("busybox") == NOTE
     assert NOTE in " ".join(capsys.readouterr().out.split())
-    cli.print_record(record, as_json=True)
+    output.print_record(record, as_json=True)
     assert json.loads(capsys.readouterr().out)["image_substitute"] == "busybox"
 
 

@@ -16,7 +16,7 @@ def get_backend(settings: Settings, *, deployment: str) -> Backend:
     what that deployment made."""
     # imported lazily: the kubernetes client costs ~0.3 s to import and the local backend needs none of it
     if settings.backend == "kubernetes":
-        from workers.backends.kubernetes import KubernetesBackend
+        from workers.backends.kubernetes.backend import KubernetesBackend
 
         return KubernetesBackend.from_settings(settings, deployment=deployment)
     from workers.backends.local import LocalBackend

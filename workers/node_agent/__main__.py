@@ -12,7 +12,7 @@ from pathlib import Path
 from scheduler.core import naming
 from scheduler.core.errors import SchedulerError
 from scheduler.services.logging import configure
-from workers.backends.kubernetes import KubernetesBackend
+from workers.backends.kubernetes.api import api_client
 from workers.node_agent.agent import NodeAgent
 
 
@@ -33,8 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--resync {args.resync} is not in 1..3600")
     configure(args.log_format)
     try:
-        # the backend's client set-up (a bounded, unretried urllib3); the agent uses only its ApiClient
-        backend = KubernetesBackend.from_kubeconfig(args.kubeconfig, instance="node-agent")
+        api = api_client(args.kubeconfig)
     except SchedulerError as exc:
         parser.exit(2, f"node agent: {exc}\n")
     stop = threading.Event()
@@ -48,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, leave)
     try:
-        NodeAgent(backend.api, args.node, mtu=args.mtu, resync=args.resync).run(stop, ready_file=args.ready_file)
+        NodeAgent(api, args.node, mtu=args.mtu, resync=args.resync).run(stop, ready_file=args.ready_file)
     finally:
-        backend.close()
+        api.close()  # type: ignore[no-untyped-call]
     return 0
 
 

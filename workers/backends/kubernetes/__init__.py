@@ -5,9 +5,6 @@
 - ``grant``: who we are, and the lesson role bound to us in each lesson namespace;
 - ``status``: pods and Multus's network-status read into ``PodStatus``;
 - ``backend``: :class:`KubernetesBackend`, the ``Backend`` itself.
+
+Nothing is imported here, so the node agent can use ``api`` without loading the backend.
 """
-
-from workers.backends.kubernetes.api import ApiError, http_status, is_transient
-from workers.backends.kubernetes.backend import KubernetesBackend
-
-__all__ = ["ApiError", "KubernetesBackend", "http_status", "is_transient"]

@@ -14,19 +14,21 @@ import json
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import structlog
 import urllib3
-from kubernetes import watch
+from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from tenacity import RetryCallState, retry, retry_if_exception, stop_after_delay
 
-from scheduler.core.errors import PermanentError, SchedulerError, TemporaryError
+from scheduler.core.errors import PermanentError, PrerequisiteMissing, SchedulerError, TemporaryError
 
 __all__ = [
     "REQUEST_TIMEOUT",
     "ApiError",
+    "api_client",
     "call",
     "describe",
     "http_status",
@@ -45,6 +47,26 @@ REQUEST_TIMEOUT = (5.0, 30.0)
 RETRY_AFTER_CAP = 10.0
 # the connection-level errors of the client: no answer came, so the API server may answer next time
 CONNECTION_ERRORS = (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
+
+def api_client(kubeconfig: str | Path | None) -> client.ApiClient:
+    """A client on that kubeconfig, or on the in-cluster ServiceAccount when it is None.
+
+    Raises PrerequisiteMissing when neither is there. Its urllib3 never retries: every retry is tenacity's
+    (:func:`call`), bounded and logged."""
+    configuration = client.Configuration()
+    try:
+        if kubeconfig is not None:
+            config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+        else:
+            config.load_incluster_config(client_configuration=configuration)
+    except (config.ConfigException, OSError) as exc:
+        raise PrerequisiteMissing(
+            f"no Kubernetes configuration: {exc} (set LESSON_KUBECONFIG, or run in a cluster)"
+        ) from exc
+    # urllib3 would otherwise retry resets of GETs silently, three times, unbounded in time
+    configuration.retries = False
+    return client.ApiClient(configuration)
+
 
 _HANDSHAKE = re.compile(r"Handshake status (\d{3})")
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import structlog
 import yaml
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.stream import portforward, stream
 from kubernetes.stream.ws_client import ERROR_CHANNEL
@@ -51,6 +51,7 @@ from workers.backends.kubernetes import terminal
 from workers.backends.kubernetes.api import (
     CONNECTION_ERRORS,
     ApiError,
+    api_client,
     call,
     describe,
     list_watch,
@@ -109,21 +110,8 @@ class KubernetesBackend(Backend):
         node_max_pods: int = 0,
     ) -> KubernetesBackend:
         """A backend on that kubeconfig, or on the in-cluster ServiceAccount when it is None."""
-        configuration = client.Configuration()
-        try:
-            if kubeconfig is not None:
-                config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
-            else:
-                config.load_incluster_config(client_configuration=configuration)
-        except (config.ConfigException, OSError) as exc:
-            raise PrerequisiteMissing(
-                f"no Kubernetes configuration: {exc} (set LESSON_KUBECONFIG, or run in a cluster)"
-            ) from exc
-        # urllib3 would otherwise retry resets of GETs silently, three times, unbounded in time: every retry
-        # is tenacity's, bounded and logged
-        configuration.retries = False
         return cls(
-            client.ApiClient(configuration), instance=instance, deployment=deployment,
+            api_client(kubeconfig), instance=instance, deployment=deployment,
             placement=placement, node_max_pods=node_max_pods,
         )  # fmt: skip
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from celery import Celery
 from rich.console import Console
 
+from lessonctl.celery_process import CeleryProcess, WorkerNotReady
 from scheduler.core.errors import SchedulerError, TemporaryError
 from scheduler.core.images import canonical
 from scheduler.core.records import STEPS, LiveLesson, new_id
@@ -36,7 +37,6 @@ from scheduler.settings import Settings
 from workers.backends import get_backend
 from workers.backends.local import LocalBackend
 from workers.backends.local.images import BUSYBOX, ImageStore
-from workers.celery_process import CeleryProcess, WorkerNotReady
 from workers.pipeline import Pipeline
 
 __all__ = ["Demo", "DemoResult", "json_events"]

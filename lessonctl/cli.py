@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-from rich.console import Console
 from rich.table import Table
 
+from lessonctl.output import err, out, print_record, status_markup
 from scheduler.core.errors import InvalidRequest, LessonError, LimitExceeded, NotFound, SchedulerError
 from scheduler.core.plan import make_plan
-from scheduler.core.records import EMULATED_NOTE, LiveLesson, new_id, now, substitute_note
+from scheduler.core.records import new_id, now
 from scheduler.core.render import render as render_objects
 from scheduler.core.render import to_yaml
 from scheduler.services.catalog import Catalog, configured_catalog
@@ -28,9 +28,6 @@ from scheduler.services.logging import configure
 from scheduler.settings import Settings, get_settings
 
 __all__ = ["main"]
-
-out = Console()
-err = Console(stderr=True)
 
 BAD_INPUT = (LessonError, InvalidRequest, NotFound, LimitExceeded)
 
@@ -73,101 +70,6 @@ def _store(settings: Settings) -> Any:
     from scheduler.services.state import Store
 
     return Store.from_settings(settings)
-
-
-def print_record(record: LiveLesson, as_json: bool) -> None:
-    if as_json:
-        click.echo(record.model_dump_json(indent=2))
-        return
-    out.print(f"[bold]{record.id}[/bold]  {record.lesson}  session={record.session}  status={_status(record.status)}")
-    if record.error:
-        out.print(f"  [red]error in {record.error.step}:[/red] {record.error.message}", highlight=False)
-    if record.image_substitute:
-        out.print(f"  {substitute_note(record.image_substitute)}", style="yellow", markup=False, highlight=False)
-    if record.endpoints:
-        out.print(_endpoints_table(record))
-    if any(ep.presentations for ep in record.endpoints.values()):
-        out.print(_presentations_table(record))
-        for ep in record.endpoints.values():  # whole lines, to copy: a table cell would wrap them
-            for p in ep.presentations:
-                out.print(f"  {p.forward}", soft_wrap=True, highlight=False, markup=False)
-    if record.checks:
-        out.print(_ping_matrix(record))
-        crossed = [f"{c.source}->{c.target}" for c in record.checks if c.crossed_nodes and not c.by_name]
-        if crossed:
-            out.print(
-                f"across nodes: {len(crossed)} link pings went through a VXLAN tunnel between nodes: "
-                + ", ".join(crossed),
-                highlight=False,
-            )
-        named = [c for c in record.checks if c.by_name]
-        if named:
-            failed = [f"{c.source}->{c.target} ({c.address or 'unresolved'})" for c in named if not c.ok]
-            passed = len(named) - len(failed)
-            summary = f"by name: {passed} of {len(named)} pings over eth0 reached the name's endpoint"
-            out.print(summary + (f"; failing: {', '.join(failed)}" if failed else ""), highlight=False)
-
-
-def _status(status: str) -> str:
-    colour = {"ready": "green", "failed": "red", "deleted": "dim", "deleting": "yellow"}.get(status, "cyan")
-    return f"[{colour}]{status}[/{colour}]"
-
-
-def _endpoints_table(record: LiveLesson) -> Table:
-    kind = f"; {EMULATED_NOTE}" if record.pods == "emulated" else "; pods are containers"
-    nodes = sorted({ep.node for ep in record.endpoints.values() if ep.node})
-    split = len(nodes) > 1  # a node column only when the lesson spans several
-    where = f"split over {len(nodes)} nodes" if split else f"node {record.node or '-'}"
-    table = Table(title=f"endpoints ({where}{kind})", title_justify="left")
-    for column in ("endpoint", *(["node"] if split else []), "pod", "ready", "interface", "network", "address"):
-        table.add_column(column)
-    for name, ep in record.endpoints.items():
-        rows: list[Any] = list(ep.interfaces) or [None]
-        for i, itf in enumerate(rows):
-            table.add_row(
-                name if i == 0 else "",
-                *([(ep.node or "-") if i == 0 else ""] if split else []),
-                ep.pod if i == 0 else "",
-                ("yes" if ep.ready else "no") if i == 0 else "",
-                itf.name if itf else "-",
-                itf.network if itf else "-",
-                (itf.address or "-") if itf else "-",
-            )
-    return table
-
-
-def _presentations_table(record: LiveLesson) -> Table:
-    table = Table(title="presentations (from this machine: the port-forward commands below)", title_justify="left")
-    for column in ("endpoint", "name", "type", "port", "in the lesson"):
-        table.add_column(column)
-    for name, ep in record.endpoints.items():
-        for p in ep.presentations:
-            table.add_row(name, p.name, p.type, str(p.port), p.reach)
-    return table
-
-
-def _ping_matrix(record: LiveLesson) -> Table:
-    names = list(record.endpoints)
-    table = Table(
-        title="pings over the links (rows ping columns; average RTT and loss of the burst)", title_justify="left"
-    )
-    table.add_column("from \\ to")
-    for name in names:
-        table.add_column(name, justify="right")
-    cells = {(c.source, c.target): c for c in record.checks if not c.by_name}
-    for source in names:
-        row = []
-        for target in names:
-            c = cells.get((source, target))
-            if c is None:
-                row.append("" if source != target else "-")
-            elif c.ok:
-                rtt = f"{c.rtt_avg_ms:.3f} ms" if c.rtt_avg_ms is not None else "ok"
-                row.append(f"[green]{rtt} {c.loss_pct:g}%[/green]")
-            else:
-                row.append(f"[red]{c.received}/{c.sent} {c.loss_pct:g}%[/red]")
-        table.add_row(source, *row)
-    return table
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -276,7 +178,7 @@ def ls(as_json: bool, limit: int) -> None:
         table.add_column(column)
     t = now()
     for r in records:
-        table.add_row(r.id, r.lesson, r.session, _status(r.status), _ago(t, r.created_at), _ago(r.expires_at, t))
+        table.add_row(r.id, r.lesson, r.session, status_markup(r.status), _ago(t, r.created_at), _ago(r.expires_at, t))
     out.print(table)
     if more is not None:
         err.print(f"(the newest {limit} shown; --limit for more)", highlight=False)
@@ -310,7 +212,7 @@ def down(livelesson: str, wait_: bool) -> None:
         record = delete_lesson(settings, _store(settings), livelesson)
         if wait_:
             record = Client(settings).wait(livelesson, 60, until=frozenset({"deleted", "failed"}))
-    out.print(f"{record.id} {_status(record.status)}")
+    out.print(f"{record.id} {status_markup(record.status)}")
 
 
 @main.command()
@@ -421,7 +323,7 @@ def port_forward(livelesson: str, endpoint: str, port: int, local_port: int, add
     Like kubectl port-forward: each connection is relayed into the pod and reaches its loopback (a
     presentation's ssh or http, e.g. `ssh -p LOCAL_PORT user@127.0.0.1`). The first line printed says where
     it listens. Only loopback addresses: nothing off this machine may connect (exit 2 otherwise)."""
-    from workers.portforward import Forwarder
+    from lessonctl.portforward import Forwarder
 
     if not _loopback(address) or address == "localhost":
         _fail(f"--address {address!r} must be a loopback address such as 127.0.0.1 or ::1", 2)
@@ -519,7 +421,7 @@ def graph(path: Path | None, fmt: str, livelesson: str | None, slug: str | None)
 @click.option("--lesson", "slug", default=None, help="Which lesson, when PATH holds several.")
 def demo(path: Path | None, as_json: bool, keep: bool, slug: str | None) -> None:
     """Run a lesson end to end: private Redis, a worker, request, progress, pings, teardown."""
-    from workers.demo import Demo
+    from lessonctl.demo import Demo
 
     settings = _settings()
     path = path or Path(__file__).resolve().parent.parent / "config" / "lessons" / "busybox-triangle.yaml"
