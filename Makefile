@@ -15,11 +15,12 @@ TEST_APT_PACKAGES := chromium fonts-dejavu-core openssl containerd redis-sentine
 # a stamp per input, so `make` reinstalls only when pyproject.toml changes
 STAMP := $(VENV)/.installed
 
-.PHONY: help deps apt venv demo test test-prereqs lint typecheck pytest bench soak clean
+.PHONY: help deps apt venv demo check test test-prereqs lint typecheck unit pytest bench soak clean
 
 help:
 	@echo "make demo   run the seed's triangle on the local backend (as root)"
-	@echo "make test   ruff, mypy and the whole test suite (as root)"
+	@echo "make check  the quick tier, for every change: ruff, import layers, mypy, unit tests (no root, < 2 min)"
+	@echo "make test   everything: the quick tier, then every test, cluster included (as root, < 25 min cached)"
 	@echo "make bench  the benchmarks (bench/), tables into docs/benchmarks.md"
 
 apt:
@@ -58,21 +59,34 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 
+# the unit tier: pure code, the CLI offline, and the pipeline's decisions on the in-memory fake backend;
+# no root, no network namespace, no cluster. Two processes: the hypothesis tests keep both cores busy.
+unit: venv
+	$(PY) -m pytest tests/unit -q -n 2 --durations=10
+
+# the inner loop: what every change should pass before it is pushed
+check: lint typecheck unit
+
 pytest: venv
 	@$(MAKE) --no-print-directory apt EXTRA_APT="$(TEST_APT_PACKAGES)"
 	$(PY) -m pytest
 
 # what `make test` needs and apt cannot give: said at once, before minutes of work
 GO_MIN := 1.24
+MULTUS_SRC := $(or $(LESSON_THIRD_PARTY),$(CURDIR)/../shared/third_party)/multus-cni
 test-prereqs:
+	@[ -f "$(MULTUS_SRC)/cmd/multus/main.go" ] || { echo "make test needs Multus v4.3.0's source in $(MULTUS_SRC) (github.com/k8snetworkplumbingwg/multus-cni at tag v4.3.0; the Go module proxy does not serve it), or LESSON_THIRD_PARTY naming the folder that holds multus-cni/"; exit 1; }
 	@command -v go >/dev/null 2>&1 || { echo "make test needs Go $(GO_MIN) or newer on PATH to build the test Kubernetes cluster (https://go.dev/dl/); everything else it installs itself"; exit 1; }
 	@v=$$(go env GOVERSION | sed 's/^go//'); \
 	  if [ "$$(printf '%s\n%s\n' "$(GO_MIN)" "$$v" | sort -V | head -1)" != "$(GO_MIN)" ]; then \
 	    echo "make test needs Go $(GO_MIN) or newer (found $$v) to build the test Kubernetes cluster (https://go.dev/dl/)"; exit 1; fi
 	@$(MAKE) --no-print-directory apt EXTRA_APT="$(TEST_APT_PACKAGES)"
 
-# the test cluster's binaries are built once (minutes) and cached outside the repo
-test: test-prereqs lint typecheck k8s-tools pytest
+# lint and types first (seconds); then tests/run-suite.sh: the tests that need no cluster while the test
+# cluster's binaries build (once, minutes, cached outside the repo), then the cluster's tests. It prints
+# the slowest tests of each phase and the time of each.
+test: test-prereqs lint typecheck
+	@bash tests/run-suite.sh
 
 bench: deps
 	$(PY) bench/local_backend.py

@@ -59,8 +59,8 @@ from scheduler.settings import Settings  # noqa: E402
 from tests.support.leftovers import cleanup_instance  # noqa: E402
 from tests.support.lessons import triangle  # noqa: E402
 from tests.support.processes import ApiServer, settings_env  # noqa: E402
-from workers.backends.local.containers import runtime_config  # noqa: E402
-from workers.backends.local.images import BUSYBOX, ImageStore  # noqa: E402
+from workers.backends.local.image_store import BUSYBOX, ImageStore  # noqa: E402
+from workers.backends.local.runtime.runc import runtime_config  # noqa: E402
 
 FLOOR_CONTAINERS = REPO / "bench" / "floor-containers.sh"
 SERIES = ("container", "emulated", "floor-triangle", "floor-containers")

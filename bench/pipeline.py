@@ -63,7 +63,7 @@ from tests.support.lessons import TRIANGLE  # noqa: E402
 from tests.support.processes import ApiServer, settings_env  # noqa: E402
 from workers.backends.base import Backend  # noqa: E402
 from workers.backends.local import LocalBackend  # noqa: E402
-from workers.backends.local.backend import _parallel  # noqa: E402
+from workers.backends.local.parallel import parallel as _parallel  # noqa: E402
 from workers.connectivity import run_check  # noqa: E402
 
 READY = frozenset({"ready", "failed"})

@@ -78,7 +78,7 @@ from scheduler.services.state import Store  # noqa: E402
 from scheduler.settings import Settings  # noqa: E402
 from tests.support.leftovers import cleanup_instance  # noqa: E402
 from tests.support.processes import settings_env  # noqa: E402
-from workers.backends.local import netns, rtnetlink  # noqa: E402
+from workers.backends.local.net import netns, rtnetlink  # noqa: E402
 
 LESSON = "busybox-triangle"
 STEPS = ("create_networks", "schedule_pods", "wait_ready", "verify_connectivity")

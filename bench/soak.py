@@ -80,8 +80,8 @@ from scheduler.settings import Settings  # noqa: E402
 from tests.support import netns_tools as netns  # noqa: E402
 from tests.support.leftovers import cleanup_instance  # noqa: E402
 from tests.support.processes import ApiServer, settings_env  # noqa: E402
-from workers.backends.local.containers import Runc, cgroup_dirs, mounts_under  # noqa: E402
-from workers.backends.local.images import ImageStore  # noqa: E402
+from workers.backends.local.image_store import ImageStore  # noqa: E402
+from workers.backends.local.runtime.runc import Runc, cgroup_dirs, mounts_under  # noqa: E402
 
 TOKEN = "soak-" + secrets.token_hex(8)
 SETTLED = {"deleted", "failed"}

@@ -18,8 +18,10 @@ import click
 from rich.table import Table
 
 from lessonctl.output import err, out, print_record, status_markup
+from scheduler.core.checks import check_image_reference, is_id
+from scheduler.core.drawing import FORMATS
 from scheduler.core.errors import InvalidRequest, LessonError, LimitExceeded, NotFound, SchedulerError
-from scheduler.core.plan import make_plan
+from scheduler.core.plan_inputs import Draft, plan_for
 from scheduler.core.records import new_id, now
 from scheduler.core.render import render as render_objects
 from scheduler.core.render import to_yaml
@@ -95,26 +97,16 @@ def validate(paths: tuple[Path, ...]) -> None:
 @click.option("--lesson", "slug", default=None, help="Which lesson, when PATH holds several.")
 def render_command(path: Path, session: str, livelesson: str | None, slug: str | None) -> None:
     """Print the Kubernetes objects of one live lesson as multi-document YAML."""
-    from scheduler.core.records import ID_PATTERN
     from scheduler.services.lifecycle import validate_session
 
     settings = _settings()
     with _errors():
         validate_session(session)
-        if livelesson is not None and not ID_PATTERN.match(livelesson):
+        if livelesson is not None and not is_id(livelesson):
             raise InvalidRequest(f"--id {livelesson!r} must be 10 lower-case letters or digits")
         catalog = configured_catalog(settings, [path])
         lesson = _pick(catalog, slug)
-        plan = make_plan(
-            lesson,
-            livelesson or new_id(),
-            session,
-            instance=settings.instance,
-            subnet_pool=settings.subnet_pool,
-            image_substitute=settings.image_substitute,
-            main_pool=settings.main_pool,
-            names=settings.check_names,
-        )
+        plan = plan_for(Draft(livelesson or new_id(), session, settings.instance), lesson, settings)
         click.echo(to_yaml(render_objects(plan)), nl=False)
 
 
@@ -205,20 +197,22 @@ def keepalive(livelesson: str) -> None:
 def down(livelesson: str, wait_: bool) -> None:
     """Tear a live lesson down."""
     from scheduler.client import Client
+    from scheduler.core.steps import TERMINAL
     from scheduler.services.lifecycle import delete_lesson
 
     settings = _settings()
     with _errors():
         record = delete_lesson(settings, _store(settings), livelesson)
         if wait_:
-            record = Client(settings).wait(livelesson, 60, until=frozenset({"deleted", "failed"}))
+            record = Client(settings).wait(livelesson, 60, until=TERMINAL)
     out.print(f"{record.id} {status_markup(record.status)}")
 
 
 @main.command()
 def gc() -> None:
     """Run one garbage-collection pass now (expired, stuck and orphaned live lessons)."""
-    from scheduler.services.queue import sender
+    from scheduler.services.queue import enqueue_step
+    from scheduler.services.state import release
     from workers.backends import get_backend
     from workers.gc import collect
     from workers.pipeline import Pipeline
@@ -231,9 +225,9 @@ def gc() -> None:
         if not lock.acquire():
             _fail("another GC pass is running", 1)
         try:
-            counts = collect(pipeline, lambda task, livelesson: sender(settings).send_task(task, args=[livelesson]))
+            counts = collect(pipeline, lambda task, livelesson: enqueue_step(settings, task, livelesson))
         finally:
-            lock.release()
+            release(lock, "gc")
     if counts.get("node_removed"):
         out.print("the node namespace was removed: no live lesson was left on it")
     out.print(" ".join(f"{k}={v}" for k, v in counts.items()))
@@ -283,13 +277,12 @@ def _attach(livelesson: str, endpoint: str, argv: tuple[str, ...], *, tty: bool)
 def _ready_pod(livelesson: str, endpoint: str) -> Iterator[tuple[Any, Any]]:
     """(backend, plan) of a ready live lesson that has ``endpoint``, inside :func:`_errors`: an unknown id
     or endpoint exits 2, a live lesson that is not ready exits 1. The backend is closed on the way out."""
-    from scheduler.core.records import ID_PATTERN
     from workers.backends import get_backend
     from workers.pipeline import Pipeline
 
     settings = _settings()
     with _errors():
-        if not ID_PATTERN.match(livelesson):
+        if not is_id(livelesson):
             raise InvalidRequest(f"live lesson id {livelesson!r} must be 10 lower-case letters or digits")
         store = _store(settings)
         record = store.require(livelesson)
@@ -385,13 +378,12 @@ def serve(host: str, port: int) -> None:
 
 @main.command()
 @click.argument("path", required=False, type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["mermaid", "dot", "svg"]), default="mermaid", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="mermaid", show_default=True)
 @click.option("--livelesson", default=None, metavar="ID", help="Draw a live lesson: addresses, links by ping result.")
 @click.option("--lesson", "slug", default=None, help="Which lesson, when PATH holds several.")
 def graph(path: Path | None, fmt: str, livelesson: str | None, slug: str | None) -> None:
     """Draw a lesson's topology (endpoints, links, subnets), or a live lesson's with addresses and pings."""
-    from scheduler.core import graph as draw
-    from scheduler.core.records import ID_PATTERN
+    from scheduler.core import drawing
 
     if path is None and livelesson is None:
         _fail("give a lesson PATH or --livelesson ID", 2)
@@ -401,14 +393,15 @@ def graph(path: Path | None, fmt: str, livelesson: str | None, slug: str | None)
     with _errors():
         if path is not None:
             lesson = _pick(configured_catalog(settings, [path]), slug)
-            topology = draw.lesson_topology(lesson, subnet_pool=settings.subnet_pool)
+            topology = drawing.lesson_topology(lesson, subnet_pool=settings.subnet_pool)
         elif livelesson is not None:
-            if not ID_PATTERN.match(livelesson):
+            if not is_id(livelesson):
                 raise InvalidRequest(f"--livelesson {livelesson!r} must be 10 lower-case letters or digits")
-            record = _store(settings).require(livelesson)
+            store = _store(settings)
+            record = store.require(livelesson)
             lesson = _catalog(settings).get(record.lesson)
-            topology = draw.livelesson_topology(record, lesson, subnet_pool=settings.subnet_pool)
-        click.echo(draw.draw(topology, fmt), nl=False)
+            topology = drawing.livelesson_topology(record, lesson, settings, deployment=store.deployment())
+        click.echo(drawing.draw(topology, fmt), nl=False)
 
 
 # --- demo ------------------------------------------------------------------------------------------
@@ -448,7 +441,7 @@ def _image_store(settings: Settings) -> Any:
             "on Kubernetes the kubelet pulls them",
             2,
         )
-    from workers.backends.local.images import ImageStore
+    from workers.backends.local.image_store import ImageStore
 
     return ImageStore.configured(settings.state_dir, settings.image_dir, settings.insecure_registries)
 
@@ -491,8 +484,6 @@ def images_import(path: Path, name: str | None) -> None:
 @click.argument("reference")
 def images_pull(reference: str) -> None:
     """Pull an image from its registry (the host's /etc/containers/registries.conf applies)."""
-    from scheduler.core.lessons import check_image_reference
-
     if (why := check_image_reference(reference)) is not None:
         _fail(f"REFERENCE {why}", 2)
     settings = _settings()

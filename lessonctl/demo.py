@@ -27,7 +27,8 @@ from rich.console import Console
 from lessonctl.celery_process import CeleryProcess, WorkerNotReady
 from scheduler.core.errors import SchedulerError, TemporaryError
 from scheduler.core.images import canonical
-from scheduler.core.records import STEPS, LiveLesson, new_id
+from scheduler.core.records import LiveLesson, new_id
+from scheduler.core.steps import SETTLED, STEPS, TERMINAL
 from scheduler.dev.redis_server import PrivateRedis
 from scheduler.services.catalog import load_catalog
 from scheduler.services.lifecycle import delete_lesson, request_lesson
@@ -36,7 +37,7 @@ from scheduler.services.state import Store
 from scheduler.settings import Settings
 from workers.backends import get_backend
 from workers.backends.local import LocalBackend
-from workers.backends.local.images import BUSYBOX, ImageStore
+from workers.backends.local.image_store import BUSYBOX, ImageStore
 from workers.pipeline import Pipeline
 
 __all__ = ["Demo", "DemoResult", "json_events"]
@@ -248,7 +249,7 @@ class Demo:
                         retries = f"  ({timing.attempts} attempts)" if timing.attempts > 1 else ""
                         self.console.print(f"  [green]✓[/green] {step:<22} {ms:8.1f} ms{retries}")
                 status.update(f"{record.status}...")
-                if record.status in {"ready", "failed", "deleted"} or time.monotonic() > deadline:
+                if record.status in SETTLED or time.monotonic() > deadline:
                     return record
                 if not worker.alive():
                     self._print_log_tail(worker)
@@ -278,7 +279,7 @@ class Demo:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             record = store.get(livelesson)
-            if record is None or record.status in {"deleted", "failed"}:
+            if record is None or record.status in TERMINAL:
                 break
             time.sleep(0.05)
         leftovers = []

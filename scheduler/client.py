@@ -17,19 +17,17 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 
 from scheduler.core.errors import InvalidRequest, LimitExceeded, NotFound, SchedulerError, TemporaryError
 from scheduler.core.records import LiveLesson, check_id
+from scheduler.core.steps import SETTLED
+from scheduler.core.task_names import REQUEST_TASK
 from scheduler.services.lifecycle import delete_lesson
 from scheduler.services.queue import sender
-from scheduler.services.state import UNAVAILABLE, Store, parse_status_message
+from scheduler.services.state import RECHECK_SECONDS, UNAVAILABLE, Store, parse_status_message
 from scheduler.settings import Settings, get_settings
 
 __all__ = ["RECHECK_SECONDS", "SETTLED", "Client", "delete", "get", "keepalive", "request_lesson", "wait"]
 
 log = structlog.get_logger(__name__)
 
-SETTLED = frozenset({"ready", "failed", "deleted"})
-# A waiter re-reads the record this often even without a message: the safety net for a message lost while the
-# subscription's connection was down (Redis restarted, a failover). Changes themselves arrive by push.
-RECHECK_SECONDS = 5.0
 _ERRORS: dict[str, type[SchedulerError]] = {
     "NotFound": NotFound,
     "LimitExceeded": LimitExceeded,
@@ -44,11 +42,11 @@ class Client:
 
     def request_lesson(self, lesson: str, session: str, *, timeout: float = 30.0) -> LiveLesson:
         """Create (or return the active) live lesson of (lesson, session), through ``lessons.request``."""
-        result = sender(self.settings).send_task("lessons.request", args=[lesson, session])
+        result = sender(self.settings).send_task(REQUEST_TASK, args=[lesson, session])
         try:
             answer = result.get(timeout=timeout)
         except CeleryTimeout as exc:
-            raise TemporaryError(f"no worker answered lessons.request within {timeout}s") from exc
+            raise TemporaryError(f"no worker answered {REQUEST_TASK} within {timeout}s") from exc
         finally:
             result.forget()
         if not answer["ok"]:

@@ -24,6 +24,17 @@ from tests.support.prereqs import is_root, needs
 from tests.support.processes import start_celery
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs the test cluster ``cluster``, so a run can take them apart
+    (`-m cluster`, `-m "not cluster"`): the ones that use its fixtures, and the contract suite's
+    kubernetes parametrisation (which asks for them at run time)."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        param = callspec.params.get("make_backend") if callspec is not None else None
+        if "k8s_kubeconfig" in getattr(item, "fixturenames", ()) or param == "kubernetes":
+            item.add_marker(pytest.mark.cluster)
+
+
 @pytest.fixture
 def root() -> None:
     needs(is_root(), "needs root, iproute2 and containernetworking-plugins")
@@ -44,7 +55,7 @@ def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An image store with busybox, built once per session from Debian's busybox-static (as `make demo` does).
 
     Every test's settings use it: the lessons in config/lessons run busybox as real containers."""
-    from workers.backends.local.images import ImageStore
+    from workers.backends.local.image_store import ImageStore
 
     for tool in ("runc", "umoci", "skopeo", "busybox"):
         needs(shutil.which(tool) is not None, f"needs {tool} (apt-get install runc umoci skopeo busybox-static)")

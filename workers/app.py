@@ -13,7 +13,8 @@ from celery import Celery, signals
 from celery.worker import state as worker_state
 from celery.worker.consumer import Consumer
 
-from scheduler.core.records import ID_PATTERN
+from scheduler.core.checks import is_id
+from scheduler.core.task_names import GC_TASK, REQUEST_TASK
 from scheduler.services.logging import configure
 from scheduler.services.queue import celery_config, time_limits
 from scheduler.settings import get_settings
@@ -73,7 +74,7 @@ app.conf.update(
     task_track_started=True,
     worker_hijack_root_logger=False,
     beat_schedule={
-        "gc": {"task": "lessons.gc", "schedule": float(settings.gc_interval_seconds), "options": {"expires": 60}},
+        "gc": {"task": GC_TASK, "schedule": float(settings.gc_interval_seconds), "options": {"expires": 60}},
     },
 )
 
@@ -91,10 +92,10 @@ def _setup_logging(**_: Any) -> None:
 def _bind(task_id: str | None = None, task: Any = None, args: Any = None, **_: Any) -> None:
     structlog.contextvars.clear_contextvars()
     context: dict[str, Any] = {"task_id": task_id, "task": getattr(task, "name", None)}
-    if args and task is not None and task.name != "lessons.request":
+    if args and task is not None and task.name != REQUEST_TASK:
         # only a well-formed id: a hostile argument must not be echoed into every log line (the task
         # itself logs its refusal, shortened)
-        context["livelesson"] = args[0] if isinstance(args[0], str) and ID_PATTERN.fullmatch(args[0]) else "(invalid)"
+        context["livelesson"] = args[0] if is_id(args[0]) else "(invalid)"
     structlog.contextvars.bind_contextvars(**context)
 
 

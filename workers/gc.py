@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 import structlog
 
-from scheduler.core.steps import ACTIVE, PROVISIONING, TEARDOWN_TASK, step_at, task_for_status
+from scheduler.core.steps import ACTIVE, PROVISIONING, STEPS, TERMINAL, step_at, task_for_status
+from scheduler.core.task_names import TEARDOWN_TASK
 from workers.pipeline import Pipeline, bind_context
 
 __all__ = ["collect"]
@@ -37,7 +38,7 @@ def collect(pipeline: Pipeline, enqueue: Callable[[str, str], None]) -> dict[str
         if record is None:
             pipeline.store.forget(livelesson)
         elif record.status in PROVISIONING:
-            step = step_at(record.status) or "create_networks"
+            step = step_at(record.status) or STEPS[0]
             pipeline.fail(
                 livelesson,
                 step,
@@ -63,7 +64,7 @@ def collect(pipeline: Pipeline, enqueue: Callable[[str, str], None]) -> dict[str
     for livelesson in held:
         record = records.get(livelesson)
         bind_context(livelesson, record, "gc")
-        if record is None or record.status in {"deleted", "failed"}:
+        if record is None or record.status in TERMINAL:
             pipeline.backend.destroy(livelesson)
             counts["orphan"] += 1
             log.info("orphan destroyed", livelesson=livelesson, record=record.status if record else None)

@@ -7,7 +7,6 @@ Every backend call is idempotent, so running a step twice is harmless.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from collections import Counter
@@ -18,15 +17,13 @@ from datetime import timedelta
 
 import redis
 import structlog
-from redis.exceptions import LockError
 
 from scheduler.core.errors import PermanentError, SchedulerError, TemporaryError
 from scheduler.core.lessons import ResolvedLesson
 from scheduler.core.placement import NodeRoom, place_lesson
-from scheduler.core.plan import Plan, Probe, make_plan
+from scheduler.core.plan import Plan, Probe
+from scheduler.core.plan_inputs import plan_for
 from scheduler.core.records import (
-    ACTIVE,
-    STEP_STATUS,
     Check,
     EndpointState,
     Interface,
@@ -37,9 +34,18 @@ from scheduler.core.records import (
     forward_command,
     now,
 )
-from scheduler.core.steps import WAITING_STEPS, next_task
+from scheduler.core.steps import (
+    ACTIVE,
+    RELEASING,
+    STEP_STATUS,
+    UNFINISHED,
+    WAITING_STEPS,
+    entered_from,
+    next_task,
+    status_after,
+)
 from scheduler.services.catalog import Catalog
-from scheduler.services.state import Store, unreachable
+from scheduler.services.state import Store, release, unreachable
 from scheduler.settings import Settings
 from workers.backends.base import Backend, Observation
 from workers.connectivity import Burst, run_check
@@ -87,19 +93,7 @@ class Pipeline:
         return lesson
 
     def plan(self, record: LiveLesson) -> Plan:
-        lesson = self._lesson(record)
-        return make_plan(
-            lesson,
-            record.id,
-            record.session,
-            instance=record.instance,
-            subnet_pool=self.settings.subnet_pool,
-            deployment=self.store.deployment(),
-            image_substitute=self.settings.image_substitute,
-            main_pool=self.settings.main_pool,
-            names=self.settings.check_names,
-            placement=record.placement,
-        )
+        return plan_for(record, self._lesson(record), self.settings, deployment=self.store.deployment())
 
     def _placed(self, record: LiveLesson) -> LiveLesson:
         """The record with its placement, decided once from the backend's free room when the backend has
@@ -128,8 +122,7 @@ class Pipeline:
 
             after = self.store.update(record.id, change)
         finally:
-            with contextlib.suppress(redis.RedisError, LockError):  # expired or gone: its timeout frees it
-                lock.release()
+            release(lock, "placement")
         log.info(
             "placed",
             nodes=list(placed.used),
@@ -156,7 +149,7 @@ class Pipeline:
     def _begin(self, step: str, livelesson: str) -> LiveLesson | None:
         """Enter ``step``: the record must be at it (or just before it). Counts the attempt."""
         status = STEP_STATUS[step]
-        allowed = {status, "requested"} if step == "create_networks" else {status}
+        allowed = entered_from(step)
 
         def change(rec: LiveLesson) -> LiveLesson | None:
             if rec.status not in allowed:
@@ -173,13 +166,15 @@ class Pipeline:
             return None
         return record
 
-    def _finish(self, step: str, livelesson: str, to: str, edit: Callable[[LiveLesson], None] | None = None) -> bool:
-        status = STEP_STATUS[step]
+    def _finish(self, step: str, livelesson: str, edit: Callable[[LiveLesson], None] | None = None) -> Outcome:
+        """Leave ``step`` for the status after it (with ``edit`` applied) and name the next task; None when
+        the record is no longer at this step."""
+        status, to = STEP_STATUS[step], status_after(step)
 
         def change(rec: LiveLesson) -> LiveLesson | None:
             if rec.status != status:
                 return None
-            rec.status = to  # type: ignore[assignment]
+            rec.status = to
             rec.steps[step].finished_at = now()
             if edit is not None:
                 edit(rec)
@@ -191,11 +186,11 @@ class Pipeline:
             seconds = (timing.finished_at - timing.started_at).total_seconds()  # type: ignore[operator]
             self.store.metrics.observe("lesson_step_seconds", seconds, step=step)
             log.info("step finished", next_status=to, attempts=timing.attempts, seconds=round(seconds, 4))
-            return True
+            return Next(next_task(step))
         # someone moved it first: if that was a teardown, what this step just made must go too
-        if record is None or record.status in {"deleting", "deleted", "failed"}:
+        if record is None or record.status in RELEASING:
             self.backend.destroy(livelesson)
-        return False
+        return None
 
     def fail(self, livelesson: str, step: str, message: str) -> LiveLesson | None:
         """Mark failed with the reason in words, and release the resources at once."""
@@ -250,8 +245,7 @@ class Pipeline:
     def create_networks(self, livelesson: str) -> Outcome:
         def body(record: LiveLesson) -> Outcome:
             self.backend.apply_networks(self.plan(self._placed(record)))
-            ok = self._finish("create_networks", livelesson, "scheduling_pods")
-            return Next(next_task("create_networks")) if ok else None
+            return self._finish("create_networks", livelesson)
 
         return self.run("create_networks", livelesson, body)
 
@@ -265,8 +259,7 @@ class Pipeline:
                 rec.pods = pods
                 rec.image_substitute = plan.image_substitute  # the record says it: never silently
 
-            ok = self._finish("schedule_pods", livelesson, "booting", edit)
-            return Next(next_task("schedule_pods")) if ok else None
+            return self._finish("schedule_pods", livelesson, edit)
 
         return self.run("schedule_pods", livelesson, body)
 
@@ -292,12 +285,15 @@ class Pipeline:
                 _with_endpoints(rec, endpoints)
                 rec.node = nodes[0] if len(nodes) == 1 else ",".join(nodes)
 
-            ok = self._finish("wait_ready", livelesson, "verifying", edit)
-            return Next(next_task("wait_ready")) if ok else None
+            return self._finish("wait_ready", livelesson, edit)
 
         return self.run("wait_ready", livelesson, body)
 
     def verify_connectivity(self, livelesson: str) -> Outcome:
+        # the last step: it records the pings' pass itself, and leaves for ready only after the lesson's
+        # readyDelay, stamping ready_at
+        status, to = STEP_STATUS["verify_connectivity"], status_after("verify_connectivity")
+
         def body(record: LiveLesson) -> Outcome:
             plan = self.plan(record)
             timing = record.steps["verify_connectivity"]
@@ -307,7 +303,7 @@ class Pipeline:
                 ok = all(c.ok for c in checks)
 
                 def save(rec: LiveLesson) -> LiveLesson | None:
-                    if rec.status != "verifying":
+                    if rec.status != status:
                         return None
                     rec.checks = checks
                     if ok:
@@ -339,14 +335,14 @@ class Pipeline:
                 return Again(min(remaining, self.settings.visibility_timeout_seconds / 2))
 
             def ready(rec: LiveLesson) -> LiveLesson | None:
-                if rec.status != "verifying":
+                if rec.status != status:
                     return None
-                rec.status = "ready"
+                rec.status = to
                 rec.ready_at = now()
                 return rec
 
             record_after = self.store.update(livelesson, ready)
-            if record_after is not None and record_after.status == "ready":
+            if record_after is not None and record_after.status == to:
                 timing = record_after.steps["verify_connectivity"]
                 verify_s = (timing.finished_at - timing.started_at).total_seconds()  # type: ignore[operator]
                 elapsed = (record_after.ready_at - record_after.created_at).total_seconds()  # type: ignore[operator]
@@ -407,7 +403,7 @@ class Pipeline:
             self.store.transition(livelesson, ACTIVE, "deleting")
         self.backend.destroy(livelesson)
         if record is not None and record.status != "failed":
-            self.store.transition(livelesson, {*ACTIVE, "deleting"}, "deleted")
+            self.store.transition(livelesson, UNFINISHED, "deleted")
         log.info("live lesson torn down", livelesson=livelesson)
 
 

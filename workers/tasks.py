@@ -1,25 +1,26 @@
 """Thin Celery tasks: take an id, call one pipeline function, map its outcome to Celery.
 
-Task names are a contract (other services ``send_task`` them); see DESIGN.md. Anyone who can write to
-Redis can send one, with any arguments JSON can carry: every task checks its arguments before anything
-else, and refuses (a logged error, no retry, nothing touched) what is not a live-lesson id.
+Task names are a contract: other services ``send_task`` them by name, so they come from
+``scheduler.core.task_names`` and never change. Anyone who can write to Redis can send one, with any
+arguments JSON can carry: every task checks its arguments before anything else, and refuses (a logged
+error, no retry, nothing touched) what is not a live-lesson id.
 """
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
-import redis
 import structlog
 from celery import Task
 
 from scheduler.core.errors import InvalidRequest, SchedulerError
 from scheduler.core.records import check_id
+from scheduler.core.task_names import GC_TASK, REQUEST_TASK, TEARDOWN_TASK, step_task
 from scheduler.services.catalog import Catalog, configured_catalog
 from scheduler.services.lifecycle import request_lesson
-from scheduler.services.state import Store
+from scheduler.services.state import Store, release
 from scheduler.settings import get_settings
 from workers.app import app
 from workers.backends import get_backend
@@ -58,16 +59,7 @@ def _send(task: str, livelesson: str) -> None:
     app.send_task(task, args=[livelesson])
 
 
-def _step(task: Task, outcome: Outcome, livelesson: str) -> None:
-    if isinstance(outcome, Again):
-        # the step tasks have max_retries=None (unbounded: retry(max_retries=None) would mean Celery's
-        # default of 3); the pipeline bounds retries by attempts and the provisioning deadline
-        raise task.retry(countdown=outcome.countdown)
-    if isinstance(outcome, Next) and outcome.task is not None:
-        _send(outcome.task, livelesson)
-
-
-@app.task(name="lessons.request", bind=True)
+@app.task(name=REQUEST_TASK, bind=True)
 def request(self: Task, lesson: str, session: str) -> dict[str, Any]:
     """Create or return the live lesson of (lesson, session) and start provisioning.
 
@@ -83,31 +75,34 @@ def request(self: Task, lesson: str, session: str) -> dict[str, Any]:
     return {"ok": True, "new": created.new, "record": created.record.model_dump(mode="json")}
 
 
-@app.task(name="lessons.create_networks", bind=True, max_retries=None)
-def create_networks(self: Task, livelesson: str) -> None:
-    if (checked := _checked(self, livelesson)) is not None:
-        _step(self, pipeline().create_networks(checked), checked)
+def _step_task(step: str, run: Callable[[Pipeline, str], Outcome]) -> Any:
+    """The task of one provisioning step: check the id, run one attempt of the step, then retry it later
+    or send the next step's task, as the pipeline's outcome says."""
+
+    def task(self: Task, livelesson: str) -> None:
+        checked = _checked(self, livelesson)
+        if checked is None:
+            return
+        outcome = run(pipeline(), checked)
+        if isinstance(outcome, Again):
+            raise self.retry(countdown=outcome.countdown)
+        if isinstance(outcome, Next) and outcome.task is not None:
+            _send(outcome.task, checked)
+
+    task.__name__ = task.__qualname__ = step
+    task.__doc__ = f"One attempt of the {step} step of a live lesson."
+    # max_retries=None: unbounded here (retry(max_retries=None) would mean Celery's default of 3); the
+    # pipeline bounds retries by attempts and the provisioning deadline
+    return app.task(name=step_task(step), bind=True, max_retries=None)(task)
 
 
-@app.task(name="lessons.schedule_pods", bind=True, max_retries=None)
-def schedule_pods(self: Task, livelesson: str) -> None:
-    if (checked := _checked(self, livelesson)) is not None:
-        _step(self, pipeline().schedule_pods(checked), checked)
+create_networks = _step_task("create_networks", Pipeline.create_networks)
+schedule_pods = _step_task("schedule_pods", Pipeline.schedule_pods)
+wait_ready = _step_task("wait_ready", Pipeline.wait_ready)
+verify_connectivity = _step_task("verify_connectivity", Pipeline.verify_connectivity)
 
 
-@app.task(name="lessons.wait_ready", bind=True, max_retries=None)
-def wait_ready(self: Task, livelesson: str) -> None:
-    if (checked := _checked(self, livelesson)) is not None:
-        _step(self, pipeline().wait_ready(checked), checked)
-
-
-@app.task(name="lessons.verify_connectivity", bind=True, max_retries=None)
-def verify_connectivity(self: Task, livelesson: str) -> None:
-    if (checked := _checked(self, livelesson)) is not None:
-        _step(self, pipeline().verify_connectivity(checked), checked)
-
-
-@app.task(name="lessons.teardown", bind=True, max_retries=10)
+@app.task(name=TEARDOWN_TASK, bind=True, max_retries=10)
 def teardown(self: Task, livelesson: str) -> None:
     if (checked := _checked(self, livelesson)) is None:
         return
@@ -119,7 +114,7 @@ def teardown(self: Task, livelesson: str) -> None:
         raise self.retry(countdown=min(2**self.request.retries, 30)) from exc
 
 
-@app.task(name="lessons.gc", bind=True)
+@app.task(name=GC_TASK, bind=True)
 def gc(self: Task) -> dict[str, int] | None:
     p = pipeline()
     lock = p.store.lock("gc", timeout=max(60, get_settings().gc_interval_seconds * 2))
@@ -132,28 +127,13 @@ def gc(self: Task) -> dict[str, int] | None:
         p.store.confirm("the GC lock")
     except SchedulerError as exc:
         log.warning("gc skipped: its lock is not replicated", error=str(exc))
-        _release(lock)
+        release(lock, "gc")
         return None
     try:
         counts = collect(p, _send)
     finally:
-        _release(lock)
+        # the lock was confirmed on a replica, so after a failover the promoted one holds it: release rides
+        # that out rather than stop every pass until the lock's timeout (a minute or more)
+        release(lock, "gc")
     log.info("gc pass", **counts)
     return counts
-
-
-def _release(lock: Any) -> None:
-    """Release the GC lock, riding out a failover: the lock was confirmed on a replica, so the promoted one
-    holds it, and a lock left there would stop every pass until its timeout (a minute or more)."""
-    for attempt in range(8):
-        try:
-            lock.release()
-            return
-        except redis.exceptions.LockError:  # expired (or taken over) while we worked: nothing to release
-            log.warning("gc lock expired before release")
-            return
-        except redis.RedisError as exc:  # Redis away: a primary changing takes seconds
-            if attempt == 7:
-                log.warning("gc lock not released; it times out", error=str(exc))
-                return
-            time.sleep(min(2**attempt * 0.25, 4.0))

@@ -1,7 +1,7 @@
 """One end of a tunnel: a VXLAN device, a port of its network's bridge, flooding to the other nodes.
 
 The ``ip`` and ``bridge`` batch lines that make it, written once for the two places that run them: the
-local backend's nodes (``workers.backends.local.overlay``, inside a node namespace of ours) and the
+local backend's nodes (``workers.backends.local.net.nodes``, inside a node namespace of ours) and the
 Kubernetes node agent (``workers.node_agent``, on its own node). Pure: the callers run the lines.
 """
 

@@ -8,17 +8,17 @@
     │   ├── LimitExceeded          a session's limit; ``retry_after`` for clients
     │   │   └── AtCapacity         the whole deployment is full (503, where a session's limit is 429)
     │   ├── PrerequisiteMissing    root, a capability or a CNI plugin is missing
-    │   ├── CniError               a CNI plugin refused (workers/backends/local/cni.py)
+    │   ├── CniError               a CNI plugin refused (workers/backends/local/net/cni.py)
     │   └── ApiError               the Kubernetes API refused; ``status`` (workers/backends/kubernetes/)
     └── TemporaryError             retrying may help; ``delay`` is a hint in seconds
         ├── NotReplicated          a write a client is to be told of reached too few Redis replicas
-        ├── CniRace                a CNI call lost a race with a concurrent one (workers/backends/local/cni.py)
-        └── NetlinkRace            a netlink change lost a race (workers/backends/local/rtnetlink.py)
+        ├── CniRace                a CNI call lost a race with a concurrent one (workers/backends/local/net/cni.py)
+        └── NetlinkRace            a netlink change lost a race (workers/backends/local/net/rtnetlink.py)
 
 Backend and client errors are translated at the boundary, always keeping the cause
 (``raise TemporaryError(...) from exc``), so retry policy reads ``transient`` instead of guessing from
 exception types it does not own. The HTTP API maps this tree to status codes in one place
-(``scheduler/http/api.py``: ``STATUS_FOR``).
+(``scheduler/http/errors.py``: ``STATUS_FOR``).
 """
 
 from __future__ import annotations

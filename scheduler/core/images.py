@@ -17,7 +17,7 @@ DEFAULT_REGISTRY = "docker.io"
 def canonical(reference: str) -> str:
     """``reference`` with its registry, repository path and tag (or digest) spelled out.
 
-    ``reference`` must already be valid (``scheduler.core.lessons.check_image_reference``)."""
+    ``reference`` must already be valid (``scheduler.core.checks.check_image_reference``)."""
     name, at, digest = reference.partition("@")
     slash = name.rfind("/")
     colon = name.rfind(":")

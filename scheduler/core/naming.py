@@ -9,6 +9,9 @@ from __future__ import annotations
 import hashlib
 import re
 
+# a node's name is checked in scheduler.core.checks: re-exported for the importers that still ask here
+from scheduler.core.checks import NODE_NAME
+
 __all__ = [
     "ANNOTATION_PLACEMENT",
     "ANNOTATION_TUNNEL",
@@ -69,8 +72,6 @@ TUNNEL_MARK = "lessons.io/tunnel="
 # What the names below look like, for whoever reads one back from a hostile place (a Kubernetes object)
 BRIDGE_NAME = re.compile(r"lsb[0-9a-f]{12}")
 VXLAN_NAME = re.compile(r"lsx[0-9a-f]{12}")
-# a node's name: a DNS-1123 subdomain (a Kubernetes node name); a local node's is a label of it
-NODE_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*")
 
 
 def namespace(instance: str, livelesson: str) -> str:

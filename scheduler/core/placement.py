@@ -8,8 +8,8 @@ overlay segment. Choosing that split is graph partitioning with capacities, whic
 So :func:`place` returns a good split, not always the best one, together with a lower bound that no split
 can beat. When the two are equal, the split is proven minimal.
 
-- **Split.** Greedy graph growing from several seeds: fill the roomiest node first, always with the
-  unplaced endpoint that has the most links into the node so far. Then a local search moves single
+- **Split.** Greedy graph growing from several starting endpoints: fill the roomiest node first, always with
+  the unplaced endpoint that has the most links into the node so far. Then a local search moves single
   endpoints, or swaps pairs, between nodes while that cuts fewer links and every node keeps room. Of the
   results, the one with the fewest crossing links wins (then the fewest nodes, then names).
 - **Bound.** A connected component of the lesson whose demand needs at least ``q`` nodes (no single node
@@ -33,6 +33,8 @@ from scheduler.core.lessons import ResolvedLesson
 from scheduler.core.plan import POD_REQUESTS, Resources
 
 __all__ = [
+    "Demand",
+    "Links",
     "NoRoom",
     "NodeRoom",
     "Placement",
@@ -40,12 +42,16 @@ __all__ = [
     "lower_bound",
     "place",
     "place_lesson",
+    "pod_room",
     "spread",
 ]
 
-# Greedy growth is tried from this many seeds (the best-connected endpoints first). More seeds rarely
+# Greedy growth is tried from this many starting endpoints (the best-connected first). More starts rarely
 # find a better split and cost one growth and one local search each.
-SEEDS = 32
+STARTS = 32
+
+Links = Sequence[tuple[str, str]]  # a lesson's links as (a, b) endpoint names
+Demand = Resources | Mapping[str, Resources]  # what each pod requests: one for all, or per endpoint
 
 
 class NoRoom(TemporaryError):
@@ -63,6 +69,16 @@ class NodeRoom:
 
     def holds(self, load: _Load) -> bool:
         return load.pods <= self.pods and load.cpu <= self.cpu_millicores and load.memory <= self.memory_bytes
+
+
+def pod_room(capacity: int | None, node_max_pods: int, held: int) -> int:
+    """The pods a node can still take: its own capacity (None: no limit of its own) capped by
+    LESSON_NODE_MAX_PODS (0: no cap), less the ``held`` pods already on it; never below 0. The one clamp
+    both backends' :meth:`rooms` ask."""
+    limit = capacity if capacity is not None else 1 << 30
+    if node_max_pods:
+        limit = min(limit, node_max_pods)
+    return max(0, limit - held)
 
 
 @dataclass(frozen=True)
@@ -95,11 +111,11 @@ class Placement:
         return tuple(sorted(set(self.nodes.values())))
 
 
-def crossing_links(nodes: Mapping[str, str], links: Sequence[tuple[str, str]]) -> tuple[int, ...]:
+def crossing_links(nodes: Mapping[str, str], links: Links) -> tuple[int, ...]:
     return tuple(i for i, (a, b) in enumerate(links) if nodes[a] != nodes[b])
 
 
-def _loads(endpoints: Sequence[str], demand: Resources | Mapping[str, Resources]) -> dict[str, _Load]:
+def _loads(endpoints: Sequence[str], demand: Demand) -> dict[str, _Load]:
     def load(r: Resources) -> _Load:
         return _Load(1, r.cpu_millicores, r.memory_bytes)
 
@@ -108,7 +124,11 @@ def _loads(endpoints: Sequence[str], demand: Resources | Mapping[str, Resources]
     return {e: load(demand.get(e, POD_REQUESTS)) for e in endpoints}
 
 
-def _check(endpoints: Sequence[str], links: Sequence[tuple[str, str]], nodes: Sequence[NodeRoom]) -> None:
+def _checked_loads(
+    endpoints: Sequence[str], links: Links, nodes: Sequence[NodeRoom], demand: Demand
+) -> dict[str, _Load]:
+    """Each endpoint's load; ValueError when the input is inconsistent (an endpoint or a node listed twice, a
+    link to an endpoint the lesson does not have)."""
     if len(set(endpoints)) != len(endpoints):
         raise ValueError("an endpoint is listed twice")
     known = set(endpoints)
@@ -117,21 +137,18 @@ def _check(endpoints: Sequence[str], links: Sequence[tuple[str, str]], nodes: Se
             raise ValueError(f"link {a}-{b} names an endpoint the lesson does not have")
     if len({n.name for n in nodes}) != len(nodes):
         raise ValueError("a node is listed twice")
+    return _loads(endpoints, demand)
 
 
 def place(
-    endpoints: Sequence[str],
-    links: Sequence[tuple[str, str]],
-    nodes: Sequence[NodeRoom],
-    demand: Resources | Mapping[str, Resources] = POD_REQUESTS,
+    endpoints: Sequence[str], links: Links, nodes: Sequence[NodeRoom], demand: Demand = POD_REQUESTS
 ) -> Placement:
     """One node when the lesson fits on one (best fit), else a split with few crossing links (see above).
 
     Deterministic: the same lesson and nodes, in any order, give the same placement. Raises NoRoom when no
     placement fits, ValueError when the input is inconsistent.
     """
-    _check(endpoints, links, nodes)
-    loads = _loads(endpoints, demand)
+    loads = _checked_loads(endpoints, links, nodes, demand)
     total = sum(loads.values(), _Load())
     ordered = sorted(nodes, key=lambda n: n.name)
     fitting = [n for n in ordered if n.holds(total)]
@@ -140,8 +157,8 @@ def place(
         return Placement({e: best.name for e in endpoints}, (), 0)
     graph = _Graph(sorted(endpoints), links)
     candidates = []
-    for seed in graph.seeds(SEEDS):
-        grown = _grow(graph, seed, ordered, loads)
+    for start in graph.starts(STARTS):
+        grown = _grow(graph, start, ordered, loads)
         if grown is not None:
             candidates.append(_refine(graph, grown, ordered, loads))
     if not candidates:
@@ -165,14 +182,10 @@ def _pods(count: int) -> str:
 
 
 def spread(
-    endpoints: Sequence[str],
-    links: Sequence[tuple[str, str]],
-    nodes: Sequence[NodeRoom],
-    demand: Resources | Mapping[str, Resources] = POD_REQUESTS,
+    endpoints: Sequence[str], links: Links, nodes: Sequence[NodeRoom], demand: Demand = POD_REQUESTS
 ) -> Placement:
     """A link-blind placement: each endpoint, in name order, on the node with the most pods free."""
-    _check(endpoints, links, nodes)
-    loads = _loads(endpoints, demand)
+    loads = _checked_loads(endpoints, links, nodes, demand)
     used = {n.name: _Load() for n in nodes}
     room = {n.name: n for n in nodes}
     out: dict[str, str] = {}
@@ -187,10 +200,7 @@ def spread(
 
 
 def lower_bound(
-    endpoints: Sequence[str],
-    links: Sequence[tuple[str, str]],
-    nodes: Sequence[NodeRoom],
-    demand: Resources | Mapping[str, Resources] = POD_REQUESTS,
+    endpoints: Sequence[str], links: Links, nodes: Sequence[NodeRoom], demand: Demand = POD_REQUESTS
 ) -> int:
     """Links that every placement on ``nodes`` crosses, at least (module docstring)."""
     loads = _loads(endpoints, demand)
@@ -222,7 +232,7 @@ def _nodes_needed(need: int, rooms: list[int]) -> int:
 class _Graph:
     """The lesson as a multigraph: endpoints, and each link as one edge (parallel links count twice)."""
 
-    def __init__(self, endpoints: list[str], links: Sequence[tuple[str, str]]) -> None:
+    def __init__(self, endpoints: list[str], links: Links) -> None:
         self.endpoints = endpoints
         self.weight: dict[str, dict[str, int]] = {e: {} for e in endpoints}
         for a, b in links:
@@ -233,7 +243,8 @@ class _Graph:
     def degree(self, e: str) -> int:
         return sum(self.weight[e].values())
 
-    def seeds(self, count: int) -> list[str]:
+    def starts(self, count: int) -> list[str]:
+        """Where greedy growth may start: the ``count`` best-connected endpoints."""
         return sorted(self.endpoints, key=lambda e: (-self.degree(e), e))[:count]
 
     def cut(self, nodes: Mapping[str, str]) -> int:
@@ -286,8 +297,8 @@ class _Graph:
         return int(best)
 
 
-def _grow(graph: _Graph, seed: str, nodes: list[NodeRoom], loads: dict[str, _Load]) -> dict[str, str] | None:
-    """Fill the roomiest nodes first, each with a region grown by links: from ``seed`` on the first node, and
+def _grow(graph: _Graph, start: str, nodes: list[NodeRoom], loads: dict[str, _Load]) -> dict[str, str] | None:
+    """Fill the roomiest nodes first, each with a region grown by links: from ``start`` on the first node, and
     on each next one from where the last left off (the endpoint with the most links to placed ones)."""
     placed: dict[str, str] = {}
     for node in sorted(nodes, key=lambda n: (-n.pods, -n.cpu_millicores, n.name)):
@@ -298,14 +309,14 @@ def _grow(graph: _Graph, seed: str, nodes: list[NodeRoom], loads: dict[str, _Loa
             if not free:
                 break
 
-            chosen = min(free, key=lambda e: _growth_key(graph, e, seed, placed, members))
+            chosen = min(free, key=lambda e: _growth_key(graph, e, start, placed, members))
             placed[chosen] = node.name
             members.add(chosen)
             load = load + loads[chosen]
     return placed if len(placed) == len(graph.endpoints) else None
 
 
-def _growth_key(graph: _Graph, e: str, seed: str, placed: dict[str, str], members: set[str]) -> tuple[int, int, str]:
+def _growth_key(graph: _Graph, e: str, start: str, placed: dict[str, str], members: set[str]) -> tuple[int, int, str]:
     """Which free endpoint joins the node next: the least key."""
     links = graph.weight[e].items()
     unplaced = sum(w for f, w in links if f not in placed)
@@ -313,7 +324,7 @@ def _growth_key(graph: _Graph, e: str, seed: str, placed: dict[str, str], member
         return (-(sum(w for f, w in links if f in members) - unplaced), 0, e)
     if placed:  # start a node next to what is placed already
         return (-sum(w for f, w in links if f in placed), unplaced, e)
-    return (int(e != seed), 0, e)
+    return (int(e != start), 0, e)
 
 
 def _refine(graph: _Graph, nodes: dict[str, str], room: list[NodeRoom], loads: dict[str, _Load]) -> dict[str, str]:

@@ -11,11 +11,12 @@ import ipaddress
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from scheduler.core import naming
+from scheduler.core.checks import is_node_name
 from scheduler.core.errors import LessonError, PermanentError, Problem
-from scheduler.core.lessons import Presentation, ResolvedLesson
+from scheduler.core.lessons import Flavor, Presentation, ResolvedEndpoint, ResolvedLesson
 from scheduler.core.naming import (
     LABEL_DEPLOYMENT,
     LABEL_ENDPOINT,
@@ -39,6 +40,7 @@ __all__ = [
     "POD_LIMITS",
     "POD_PIDS_LIMIT",
     "POD_REQUESTS",
+    "SUBNET_POOL",
     "SUBSTITUTE_COMMAND",
     "UNTRUSTED_CAPABILITIES",
     "Attachment",
@@ -56,6 +58,7 @@ CNI_VERSION = "0.4.0"
 # backend makes one per live lesson (a bridge of its own, static addresses from the plan).
 MAIN_NETWORK = "main"
 MAIN_INTERFACE = "eth0"
+SUBNET_POOL = "10.10.0.0/16"  # LESSON_SUBNET_POOL's default
 MAIN_POOL = "10.250.0.0/16"  # LESSON_MAIN_POOL's default
 # what a substituted endpoint runs when its lesson gives no command: the substituted image's entrypoint
 # means nothing for the substitute, and a busybox left to its default `sh` would exit at once
@@ -148,7 +151,7 @@ class Pod:
     name: str  # the Kubernetes pod name
     netns: str  # the local backend's network namespace name
     image: str
-    flavor: Literal["trusted", "untrusted"]
+    flavor: Flavor
     ports: tuple[int, ...]
     command: tuple[str, ...] | None
     args: tuple[str, ...] | None
@@ -254,7 +257,100 @@ class Plan:
         return found
 
 
+def make_plan(
+    lesson: ResolvedLesson,
+    livelesson: str,
+    session: str,
+    *,
+    instance: str,
+    subnet_pool: str = SUBNET_POOL,
+    deployment: str = "",
+    image_substitute: str | None = None,
+    main_pool: str = MAIN_POOL,
+    names: bool = True,
+    placement: Mapping[str, str] | None = None,
+) -> Plan:
+    """The plan of one live lesson.
+
+    Every pod has eth0 on the main network: the local backend's is a /24 of ``main_pool`` (the first that
+    none of the lesson's links uses), pod k of the lesson getting its address k+2. With ``names``
+    (LESSON_CHECK_NAMES), each link direction has a second check that pings the peer by its name over eth0.
+
+    With ``image_substitute`` (LESSON_IMAGE_SUBSTITUTE), every pod runs that image instead of the one its
+    lesson declared (kept as ``Pod.declared_image``). A substituted pod whose lesson gives no ``command``
+    runs ``sleep infinity`` without the lesson's ``args``, which were meant for the declared image's
+    entrypoint. Names, subnets, labels, interfaces and checks do not depend on it.
+
+    ``placement`` (endpoint -> node, from :func:`scheduler.core.placement.place`) puts pods on nodes; without
+    it every pod is on the instance's node 0, as the seed's affinity keeps a lesson on one node. A network
+    whose pods sit on several nodes gets a :class:`Tunnel`, and each check says whether it crosses nodes."""
+    image_substitute = image_substitute or None
+    scope = _Scope(instance, livelesson, _nodes(lesson, instance, placement))
+    labels = _labels(lesson, scope, session, deployment)
+    subnets = _subnets(lesson, subnet_pool)
+    main = _main_network(scope, _main_subnet(lesson, subnets, main_pool))
+    networks = _link_networks(lesson, scope, subnets)
+    pods = _pods(lesson, scope, labels, networks, main, image_substitute)
+    checks = _link_probes(pods, networks, scope) + (_name_probes(networks, scope) if names else ())
+    return Plan(
+        livelesson=livelesson,
+        lesson=lesson.slug,
+        session=session,
+        instance=instance,
+        namespace=naming.namespace(instance, livelesson),
+        ready_delay=lesson.ready_delay,
+        labels=labels,
+        networks=networks,
+        pods=pods,
+        checks=checks,
+        node_netns=naming.node_netns(instance),
+        deployment=deployment,
+        image_substitute=image_substitute,
+        cgroup=naming.cgroup_parent(instance, livelesson),
+        main=main,
+        placed=placement is not None,
+    )
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """The live lesson a plan is for (its instance and id, which every name hashes) and each endpoint's node."""
+
+    instance: str
+    livelesson: str
+    nodes: Mapping[str, str]  # endpoint -> node
+
+    def crosses(self, a: str, b: str) -> bool:
+        return self.nodes[a] != self.nodes[b]
+
+
+def _nodes(lesson: ResolvedLesson, instance: str, placement: Mapping[str, str] | None) -> dict[str, str]:
+    """endpoint -> node; the placement must name every endpoint of the lesson, and nothing else."""
+    endpoints = [ep.name for ep in lesson.endpoints]
+    if placement is None:
+        return dict.fromkeys(endpoints, naming.node_netns(instance))
+    if set(placement) != set(endpoints):
+        raise PermanentError(f"the placement names endpoints {sorted(placement)}, the lesson has {sorted(endpoints)}")
+    bad = sorted(n for n in set(placement.values()) if not is_node_name(n))
+    if bad:
+        raise PermanentError(f"the placement names nodes that are not node names: {bad!r}")
+    return {e: placement[e] for e in endpoints}
+
+
+def _labels(lesson: ResolvedLesson, scope: _Scope, session: str, deployment: str) -> dict[str, str]:
+    """The labels every object of the live lesson carries (a pod adds its endpoint's)."""
+    return {
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_INSTANCE: scope.instance,
+        LABEL_DEPLOYMENT: deployment,
+        LABEL_LIVELESSON: scope.livelesson,
+        LABEL_LESSON: lesson.slug,
+        LABEL_SESSION: session,
+    }
+
+
 def _subnets(lesson: ResolvedLesson, pool: str) -> list[ipaddress.IPv4Network]:
+    """Each link's subnet: the one its connection gives, else the next /24 of ``pool`` that none gives."""
     explicit = [link.subnet for link in lesson.links]
     taken = [n for n in explicit if n is not None]
     free = (s for s in ipaddress.IPv4Network(pool).subnets(new_prefix=24) if not any(s.overlaps(t) for t in taken))
@@ -280,100 +376,78 @@ def _main_subnet(lesson: ResolvedLesson, taken: list[ipaddress.IPv4Network], poo
     raise LessonError([Problem(lesson.source, "endpoints", f"the main network pool {pool} has no room for it")])
 
 
-def _nodes(lesson: ResolvedLesson, instance: str, placement: Mapping[str, str] | None) -> dict[str, str]:
-    """endpoint -> node; the placement must name every endpoint of the lesson, and nothing else."""
-    endpoints = [ep.name for ep in lesson.endpoints]
-    if placement is None:
-        return dict.fromkeys(endpoints, naming.node_netns(instance))
-    if set(placement) != set(endpoints):
-        raise PermanentError(f"the placement names endpoints {sorted(placement)}, the lesson has {sorted(endpoints)}")
-    bad = sorted(n for n in set(placement.values()) if not isinstance(n, str) or not naming.NODE_NAME.fullmatch(n))
-    if bad:
-        raise PermanentError(f"the placement names nodes that are not node names: {bad!r}")
-    return {e: placement[e] for e in endpoints}
-
-
-def _spanning(network: Network, nodes: tuple[str, ...], instance: str, livelesson: str, index: int | str) -> Network:
-    """The network on its nodes, with a tunnel between them when there are several."""
-    tunnel = None
-    if len(nodes) > 1:
-        tunnel = Tunnel(naming.vxlan_name(instance, livelesson, index), naming.vni(instance, livelesson, index), nodes)
-    return dataclasses.replace(network, nodes=nodes, tunnel=tunnel)
-
-
-def make_plan(
-    lesson: ResolvedLesson,
-    livelesson: str,
-    session: str,
-    *,
-    instance: str,
-    subnet_pool: str = "10.10.0.0/16",
-    deployment: str = "",
-    image_substitute: str | None = None,
-    main_pool: str = MAIN_POOL,
-    names: bool = True,
-    placement: Mapping[str, str] | None = None,
-) -> Plan:
-    """The plan of one live lesson.
-
-    Every pod has eth0 on the main network: the local backend's is a /24 of ``main_pool`` (the first that
-    none of the lesson's links uses), pod k of the lesson getting its address k+2. With ``names``
-    (LESSON_CHECK_NAMES), each link direction has a second check that pings the peer by its name over eth0.
-
-    With ``image_substitute`` (LESSON_IMAGE_SUBSTITUTE), every pod runs that image instead of the one its
-    lesson declared (kept as ``Pod.declared_image``). A substituted pod whose lesson gives no ``command``
-    runs ``sleep infinity`` without the lesson's ``args``, which were meant for the declared image's
-    entrypoint. Names, subnets, labels, interfaces and checks do not depend on it.
-
-    ``placement`` (endpoint -> node, from :func:`scheduler.core.placement.place`) puts pods on nodes; without
-    it every pod is on the instance's node 0, as the seed's affinity keeps a lesson on one node. A network
-    whose pods sit on several nodes gets a :class:`Tunnel`, and each check says whether it crosses nodes."""
-    image_substitute = image_substitute or None
-    nodes = _nodes(lesson, instance, placement)
-    namespace = naming.namespace(instance, livelesson)
-    labels = {
-        LABEL_MANAGED_BY: MANAGED_BY,
-        LABEL_INSTANCE: instance,
-        LABEL_DEPLOYMENT: deployment,
-        LABEL_LIVELESSON: livelesson,
-        LABEL_LESSON: lesson.slug,
-        LABEL_SESSION: session,
-    }
-    networks = []
-    used: set[str] = set()
-    subnets = _subnets(lesson, subnet_pool)
-    main_subnet = _main_subnet(lesson, subnets, main_pool)
+def _main_network(scope: _Scope, subnet: ipaddress.IPv4Network) -> Network:
+    """The local backend's main network (every pod's eth0), on every node the lesson uses."""
+    instance, livelesson = scope.instance, scope.livelesson
     main = Network(
-        0, MAIN_NETWORK, main_network_name(instance, livelesson), main_bridge_name(instance, livelesson), main_subnet,
-        "", "",
-    )  # fmt: skip
-    main_nodes = tuple(sorted(set(nodes.values())))
-    main = _spanning(main, main_nodes, instance, livelesson, MAIN_NETWORK)
-    for link, subnet in zip(lesson.links, subnets, strict=True):
-        i, a, b = link.index, link.a.name, link.b.name
-        base = f"{a}-{b}"
-        # parallel links get -2, -3, ...; so does a name another pair already produced
-        # ("a-b" + "c" and "a" + "b-c" both give "a-b-c")
+        0, MAIN_NETWORK, main_network_name(instance, livelesson), main_bridge_name(instance, livelesson), subnet, "", ""
+    )
+    return _spanning(main, tuple(sorted(set(scope.nodes.values()))), scope, MAIN_NETWORK)
+
+
+def _nad_names(lesson: ResolvedLesson) -> list[str]:
+    """Each link's network name, "<a>-<b>": parallel links get -2, -3, ...; so does a name another pair
+    already produced ("a-b" + "c" and "a" + "b-c" both give "a-b-c")."""
+    used: list[str] = []
+    for link in lesson.links:
+        base = f"{link.a.name}-{link.b.name}"
         nad, k = base, 1
         while nad in used:
             k += 1
             nad = f"{base}-{k}"
-        used.add(nad)
-        network = Network(
-            i, nad, network_name(instance, livelesson, i), bridge_name(instance, livelesson, i), subnet, a, b
-        )
-        networks.append(_spanning(network, tuple(sorted({nodes[a], nodes[b]})), instance, livelesson, i))
+        used.append(nad)
+    return used
+
+
+def _link_networks(lesson: ResolvedLesson, scope: _Scope, subnets: list[ipaddress.IPv4Network]) -> tuple[Network, ...]:
+    """One network per link, in the file's order, on the nodes of its two ends."""
+    instance, livelesson = scope.instance, scope.livelesson
+    networks = []
+    for link, subnet, nad in zip(lesson.links, subnets, _nad_names(lesson), strict=True):
+        i, a, b = link.index, link.a.name, link.b.name
+        bridge = bridge_name(instance, livelesson, i)
+        network = Network(i, nad, network_name(instance, livelesson, i), bridge, subnet, a, b)
+        networks.append(_spanning(network, tuple(sorted({scope.nodes[a], scope.nodes[b]})), scope, i))
+    return tuple(networks)
+
+
+def _spanning(network: Network, nodes: tuple[str, ...], scope: _Scope, index: int | str) -> Network:
+    """The network on its nodes, with a tunnel between them when there are several."""
+    tunnel = None
+    if len(nodes) > 1:
+        instance, livelesson = scope.instance, scope.livelesson
+        tunnel = Tunnel(naming.vxlan_name(instance, livelesson, index), naming.vni(instance, livelesson, index), nodes)
+    return dataclasses.replace(network, nodes=nodes, tunnel=tunnel)
+
+
+def _runs(ep: ResolvedEndpoint, substitute: str | None) -> tuple[str, tuple[str, ...] | None, tuple[str, ...] | None]:
+    """What the endpoint's pod runs: (image, command, args), the substitute's when there is one."""
+    if substitute is None or substitute == ep.image:
+        return ep.image, ep.command, ep.args
+    if not ep.command:
+        return substitute, SUBSTITUTE_COMMAND, None
+    return substitute, ep.command, ep.args
+
+
+def _interfaces(endpoint: str, networks: tuple[Network, ...]) -> tuple[Attachment, ...]:
+    """The endpoint's link interfaces, net1, net2, ... in the order of its links in the file."""
+    mine = [n for n in networks if endpoint in (n.a, n.b)]
+    return tuple(Attachment(f"net{k}", n.nad, n.b if n.a == endpoint else n.a) for k, n in enumerate(mine, start=1))
+
+
+def _pods(
+    lesson: ResolvedLesson,
+    scope: _Scope,
+    labels: Mapping[str, str],
+    networks: tuple[Network, ...],
+    main: Network,
+    substitute: str | None,
+) -> tuple[Pod, ...]:
+    """One pod per endpoint; pod k gets address k+2 of the main network."""
+    instance, livelesson = scope.instance, scope.livelesson
     pods = []
     for k, ep in enumerate(lesson.endpoints):
-        image, command, args = ep.image, ep.command, ep.args
-        if image_substitute is not None and image_substitute != ep.image:
-            image = image_substitute
-            if not command:
-                command, args = SUBSTITUTE_COMMAND, None
-        mine = [n for n in networks if ep.name in (n.a, n.b)]
-        interfaces = tuple(
-            Attachment(f"net{k}", n.nad, n.b if n.a == ep.name else n.a) for k, n in enumerate(mine, start=1)
-        )
+        image, command, args = _runs(ep, substitute)
         pods.append(
             Pod(
                 endpoint=ep.name,
@@ -386,41 +460,36 @@ def make_plan(
                 args=args,
                 forwarding=ep.forwarding,
                 labels={**labels, LABEL_ENDPOINT: ep.name},
-                interfaces=interfaces,
+                interfaces=_interfaces(ep.name, networks),
                 declared_image=ep.image,
                 container=naming.container_id(instance, livelesson, ep.name),
-                main_address=f"{main_subnet.network_address + k + 2}/{main_subnet.prefixlen}",
+                main_address=f"{main.subnet.network_address + k + 2}/{main.subnet.prefixlen}",
                 presentations=ep.presentations,
-                node=nodes[ep.name],
+                node=scope.nodes[ep.name],
             )
         )
+    return tuple(pods)
+
+
+def _directions(networks: tuple[Network, ...]) -> list[tuple[Network, str, str]]:
+    """Both directions of every link: (network, source, target)."""
+    return [(n, src, dst) for n in networks for src, dst in ((n.a, n.b), (n.b, n.a))]
+
+
+def _link_probes(pods: tuple[Pod, ...], networks: tuple[Network, ...], scope: _Scope) -> tuple[Probe, ...]:
+    """A ping each way over every link, to the target's interface on it."""
     by_name = {p.endpoint: p for p in pods}
-    checks = []
-    for n in networks:
-        for src, dst in ((n.a, n.b), (n.b, n.a)):
-            iface = next(i.name for i in by_name[dst].interfaces if i.network == n.nad)
-            checks.append(Probe(src, dst, n.nad, iface, crosses=nodes[src] != nodes[dst]))
-    if names:
-        pairs = dict.fromkeys((src, dst) for n in networks for src, dst in ((n.a, n.b), (n.b, n.a)))
-        checks += [
-            Probe(src, dst, MAIN_NETWORK, MAIN_INTERFACE, by_name=True, crosses=nodes[src] != nodes[dst])
-            for src, dst in pairs
-        ]
-    return Plan(
-        livelesson=livelesson,
-        lesson=lesson.slug,
-        session=session,
-        instance=instance,
-        namespace=namespace,
-        ready_delay=lesson.ready_delay,
-        labels=labels,
-        networks=tuple(networks),
-        pods=tuple(pods),
-        checks=tuple(checks),
-        node_netns=naming.node_netns(instance),
-        deployment=deployment,
-        image_substitute=image_substitute,
-        cgroup=naming.cgroup_parent(instance, livelesson),
-        main=main,
-        placed=placement is not None,
+    probes = []
+    for n, src, dst in _directions(networks):
+        iface = next(i.name for i in by_name[dst].interfaces if i.network == n.nad)
+        probes.append(Probe(src, dst, n.nad, iface, crosses=scope.crosses(src, dst)))
+    return tuple(probes)
+
+
+def _name_probes(networks: tuple[Network, ...], scope: _Scope) -> tuple[Probe, ...]:
+    """A ping by name over eth0 for each linked (source, target) pair, once however many links join them."""
+    pairs = dict.fromkeys((src, dst) for _, src, dst in _directions(networks))
+    return tuple(
+        Probe(src, dst, MAIN_NETWORK, MAIN_INTERFACE, by_name=True, crosses=scope.crosses(src, dst))
+        for src, dst in pairs
     )

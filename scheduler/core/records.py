@@ -1,8 +1,8 @@
-"""The live-lesson record: the JSON contract of DESIGN.md, as pydantic models. Pure data."""
+"""The live-lesson record as pydantic models: the JSON the API answers, ``lessons.request`` returns and Redis
+stores, so its fields are a contract with other services. Pure data."""
 
 from __future__ import annotations
 
-import re
 import secrets
 import string
 from datetime import UTC, datetime
@@ -10,7 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from scheduler.core.errors import InvalidRequest, shorten
+# the id and session checks live in scheduler.core.checks: re-exported for the importers that still ask here
+from scheduler.core.checks import ID_PATTERN, SESSION_PATTERN, check_id
 from scheduler.core.steps import ACTIVE, PROVISIONING, STEP_STATUS, STEPS, TERMINAL, Status
 
 __all__ = [
@@ -53,18 +54,7 @@ def forward_command(livelesson: str, endpoint: str, port: int) -> str:
     return f"lessonctl port-forward {livelesson} {endpoint} {port}"
 
 
-ID_ALPHABET = string.ascii_lowercase + string.digits
-ID_PATTERN = re.compile(r"^[a-z0-9]{10}$")
-# a session becomes a Kubernetes label value: 63 characters, alphanumerics with - _ . inside
-SESSION_PATTERN = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-
-
-def check_id(value: object, what: str = "live lesson id") -> str:
-    """``value`` if it is a live-lesson id; InvalidRequest otherwise. Ids build Redis keys, namespace names
-    and state paths, so every boundary (task arguments, HTTP paths, the CLI, the backends) asks this."""
-    if isinstance(value, str) and ID_PATTERN.fullmatch(value):
-        return value
-    raise InvalidRequest(f"{what} {shorten(value)} is not valid: 10 lower-case letters or digits")
+ID_ALPHABET = string.ascii_lowercase + string.digits  # what checks.ID_PATTERN accepts
 
 
 def new_id() -> str:

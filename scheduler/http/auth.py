@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import secrets
 
+from fastapi import HTTPException
 from starlette.requests import Request
 
-__all__ = ["COOKIE", "COOKIE_MAX_AGE", "token_ok"]
+from scheduler.http.dependencies import SettingsDep
+
+__all__ = ["COOKIE", "COOKIE_MAX_AGE", "require_token", "token_ok"]
 
 COOKIE = "lesson_token"
 COOKIE_MAX_AGE = 12 * 3600
@@ -23,3 +26,9 @@ def token_ok(request: Request, token: str | None) -> bool:
     if scheme.lower() != "bearer":
         given = request.cookies.get(COOKIE, "")
     return secrets.compare_digest(given.encode(), token.encode())
+
+
+async def require_token(request: Request, settings: SettingsDep) -> None:
+    """The API's dependency: 401 with a Bearer challenge unless :func:`token_ok`."""
+    if not token_ok(request, settings.api_token):
+        raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})

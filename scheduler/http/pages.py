@@ -21,26 +21,25 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import redis
-from fastapi import FastAPI, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from scheduler.core.checks import is_id
+from scheduler.core.drawing import livelesson_topology, to_svg
 from scheduler.core.errors import TemporaryError
-from scheduler.core.graph import livelesson_topology, to_svg
 from scheduler.core.records import (
     EMULATED_NOTE,
-    ID_PATTERN,
-    PROVISIONING,
-    STEPS,
     LiveLesson,
     now,
     substitute_note,
 )
+from scheduler.core.steps import LEASED, STEPS, TERMINAL
 from scheduler.http.auth import COOKIE, COOKIE_MAX_AGE, token_ok
+from scheduler.http.dependencies import CatalogDep, SettingsDep, StoreDep
 from scheduler.services.catalog import Catalog
-from scheduler.services.state import Store
 from scheduler.settings import Settings
 
-__all__ = ["COOKIE", "add_pages"]
+__all__ = ["COOKIE", "router"]
 
 MAX_FORM_BYTES = 4096
 
@@ -127,7 +126,7 @@ def index_html(
 ) -> HTMLResponse:
     rows = []
     for r in sorted(records, key=lambda r: r.created_at, reverse=True):
-        expires = "-" if r.status in ("deleted", "failed") else _span((r.expires_at - at).total_seconds())
+        expires = "-" if r.status in TERMINAL else _span((r.expires_at - at).total_seconds())
         rows.append(
             f'<tr data-livelesson="{escape(r.id)}"><td><a href="/livelessons/{escape(r.id)}">{escape(r.id)}</a></td>'
             f"<td>{escape(r.lesson)}</td><td>{escape(r.session)}</td><td>{_status(r.status)}</td>"
@@ -260,19 +259,18 @@ def _matrix(record: LiveLesson) -> str:
     )
 
 
-def _picture(record: LiveLesson, catalog: Catalog, settings: Settings) -> str:
-    topology = livelesson_topology(record, catalog.get(record.lesson), subnet_pool=settings.subnet_pool)
+def _picture(record: LiveLesson, catalog: Catalog, settings: Settings, deployment: str) -> str:
+    # the plan the pipeline executes: the same settings and deployment id (plan_for)
+    topology = livelesson_topology(record, catalog.get(record.lesson), settings, deployment=deployment)
     return f'<div class="picture">{to_svg(topology)}</div>'
 
 
-def livelesson_html(record: LiveLesson, catalog: Catalog, settings: Settings, at: datetime) -> HTMLResponse:
+def livelesson_html(
+    record: LiveLesson, catalog: Catalog, settings: Settings, at: datetime, *, deployment: str = ""
+) -> HTMLResponse:
     lesson = catalog.get(record.lesson)
     name = lesson.lesson.name if lesson else record.lesson
-    expiry = (
-        f"expires in {_span((record.expires_at - at).total_seconds())}"
-        if record.status not in ("deleted", "failed")
-        else "ended"
-    )
+    expiry = "ended" if record.status in TERMINAL else f"expires in {_span((record.expires_at - at).total_seconds())}"
     error = (
         f'<p class="error">failed in {escape(record.error.step)}: {escape(record.error.message)}</p>'
         if record.error
@@ -293,13 +291,13 @@ def livelesson_html(record: LiveLesson, catalog: Catalog, settings: Settings, at
     body = (
         f"<h1>{escape(name)} <small>{escape(record.id)}</small> {_status(record.status)}</h1>"
         f'<p class="meta">{meta}</p><p class="meta">{times}</p>{error}'
-        f"<h2>Topology</h2>{_picture(record, catalog, settings)}"
+        f"<h2>Topology</h2>{_picture(record, catalog, settings, deployment)}"
         f"<h2>Endpoints</h2>{_endpoints(record)}"
         f"<h2>Presentations</h2>{_presentations(record)}"
         f"<h2>Steps</h2>{_timeline(record)}"
         f"<h2>Pings</h2>{_matrix(record)}"
     )
-    busy = record.status in PROVISIONING or record.status == "deleting"
+    busy = record.status in LEASED  # a worker is moving it on: the page follows
     return _page(f"{name} {record.id}", body, refresh=2 if busy else None, logout=settings.api_token is not None)
 
 
@@ -330,74 +328,88 @@ def _safe_next(value: str) -> str:
 # --- wiring --------------------------------------------------------------------------------------------
 
 
-def add_pages(app: FastAPI, store: Store, catalog: Catalog, settings: Settings) -> None:
+router = APIRouter()
+
+
+def _login_wall(request: Request) -> HTMLResponse:
+    return login_html(401, "Log in with the API token to see this page.", request.url.path)
+
+
+def _unavailable() -> HTMLResponse:
+    return _page("unavailable", "<h1>The store is unavailable</h1><p>Retry shortly.</p>", status=503)
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+def index(
+    request: Request, store: StoreDep, settings: SettingsDep, before: float | None = Query(None, ge=0, le=1e11)
+) -> Response:
     token = settings.api_token
+    if not token_ok(request, token):
+        return _login_wall(request)
+    try:
+        records, older = store.page(limit=PAGE_SIZE, before=before)
+    except (TemporaryError, redis.RedisError):
+        return _unavailable()
+    return index_html(records, settings.instance, now(), logout=token is not None, older=older)
 
-    def allowed(request: Request) -> bool:
-        return token_ok(request, token)
 
-    def login_wall(request: Request) -> HTMLResponse:
-        return login_html(401, "Log in with the API token to see this page.", request.url.path)
+@router.get("/livelessons/{livelesson}", response_class=HTMLResponse, include_in_schema=False)
+def livelesson(
+    livelesson: str, request: Request, store: StoreDep, catalog: CatalogDep, settings: SettingsDep
+) -> Response:
+    token = settings.api_token
+    if not token_ok(request, token):
+        return _login_wall(request)
+    if not is_id(livelesson):
+        return not_found_html(f"live lesson {livelesson[:40]!r} does not exist", logout=token is not None)
+    try:
+        record = store.get(livelesson)
+        deployment = store.deployment() if record is not None else ""
+    except (TemporaryError, redis.RedisError):
+        return _unavailable()
+    if record is None:
+        return not_found_html(f"live lesson {livelesson!r} does not exist", logout=token is not None)
+    return livelesson_html(record, catalog, settings, now(), deployment=deployment)
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def index(request: Request, before: float | None = Query(None, ge=0, le=1e11)) -> Response:
-        if not allowed(request):
-            return login_wall(request)
-        try:
-            records, older = store.page(limit=PAGE_SIZE, before=before)
-        except (TemporaryError, redis.RedisError):
-            return _page("unavailable", "<h1>The store is unavailable</h1><p>Retry shortly.</p>", status=503)
-        return index_html(records, settings.instance, now(), logout=token is not None, older=older)
 
-    @app.get("/livelessons/{livelesson}", response_class=HTMLResponse, include_in_schema=False)
-    def livelesson(livelesson: str, request: Request) -> Response:
-        if not allowed(request):
-            return login_wall(request)
-        if not ID_PATTERN.match(livelesson):
-            return not_found_html(f"live lesson {livelesson[:40]!r} does not exist", logout=token is not None)
-        try:
-            record = store.get(livelesson)
-        except (TemporaryError, redis.RedisError):
-            return _page("unavailable", "<h1>The store is unavailable</h1><p>Retry shortly.</p>", status=503)
-        if record is None:
-            return not_found_html(f"live lesson {livelesson!r} does not exist", logout=token is not None)
-        return livelesson_html(record, catalog, settings, now())
+@router.get("/login", response_class=HTMLResponse, include_in_schema=False)
+def login_form(settings: SettingsDep, next_path: str = Query("/", alias="next", max_length=500)) -> Response:
+    if settings.api_token is None:
+        return RedirectResponse(_safe_next(next_path), status_code=303)
+    return login_html(next_path=_safe_next(next_path))
 
-    @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
-    def login_form(next_path: str = Query("/", alias="next", max_length=500)) -> Response:
-        if token is None:
-            return RedirectResponse(_safe_next(next_path), status_code=303)
-        return login_html(next_path=_safe_next(next_path))
 
-    @app.post("/login", include_in_schema=False)
-    async def login(request: Request) -> Response:
-        if token is None:
-            return RedirectResponse("/", status_code=303)
-        body = await request.body()
-        if len(body) > MAX_FORM_BYTES:
-            return login_html(413, "The form is too large.")
-        try:
-            form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=4)
-        except ValueError:
-            return login_html(400, "The form has too many fields.")
-        given = (form.get("token") or [""])[0]
-        next_path = _safe_next((form.get("next") or ["/"])[0])
-        if not secrets.compare_digest(given.encode(), token.encode()):
-            return login_html(401, "Wrong token.", next_path)
-        response = RedirectResponse(next_path, status_code=303)
-        response.set_cookie(
-            COOKIE,
-            given,
-            max_age=COOKIE_MAX_AGE,
-            httponly=True,
-            samesite="strict",
-            secure=request.url.scheme == "https",
-            path="/",
-        )
-        return response
+@router.post("/login", include_in_schema=False)
+async def login(request: Request, settings: SettingsDep) -> Response:
+    token = settings.api_token
+    if token is None:
+        return RedirectResponse("/", status_code=303)
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        return login_html(413, "The form is too large.")
+    try:
+        form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=4)
+    except ValueError:
+        return login_html(400, "The form has too many fields.")
+    given = (form.get("token") or [""])[0]
+    next_path = _safe_next((form.get("next") or ["/"])[0])
+    if not secrets.compare_digest(given.encode(), token.encode()):
+        return login_html(401, "Wrong token.", next_path)
+    response = RedirectResponse(next_path, status_code=303)
+    response.set_cookie(
+        COOKIE,
+        given,
+        max_age=COOKIE_MAX_AGE,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
+    return response
 
-    @app.post("/logout", include_in_schema=False)
-    def logout() -> Response:
-        response = RedirectResponse("/login" if token else "/", status_code=303)
-        response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
-        return response
+
+@router.post("/logout", include_in_schema=False)
+def logout(settings: SettingsDep) -> Response:
+    response = RedirectResponse("/login" if settings.api_token else "/", status_code=303)
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+    return response

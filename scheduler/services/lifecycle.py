@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from scheduler.core.errors import InvalidRequest, NotFound, shorten
-from scheduler.core.records import ACTIVE, SESSION_PATTERN, LiveLesson, check_id
+from scheduler.core.records import SESSION_PATTERN, LiveLesson, check_id
+from scheduler.core.steps import ACTIVE, FIRST_TASK
+from scheduler.core.task_names import TEARDOWN_TASK
 from scheduler.services.catalog import Catalog
 from scheduler.services.queue import enqueue_step
 from scheduler.services.state import Created, Store
@@ -40,7 +42,7 @@ def request_lesson(settings: Settings, store: Store, catalog: Catalog, lesson: s
     if created.new:
         store.metrics.inc("lessons_requested_total")
         # if this send is lost, the record's lease runs out and GC sends it again
-        enqueue_step(settings, "lessons.create_networks", created.record.id)
+        enqueue_step(settings, FIRST_TASK, created.record.id)
     # the record and the step's message on the replicas before anyone hears "accepted": a failover right
     # after cannot lose them (Store.confirm covers every write made before it, whichever connection made it)
     store.confirm(f"the request for {lesson}/{session}")
@@ -53,8 +55,8 @@ def delete_lesson(settings: Settings, store: Store, livelesson: str) -> LiveLess
     record = store.transition(livelesson, ACTIVE, "deleting")
     if record is None:
         record = store.require(livelesson)
-        if record.status not in {"deleting", "failed"}:
-            return record  # already deleted
-    enqueue_step(settings, "lessons.teardown", livelesson)
+        if record.status == "deleted":
+            return record  # nothing left to tear down; deleting and failed ones get the teardown again
+    enqueue_step(settings, TEARDOWN_TASK, livelesson)
     store.confirm(f"the deletion of {livelesson}")
     return record

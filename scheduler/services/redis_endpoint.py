@@ -46,9 +46,7 @@ def connect(settings: Settings) -> redis.Redis[str]:
     """A client of the primary: of LESSON_REDIS_URL, or whichever server the sentinels name at each connect."""
     if not settings.sentinels:
         return redis.Redis.from_url(settings.redis_url, health_check_interval=15, decode_responses=True, **_TIMEOUTS)
-    group = redis.sentinel.Sentinel(
-        list(settings.sentinels), sentinel_kwargs=_sentinel_kwargs(settings), **_TIMEOUTS
-    )
+    group = redis.sentinel.Sentinel(list(settings.sentinels), sentinel_kwargs=_sentinel_kwargs(settings), **_TIMEOUTS)
     return group.master_for(
         settings.redis_master,
         redis_class=redis.Redis,
@@ -121,4 +119,3 @@ class PrimaryFollower:
         # no answer now: the call this precedes reports the outage if there is one
         with contextlib.suppress(redis.RedisError):
             pool.get_master_address()
-

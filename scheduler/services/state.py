@@ -31,23 +31,36 @@ change is a WATCH/MULTI transition that re-reads the record, so a step that lost
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import redis
+import redis.lock
 import redis.sentinel
 import structlog
+from redis.exceptions import LockError
 
 from scheduler.core import naming
 from scheduler.core.errors import AtCapacity, LimitExceeded, NotFound, NotReplicated, TemporaryError
-from scheduler.core.records import ACTIVE, ID_PATTERN, PROVISIONING, TERMINAL, LiveLesson, Status, check_id, new_id, now
+from scheduler.core.records import ID_PATTERN, LiveLesson, check_id, new_id, now
+from scheduler.core.steps import ACTIVE, LEASED, PROVISIONING, TERMINAL, Status
 from scheduler.services.metrics import Metrics
 from scheduler.services.redis_endpoint import PrimaryFollower, connect
 from scheduler.settings import Settings
 
-__all__ = ["LEASED", "Created", "Store", "parse_status_message", "status_message"]
+__all__ = [
+    "RECHECK_SECONDS",
+    "UNAVAILABLE",
+    "Created",
+    "Store",
+    "parse_status_message",
+    "release",
+    "status_message",
+    "unreachable",
+]
 
 # Redis cannot serve us right now, but may in a moment: down, slow, full (noeviction), a read-only replica
 # after a failover, or still loading its AOF after a restart.
@@ -59,8 +72,12 @@ UNAVAILABLE = (
     redis.exceptions.BusyLoadingError,
 )
 
-# Statuses in which a worker is expected to be making progress; GC re-drives them when it stops.
-LEASED = PROVISIONING | {"deleting"}
+# A waiter on the status channel (``Client.wait``, the API's long-poll) re-reads its record this often even
+# without a message: the safety net for a message lost while its subscription was down (Redis restarted, a
+# failover). Changes themselves arrive by push.
+RECHECK_SECONDS = 5.0
+# How long a lock's release rides out a Redis that cannot answer: a primary changing takes seconds.
+RELEASE_PATIENCE_SECONDS = 16.0
 
 log = structlog.get_logger(__name__)
 
@@ -463,6 +480,30 @@ class Store:
             return fn(*args, **kwargs)
         except UNAVAILABLE as exc:
             raise unreachable(exc) from exc
+
+
+def release(lock: redis.lock.Lock, what: str) -> None:
+    """Release ``lock``; never raises. The one release policy of every lock we take.
+
+    A lock left behind stops every other holder until its timeout, so a Redis that cannot answer (a
+    failover) is retried with backoff, for ``RELEASE_PATIENCE_SECONDS`` at most and never past the lock's
+    own timeout, which frees it anyway. A lock that expired (or was taken over) while we worked is not
+    ours any more: nothing to release."""
+    patience = min(RELEASE_PATIENCE_SECONDS, lock.timeout or 0.0)
+    deadline, delay = time.monotonic() + patience, 0.25
+    while True:
+        try:
+            lock.release()
+            return
+        except LockError:
+            log.warning("lock expired before release", lock=what)
+            return
+        except redis.RedisError as exc:
+            if time.monotonic() + delay > deadline:
+                log.warning("lock not released; it times out", lock=what, error=str(exc))
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 4.0)
 
 
 def dump(record: LiveLesson) -> dict[str, object]:

@@ -30,9 +30,10 @@ from tests.support.ids import new_id
 from tests.support.leftovers import container_leftovers, leftovers
 from tests.support.lessons import REPO, triangle
 from tests.support.prereqs import needs
+from tests.support.waits import wait_until
 from workers.backends.local import LocalBackend
-from workers.backends.local.containers import Runc, mounts_under
-from workers.backends.local.images import BUSYBOX, ImageStore
+from workers.backends.local.image_store import BUSYBOX, ImageStore
+from workers.backends.local.runtime.runc import Runc, mounts_under
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("root")]
 
@@ -153,6 +154,8 @@ def test_a_killed_container_is_reported_and_replaced_by_the_next_apply(backend: 
     up(backend, plan)
     runc = ["runc", "--root", str(backend.root / "runc")]
     subprocess.run([*runc, "kill", plan.pod("bb2").container, "KILL"], check=True)
+    # `runc kill` returns once the signal is sent, not once the container has stopped: wait for runc to say so
+    wait_until("bb2's container to stop", lambda: not backend.observe(plan).pods["bb2"].ready, 30, 0.05)
     observation = backend.observe(plan, wait=10)
     assert observation.pods["bb2"].fatal and "exited" in (observation.pods["bb2"].reason or "")
     backend.apply_pods(plan)  # as a redelivered schedule_pods: the container is made again

@@ -38,7 +38,8 @@ from tests.support.lessons import CURRICULUM, REPO, TRIANGLE, triangle
 from tests.support.local_lessons import ping_all, ready, up
 from tests.support.prereqs import needs
 from workers.backends.base import Observation
-from workers.backends.local import LocalBackend, attach
+from workers.backends.local import LocalBackend
+from workers.backends.local.net import attachments as attach
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("root")]
 
@@ -61,7 +62,7 @@ def plan_for(backend: LocalBackend, lesson: ResolvedLesson | None = None, livele
 @pytest.fixture
 def backend(instance: str, tmp_path: Path) -> LocalBackend:
     # the state dir the instance fixture sweeps after the test
-    return LocalBackend(instance=instance, state_dir=tmp_path / "state")
+    return LocalBackend(instance=instance, state_dir=tmp_path / "state", pods="emulated")
 
 
 def assert_all_pings_pass(backend: LocalBackend, plan: Plan, obs: Observation | None = None) -> None:
@@ -340,7 +341,8 @@ from workers.backends.local import LocalBackend
 lesson = load_paths([{str(TRIANGLE)!r}]).get("busybox-triangle")
 plan = make_plan(lesson, {plan.livelesson!r}, {plan.session!r}, instance={plan.instance!r})
 backend = LocalBackend(
-    instance={backend.instance!r}, state_dir=Path({str(backend.root.parent)!r}), cni_path=Path({str(plugins)!r})
+    instance={backend.instance!r}, state_dir=Path({str(backend.root.parent)!r}), cni_path=Path({str(plugins)!r}),
+    pods="emulated",
 )
 backend.apply_networks(plan)
 backend.apply_pods(plan)
@@ -571,7 +573,7 @@ def test_curriculum_lesson_comes_up_with_all_pings_passing(backend: LocalBackend
 def test_missing_cni_plugins_name_the_plugin_and_the_package(instance: str, tmp_path: Path) -> None:
     empty = tmp_path / "no-plugins"
     empty.mkdir()
-    backend = LocalBackend(instance=instance, state_dir=tmp_path / "state", cni_path=empty)
+    backend = LocalBackend(instance=instance, state_dir=tmp_path / "state", cni_path=empty, pods="emulated")
     plan = plan_for(backend)
     with pytest.raises(PrerequisiteMissing) as caught:
         backend.apply_networks(plan)
@@ -581,7 +583,7 @@ def test_missing_cni_plugins_name_the_plugin_and_the_package(instance: str, tmp_
     assert not [n for n in netns.names() if n.startswith(f"{instance}-")]  # nothing made before the check
 
     (empty / "bridge").symlink_to(REAL_CNI / "bridge")
-    backend = LocalBackend(instance=instance, state_dir=tmp_path / "state", cni_path=empty)
+    backend = LocalBackend(instance=instance, state_dir=tmp_path / "state", cni_path=empty, pods="emulated")
     with pytest.raises(PrerequisiteMissing, match=r"'host-local'.*apt-get install containernetworking-plugins"):
         backend.apply_pods(plan)
 
@@ -618,7 +620,7 @@ exec /usr/lib/cni/bridge
 
 def test_transient_cni_race_is_retried_in_place(instance: str, tmp_path: Path) -> None:
     plugins = fake_cni(tmp_path / "racy-cni", RACE_ONCE)
-    backend = LocalBackend(instance=instance, state_dir=tmp_path / "state", cni_path=plugins)
+    backend = LocalBackend(instance=instance, state_dir=tmp_path / "state", cni_path=plugins, pods="emulated")
     plan = plan_for(backend)
     backend.apply_networks(plan)
     backend.apply_pods(plan)  # no error: the race was retried inside the call

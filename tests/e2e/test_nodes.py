@@ -31,7 +31,7 @@ from tests.support.lessons import ring
 from tests.support.local_lessons import ping_all, up
 from workers.backends.base import Observation
 from workers.backends.local import LocalBackend
-from workers.backends.local.overlay import UPLINK, VXLAN_PORT
+from workers.backends.local.net.nodes import UPLINK, VXLAN_PORT
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("root")]
 
@@ -238,8 +238,8 @@ def test_a_node_namespace_deleted_while_being_read_reads_as_gone(instance: str) 
     """Deleting a namespace unmounts it, then unlinks its file: in between, /run/netns/<name> is a plain file,
     and setns on it fails with EINVAL. A reader racing a GC pass that prunes an empty node (CI's sentinel test
     did) must see "gone", not an error."""
-    from workers.backends.local import rtnetlink
-    from workers.backends.local.netns import NETNS_DIR, NamespaceGone, in_netns
+    from workers.backends.local.net import rtnetlink
+    from workers.backends.local.net.netns import NETNS_DIR, NamespaceGone, in_netns
 
     node = naming.node_netns(instance, 1)
     half_deleted = NETNS_DIR / node

@@ -35,7 +35,9 @@ def _gc(settings: Settings) -> list[str]:
 def test_gc_removes_the_empty_node_and_says_so(settings_for: Callable[..., Settings]) -> None:
     settings = settings_for()
     store = Store.from_settings(settings)
-    backend = LocalBackend(instance=settings.instance, state_dir=settings.state_dir, deployment=store.deployment())
+    backend = LocalBackend(
+        instance=settings.instance, state_dir=settings.state_dir, deployment=store.deployment(), pods="emulated"
+    )
     lesson = next(iter(load_catalog(TRIANGLE)))
     plan = make_plan(lesson, new_id(), "s1", instance=settings.instance, deployment=store.deployment())
     node = plan.node_netns

@@ -47,7 +47,7 @@ def leftovers(instance: str, livelesson: str, state_dir: Path) -> list[str]:
 
 def container_leftovers(instance: str, livelesson: str, state_dir: Path) -> list[str]:
     """A live lesson's containers (runc's records), overlay mounts, cgroups and container layers."""
-    from workers.backends.local.containers import Runc, cgroup_dirs, mounts_under
+    from workers.backends.local.runtime.runc import Runc, cgroup_dirs, mounts_under
 
     folder = state_dir / instance / "lessons" / livelesson
     prefix = naming.namespace(instance, livelesson)
@@ -79,7 +79,7 @@ def cleanup_instance(name: str, state_dir: Path) -> None:
     for ns in netns.names():
         if ns.startswith(f"{name}-"):
             netns.delete(ns)
-    from workers.backends.local.containers import Runc, remove_cgroup, unmount_all
+    from workers.backends.local.runtime.runc import Runc, remove_cgroup, unmount_all
 
     runc = Runc(state_dir / name / "runc")
     for container in runc.states():

@@ -15,8 +15,8 @@ from typing import Any
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from scheduler.core.errors import PermanentError
-from workers.backends.local.netns import NETNS_DIR, add, delete, exists, in_netns, names
-from workers.backends.local.rtnetlink import NetlinkRace, addresses, bridges, link_table
+from workers.backends.local.net.netns import NETNS_DIR, add, delete, exists, in_netns, names
+from workers.backends.local.net.rtnetlink import NetlinkRace, addresses, bridges, link_table
 
 __all__ = [
     "NETNS_DIR",

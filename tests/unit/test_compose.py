@@ -512,6 +512,6 @@ def test_pip_install_works_from_the_build_context(tmp_path: Path) -> None:
     (wheel,) = (tmp_path / "dist").glob("lesson_scheduler-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for module in ("scheduler/settings.py", "scheduler/http/api.py", "workers/app.py", "workers/tasks.py",
-                   "workers/backends/local/podproc.py"):  # fmt: skip
+                   "workers/backends/local/runtime/podproc.py"):  # fmt: skip
         assert module in names
     assert any(n.endswith("entry_points.txt") for n in names)

@@ -344,7 +344,7 @@ def test_the_fuzzers_reach_both_outcomes() -> None:
     assert OUTCOMES["catalog-flat:lesson"] + OUTCOMES["catalog-antidote:lesson"] > 0, OUTCOMES
 
 
-# --- regressions the fuzzers found (fixed in scheduler/core/lessons.py) ------------------------------------------
+# --- regressions the fuzzers found (fixed in scheduler/core/lessons/) ---------------------------------------------
 
 CONSTRUCTOR_CRASHES = ["a: !!int ''", "a: !!float ''", "a: !!bool ''", "a: !!timestamp x", "!!int", "a: !!int +"]
 

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from lessonctl.cli import main
-from scheduler.core import graph
+from scheduler.core import drawing as graph
 from scheduler.core.lessons import ResolvedLesson, parse_lesson, resolve
 from scheduler.core.plan import make_plan
 from scheduler.services.catalog import load_catalog, load_paths

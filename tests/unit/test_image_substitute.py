@@ -17,7 +17,8 @@ import pytest
 from pydantic import ValidationError
 
 from lessonctl import output
-from scheduler.core.lessons import ResolvedLesson, check_image_reference, parse_lesson, resolve
+from scheduler.core.checks import check_image_reference
+from scheduler.core.lessons import ResolvedLesson, parse_lesson, resolve
 from scheduler.core.plan import SUBSTITUTE_COMMAND, Plan, make_plan
 from scheduler.core.records import LiveLesson, substitute_note
 from scheduler.core.render import render

@@ -20,8 +20,9 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from scheduler.core.checks import is_dns1123_label
 from scheduler.core.errors import LessonError
-from scheduler.core.lessons import Lesson, ResolvedLesson, is_dns1123_label, parse_lesson, resolve
+from scheduler.core.lessons import Lesson, ResolvedLesson, parse_lesson, resolve
 from scheduler.core.plan import Plan, make_plan
 from scheduler.services.catalog import load_catalog
 from tests.support.lessons import REPO

@@ -5,7 +5,7 @@ For every pod bound to a kwok node that carries a ``k8s.v1.cni.cncf.io/networks`
 
 * makes a "node" network namespace per kwok node (``<prefix>-<node>``, where the bridges live) and a
   namespace for the pod (``<prefix>-pod-<uid>``);
-* runs the real CNI plugins (workers/backends/local/cni.py) with each NetworkAttachmentDefinition's
+* runs the real CNI plugins (workers/backends/local/net/cni.py) with each NetworkAttachmentDefinition's
   ``spec.config``, interface ``net1``, ``net2``, ... or the one the annotation names;
 * writes the ``k8s.v1.cni.cncf.io/network-status`` annotation in Multus's format;
 * creates a kwok ``Exec`` (named after the pod, owned by it) whose env names the pod's namespace, so
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support import netns_tools as netns
-from workers.backends.local import cni
+from workers.backends.local.net import cni
 
 log = logging.getLogger("node-agent")
 

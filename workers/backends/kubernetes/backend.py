@@ -42,7 +42,7 @@ from scheduler.core.naming import (
     LABEL_TUNNEL_ADDRESS,
     MANAGED_BY,
 )
-from scheduler.core.placement import NodeRoom
+from scheduler.core.placement import NodeRoom, pod_room
 from scheduler.core.plan import POD_REQUESTS, Plan, Pod
 from scheduler.core.render import namespace, network_attachment_definitions, network_policy, pods, services
 from scheduler.settings import Settings
@@ -201,13 +201,11 @@ class KubernetesBackend(Backend):
             except (ValueError, ArithmeticError):
                 log.warning("node with an unreadable allocatable ignored", node=name, allocatable=allocatable)
                 continue
-            if self.node_max_pods:
-                pods = min(pods, self.node_max_pods)
             n = held.get(name, 0)
             rooms.append(
                 NodeRoom(
                     name,
-                    max(0, pods - n),
+                    pod_room(pods, self.node_max_pods, n),
                     max(0, cpu - n * POD_REQUESTS.cpu_millicores),
                     max(0, memory - n * POD_REQUESTS.memory_bytes),
                 )
@@ -248,20 +246,16 @@ class KubernetesBackend(Backend):
 
     def apply_pods(self, plan: Plan) -> None:
         self._check_plan(plan)
-        for service in services(plan):  # first: a pod's peers have names from its first instruction
-            name = service["metadata"]["name"]
-            self._ensure(
-                "service", name,
-                partial(self.core.create_namespaced_service, plan.namespace, service),
-                partial(self.core.read_namespaced_service, name, plan.namespace), plan,
-            )  # fmt: skip
-        for pod in pods(plan):
-            name = pod["metadata"]["name"]
-            self._ensure(
-                "pod", name,
-                partial(self.core.create_namespaced_pod, plan.namespace, pod),
-                partial(self.core.read_namespaced_pod, name, plan.namespace), plan,
-            )  # fmt: skip
+        # services first: a pod's peers have names from its first instruction
+        for kind, objects, create, read in (
+            ("service", services(plan), self.core.create_namespaced_service, self.core.read_namespaced_service),
+            ("pod", pods(plan), self.core.create_namespaced_pod, self.core.read_namespaced_pod),
+        ):
+            for obj in objects:
+                name = obj["metadata"]["name"]
+                self._ensure(
+                    kind, name, partial(create, plan.namespace, obj), partial(read, name, plan.namespace), plan
+                )
 
     # --- observe ------------------------------------------------------------------------------------
 
@@ -291,19 +285,10 @@ class KubernetesBackend(Backend):
     def exec(self, plan: Plan, endpoint: str, argv: Sequence[str], *, timeout: float) -> ExecResult:
         pod = plan.pod(endpoint)
         with self._exec_api() as core:
-            try:
-                resp = stream(
-                    core.connect_get_namespaced_pod_exec, pod.name, plan.namespace,
-                    command=list(argv), stdout=True, stderr=True, stdin=False, tty=False,
-                    _preload_content=False, _request_timeout=timeout,
-                )  # fmt: skip
-            except ApiException as exc:
-                error = translate(exc)
-                log.warning("exec failed to start", endpoint=endpoint, error=str(error), transient=error.transient)
-                raise error from exc
-            except (*CONNECTION_ERRORS, OSError) as exc:
-                log.warning("exec failed to connect", endpoint=endpoint, error=describe(exc))
-                raise TemporaryError(f"exec in {endpoint} failed to connect: {exc}") from exc
+            resp = _open_exec(
+                core, pod, plan.namespace, "exec",
+                command=list(argv), stdout=True, stderr=True, stdin=False, tty=False, _request_timeout=timeout,
+            )  # fmt: skip
             stdout: list[str] = []
             stderr: list[str] = []
             deadline = time.monotonic() + timeout
@@ -350,19 +335,10 @@ class KubernetesBackend(Backend):
         if tty and not os.isatty(0):
             raise PermanentError("a terminal in the pod needs stdin to be a terminal")
         with self._exec_api() as core:
-            try:
-                resp = stream(
-                    core.connect_get_namespaced_pod_exec, pod.name, plan.namespace,
-                    command=list(argv), stdin=True, stdout=True, stderr=not tty, tty=tty,
-                    binary=True, _preload_content=False,
-                )  # fmt: skip
-            except ApiException as exc:
-                error = translate(exc)
-                log.warning("attach failed to start", endpoint=endpoint, error=str(error), transient=error.transient)
-                raise error from exc
-            except (*CONNECTION_ERRORS, OSError) as exc:
-                log.warning("attach failed to connect", endpoint=endpoint, error=describe(exc))
-                raise TemporaryError(f"exec in {endpoint} failed to connect: {exc}") from exc
+            resp = _open_exec(
+                core, pod, plan.namespace, "attach",
+                command=list(argv), stdin=True, stdout=True, stderr=not tty, tty=tty, binary=True,
+            )  # fmt: skip
             try:
                 terminal.pump(resp, tty=tty)
             except terminal.OutputClosed:
@@ -459,6 +435,22 @@ def _placement(namespace: str, annotations: dict[str, str] | None) -> dict[str, 
         return {}
     return placement
 
+
+
+def _open_exec(core: Any, pod: Pod, namespace: str, what: str, **options: Any) -> Any:
+    """The pods/exec stream to ``pod`` (``options``: the command and channels), unread: a refusal is raised
+    in our error tree, a failure to connect as TemporaryError (the API server may answer next time)."""
+    try:
+        return stream(
+            core.connect_get_namespaced_pod_exec, pod.name, namespace, _preload_content=False, **options
+        )
+    except ApiException as exc:
+        error = translate(exc)
+        log.warning(f"{what} failed to start", endpoint=pod.endpoint, error=str(error), transient=error.transient)
+        raise error from exc
+    except (*CONNECTION_ERRORS, OSError) as exc:
+        log.warning(f"{what} failed to connect", endpoint=pod.endpoint, error=describe(exc))
+        raise TemporaryError(f"exec in {pod.endpoint} failed to connect: {exc}") from exc
 
 def _drain(resp: Any, stdout: list[str], stderr: list[str]) -> None:
     if resp.peek_stdout():

@@ -1,8 +1,9 @@
 """The local backend's package: :class:`LocalBackend` and the rooms it is composed of.
 
-``backend`` (the Backend interface), ``ownership`` (owner records, path checks, locks), ``pods`` (pod
-processes), ``attach`` (CNI attachments and their repair), ``netns`` (namespaces), ``rtnetlink`` (links
-and addresses), ``cni`` (the plugin runner) and ``podproc`` (the pod process, run as a script by path).
+``backend`` (the Backend interface), ``ownership`` (owner records, path checks, locks), ``runtime`` (what
+runs in a pod: containers with runc, or emulated stand-ins, behind one interface), ``net`` (namespaces,
+rtnetlink, CNI attachments, nodes and the underlay), ``image_store`` (the local image store) and
+``parallel`` (running one step's independent calls at once).
 """
 
 from workers.backends.local.backend import LocalBackend

@@ -4,10 +4,11 @@ A "node" network namespace per instance holds the Linux bridges; each pod is its
 with ``lo`` up; each attachment is made by running the plan's CNI configuration through the real bridge
 and host-local plugins, as Multus would. Nothing is created in the host's root network namespace.
 
-What runs in a pod (``pods``, LESSON_LOCAL_PODS): ``container`` runs the endpoint's image and command with
-runc in the pod's namespace, after its interfaces are attached, as a kubelet would (:mod:`.containers`,
-images from :mod:`.images`); ``emulated`` runs a stand-in process that listens on the declared ports
-(:mod:`.pods`), for hosts without a container runtime, and says so wherever pods are shown.
+What runs in a pod (``pods``, LESSON_LOCAL_PODS, chosen once: a :class:`~.runtime.pod_runtime.PodRuntime`):
+``container`` runs the endpoint's image and command with runc in the pod's namespace, after its interfaces
+are attached, as a kubelet would (:mod:`.runtime.containers`, images from :mod:`.image_store`); ``emulated``
+runs a stand-in process that listens on the declared ports (:mod:`.runtime.emulated`), for hosts without a
+container runtime, and says so wherever pods are shown.
 
 Ownership (containerlab's idea): before creating anything, the backend writes
 ``<state>/<instance>/lessons/<id>/owner.json`` naming every namespace, bridge and attachment it will make,
@@ -23,82 +24,61 @@ State directory layout::
 
     <state_dir>/<instance>/
         node.lock                 serialises creating/pruning the node namespace
+        underlay.lock             serialises joining nodes to the underlay (several nodes only)
         locks/<id>.lock           serialises applies and destroy of one live lesson (removed by destroy)
         ipam/<cni network>/       host-local's allocations (per instance, not /var/lib/cni)
         lessons/<id>/owner.json   what this live lesson owns
         lessons/<id>/results/     CNI ADD results, so addresses survive a worker restart
+        lessons/<id>/hosts        the live lesson's names, every pod's /etc/hosts
         lessons/<id>/pods/        emulated: pid files, written by each pod process once it listens, and
                                   the lock each pod process holds for its life (one process per pod)
         lessons/<id>/containers/  container: one bundle per pod (config, overlay mount, output)
         runc/                     runc's state of this instance's containers
-    <image_dir>/                  the image store (:mod:`.images`), shared by instances
+    <image_dir>/                  the image store (:mod:`.image_store`), shared by instances
     cgroups: /lesson-scheduler/<instance>/<id>/<endpoint> in each hierarchy
 
-The rooms it is composed of: :mod:`.ownership` (owner records, paths, locks), :mod:`.pods` (pod
-processes), :mod:`.attach` (CNI attachments), :mod:`.netns` (namespaces), :mod:`.rtnetlink` (links and
-addresses), :mod:`.cni` (the plugin runner).
+The rooms it is composed of: :mod:`.ownership` (owner records, paths, locks); :mod:`.runtime` (what runs
+in a pod: :mod:`~.runtime.containers` with :mod:`~.runtime.runc`, or :mod:`~.runtime.emulated`);
+:mod:`.net` (:mod:`~.net.attachments` through :mod:`~.net.cni`, :mod:`~.net.nodes` and the underlay,
+:mod:`~.net.netns` for namespaces, :mod:`~.net.rtnetlink` for links and addresses); :mod:`.image_store`.
 
 Speed: creating and deleting namespaces, ``lo``, link and address reads happen in-process (see
-:mod:`.netns` and :mod:`.rtnetlink`); CNI plugins are started straight inside the node namespace (no
-``nsenter``); every CNI call of an apply runs concurrently with the others and with one launcher that forks
-all missing pod processes (one Python start per apply, not per pod).
+:mod:`.net.netns` and :mod:`.net.rtnetlink`); CNI plugins are started straight inside the node namespace
+(no ``nsenter``); every CNI call of an apply runs concurrently with the others and, for emulated pods, with
+one launcher that forks all missing pod processes (one Python start per apply, not per pod).
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import shutil
 import socket
 import subprocess
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
 
 import structlog
 
 from scheduler.core import naming
-from scheduler.core.errors import PermanentError, PrerequisiteMissing, TemporaryError
-from scheduler.core.placement import NodeRoom
+from scheduler.core.errors import PermanentError, TemporaryError
+from scheduler.core.placement import NodeRoom, pod_room
 from scheduler.core.plan import MAIN_NETWORK, Network, Plan, Pod
 from scheduler.core.records import PodKind
 from workers.backends.base import Backend, ExecResult, InterfaceStatus, Observation, PodStatus
-from workers.backends.local import cni, netns, rtnetlink
-from workers.backends.local.attach import Attachments
-from workers.backends.local.containers import (
-    ContainerState,
-    Runc,
-    cgroup_dirs,
-    mounts_under,
-    output_tail,
-    remove_cgroup,
-    unmount_all,
-)
-from workers.backends.local.images import ImageStore, Unpacked, tool_message
-from workers.backends.local.overlay import Nodes
-from workers.backends.local.ownership import Ownership, read_json
-from workers.backends.local.pods import PodProcesses, stop
+from workers.backends.local.image_store import ImageStore
+from workers.backends.local.net import cni, netns, rtnetlink
+from workers.backends.local.net.attachments import Attachments
+from workers.backends.local.net.nodes import Nodes
+from workers.backends.local.ownership import Ownership
+from workers.backends.local.parallel import parallel
+from workers.backends.local.runtime.containers import ContainerRuntime
+from workers.backends.local.runtime.emulated import EmulatedRuntime
+from workers.backends.local.runtime.pod_runtime import NotReady, PodRuntime
+from workers.backends.local.runtime.runc import Runc
 
 __all__ = ["LocalBackend"]
 
 log = structlog.get_logger(__package__)  # the local backend's events, under one logger name
-
-T = TypeVar("T")
-
-
-def _parallel(fn: Callable[..., T], items: Sequence[Any]) -> list[T]:
-    """Run independent calls concurrently; the first error (in item order) is raised after all finish."""
-    if len(items) <= 1:
-        return [fn(*i) if isinstance(i, tuple) else fn(i) for i in items]
-    with ThreadPoolExecutor(max_workers=min(16, len(items))) as pool:
-        # each call in a copy of the caller's context: its log lines keep the task's bound context
-        futures = [
-            pool.submit(contextvars.copy_context().run, fn, *(i if isinstance(i, tuple) else (i,))) for i in items
-        ]
-    return [f.result() for f in futures]
 
 
 class LocalBackend(Backend):
@@ -109,9 +89,9 @@ class LocalBackend(Backend):
         *,
         instance: str,
         state_dir: Path,
-        cni_path: Path = Path("/usr/lib/cni"),
+        cni_path: Path = cni.PLUGIN_DIR,
         deployment: str = "",
-        pods: PodKind = "emulated",
+        pods: PodKind = "container",
         image_dir: Path | None = None,
         insecure_registries: str = "",
         nodes: int = 1,
@@ -127,11 +107,16 @@ class LocalBackend(Backend):
         self.node_max_pods = node_max_pods
         self._checked = False
         self._owned = Ownership(instance=instance, root=self.root, deployment=deployment)
-        self._processes = PodProcesses(self._owned)
-        self.images = ImageStore.configured(state_dir, image_dir, insecure_registries)
-        self._runc = Runc(self.root / "runc")
         self._attachments = Attachments(self._owned, ipam_dir=self.ipam_dir, cni_path=cni_path)
         self.nodes = Nodes(instance, nodes, self.root)
+        images = ImageStore.configured(state_dir, image_dir, insecure_registries)
+        runtimes: dict[PodKind, PodRuntime] = {
+            "container": ContainerRuntime(self._owned, images=images, runc=Runc(self.root / "runc")),
+            "emulated": EmulatedRuntime(self._owned),
+        }
+        self.runtime = runtimes[pods]  # what applies, observes and enters pods
+        # destroy, remains and prune ask every kind: a live lesson may predate a change of LESSON_LOCAL_PODS
+        self._runtimes = tuple(runtimes.values())
 
     def mark(self, livelesson: str) -> str:
         return self._owned.mark(livelesson)
@@ -145,8 +130,7 @@ class LocalBackend(Backend):
             netns.check_privileges()
             for plugin in ("bridge", "host-local"):
                 cni.plugin(self.cni_path, plugin)
-            if self.pods == "container":
-                _container_prerequisites()
+            self.runtime.prerequisites()
             self._checked = True
 
     def _record_owner(self, plan: Plan) -> None:
@@ -164,16 +148,9 @@ class LocalBackend(Backend):
         whichever deployment, has on it; CPU and memory are not limited here). None when not placing."""
         if not self.places:
             return None
-        used: Counter[str] = Counter()
-        for folder in self._owned.held():
-            owner = read_json(folder / "owner.json")
-            if isinstance(owner, dict):
-                placed = owner.get("nodes") or dict.fromkeys(owner.get("pods") or {}, owner.get("node_netns"))
-                if isinstance(placed, dict):
-                    used.update(str(node) for node in placed.values())
-        limit = self.node_max_pods or 1 << 30
+        used = self._owned.pods_per_node()
         huge = 1 << 62
-        return [NodeRoom(n, max(0, limit - used[n]), huge, huge) for n in self.nodes.names]
+        return [NodeRoom(n, pod_room(None, self.node_max_pods, used[n]), huge, huge) for n in self.nodes.names]
 
     def apply_networks(self, plan: Plan) -> None:
         self._prerequisites()
@@ -190,13 +167,13 @@ class LocalBackend(Backend):
                 self._ensure_bridges(plan)
                 mark = self.mark(plan.livelesson)
                 ends = [(node, n) for n in plan.tunnels for node in n.nodes]
-                _parallel(lambda node, n: self.nodes.ensure_tunnel(node, n, _alias(mark, n)), ends)
+                parallel(lambda node, n: self.nodes.ensure_tunnel(node, n, _alias(mark, n)), ends)
 
     def _ensure_bridges(self, plan: Plan) -> None:
         """Every bridge of the plan exists on each of its nodes, carries our mark and is up: one in-process
         rtnetlink batch per node."""
         networks = [*plan.networks, *([plan.main] if plan.main is not None else [])]
-        _parallel(
+        parallel(
             lambda node: self._ensure_bridges_on(node, [n for n in networks if node in n.nodes], plan.livelesson),
             list(plan.nodes),
         )
@@ -226,15 +203,13 @@ class LocalBackend(Backend):
 
     def apply_pods(self, plan: Plan) -> None:
         self._prerequisites()
-        # images first, outside the lesson's lock (a pull may take a while): an image that cannot be had
-        # fails the lesson before anything of its pods is made
-        images = {}
-        if self.pods == "container":
-            images = {ref: self.images.unpacked(ref) for ref in sorted({p.image for p in plan.pods})}
+        # outside the lesson's lock (a pull may take a while): what cannot be had fails the lesson before
+        # anything of its pods is made
+        self.runtime.prepare(plan)
         with self._owned.lesson_lock(plan.livelesson):
-            self._apply_pods(plan, images)
+            self._apply_pods(plan)
 
-    def _apply_pods(self, plan: Plan, images: dict[str, Unpacked]) -> None:
+    def _apply_pods(self, plan: Plan) -> None:
         self._record_owner(plan)
         missing_nodes = [node for node in plan.nodes if not netns.exists(node)]
         if missing_nodes:
@@ -243,83 +218,39 @@ class LocalBackend(Backend):
             self._ensure_bridges(plan)  # cheap when present; without it the plugin would make unmarked ones
             node_links = {node: rtnetlink.link_table(node) for node in plan.nodes}
         # a namespace made just now is empty; only older ones are read back
-        found = _parallel(lambda p: {} if netns.add(p.netns) else rtnetlink.addresses(p.netns), plan.pods)
+        found = parallel(lambda p: {} if netns.add(p.netns) else rtnetlink.addresses(p.netns), plan.pods)
         present = {p.endpoint: a for p, a in zip(plan.pods, found, strict=True)}
-        emulated = self.pods == "emulated"
-        missing = [p for p in plan.pods if emulated and not self._processes.process_ok(plan.livelesson, p)]
+        self._write_hosts(plan)
 
-        def attach(pod: Pod) -> Callable[[], None]:
-            def body() -> None:
-                # one pod's attachments in order, as Multus adds them: eth0, net1, net2, ... (so they are
-                # listed in that order inside the pod, as on the seed's node)
-                for itf in pod.attachments:
-                    self._attachments.ensure(plan, pod, itf, present[pod.endpoint], node_links[pod.node])
+        def attach_pod(pod: Pod) -> None:
+            # one pod's attachments in order, as Multus adds them: eth0, net1, net2, ... (so they are listed
+            # in that order inside the pod, as on the seed's node)
+            for itf in pod.attachments:
+                self._attachments.ensure(plan, pod, itf, present[pod.endpoint], node_links[pod.node])
 
-            return body
+        def attach() -> None:
+            parallel(attach_pod, plan.pods)  # every pod's CNI ADDs at once: they touch different objects
 
-        # the launcher and every pod's CNI ADDs at once: they touch different objects
-        work = [attach(pod) for pod in plan.pods]
-        if missing:
-            work.insert(0, lambda: self._processes.launch(plan, missing))
-        _parallel(lambda f: f(), work)
-        hosts = self._write_hosts(plan)
-        if not emulated:
-            # after the attachments, as a kubelet starts containers after the sandbox's CNI ADD: what runs in
-            # the pod finds its interfaces there from its first instruction
-            states = self._runc.states()
-            starting = [p for p in plan.pods if not self._container_ok(states.get(p.container), p)]
-            _parallel(
-                lambda p: self._start_container(plan, p, images[p.image], states.get(p.container), hosts), starting
-            )
+        self.runtime.start(plan, attach)
 
-    def _bundle(self, livelesson: str, endpoint: str) -> Path:
-        return self._owned.folder(livelesson) / "containers" / endpoint
-
-    def _hosts(self, livelesson: str) -> Path:
-        return self._owned.folder(livelesson) / "hosts"
-
-    def _write_hosts(self, plan: Plan) -> Path:
+    def _write_hosts(self, plan: Plan) -> None:
         """The live lesson's hosts file (the plan's names and eth0 addresses), which every pod sees as its
         /etc/hosts. Written in place, never replaced: a bind mount holds on to the file it was made with."""
-        path = self._hosts(plan.livelesson)
+        path = self._owned.hosts_file(plan.livelesson)
         text = plan.hosts()
         if not path.exists() or path.read_text() != text:
             with open(path, "w") as handle:
                 handle.write(text)
-        return path
-
-    def _container_ok(self, state: ContainerState | None, pod: Pod) -> bool:
-        """Running, and in the pod's current network namespace (not one deleted and made again)."""
-        if state is None or state.status != "running":
-            return False
-        try:
-            return Path(f"/proc/{state.pid}/ns/net").stat().st_ino == (netns.NETNS_DIR / pod.netns).stat().st_ino
-        except FileNotFoundError:
-            return False
-
-    def _start_container(
-        self, plan: Plan, pod: Pod, image: Unpacked, state: ContainerState | None, hosts: Path
-    ) -> None:
-        bundle = self._bundle(plan.livelesson, pod.endpoint)
-        if state is not None:
-            if state.bundle != bundle:
-                raise PermanentError(f"container {pod.container} exists but is not ours (bundle {state.bundle})")
-            # created by a crashed attempt, exited, or stranded in an old namespace: replaced, as a kubelet
-            # restarts a pod's container
-            self._runc.remove(pod.container)
-        self._runc.start(plan, pod, image, bundle, hosts)
 
     # --- observe and exec --------------------------------------------------------------------------
 
-    def _status(self, plan: Plan, pod: Pod, containers: dict[str, ContainerState]) -> PodStatus:
+    def _status(self, plan: Plan, pod: Pod, running: Callable[[Pod], NotReady | None]) -> PodStatus:
         def not_ready(reason: str, interfaces: tuple[InterfaceStatus, ...] = (), fatal: bool = False) -> PodStatus:
             return PodStatus(pod.endpoint, pod.netns, False, interfaces, pod.node, reason, fatal)
 
         if not netns.exists(pod.netns):
             return not_ready("network namespace missing")
-        # emulated pods are ready once their stand-ins listen; a container is ready once it runs, as a
-        # Kubernetes pod without a readiness probe is (what an image does on its ports is its own business)
-        ports = pod.ports if self.pods == "emulated" else ()
+        ports = pod.ports if self.runtime.probes_ports else ()
         try:
             # one visit to the namespace reads the addresses and tries the ports
             present, open_ports = netns.in_netns(
@@ -336,18 +267,9 @@ class LocalBackend(Backend):
         missing = [i.name for i in statuses if i.address is None]
         if missing:
             return not_ready(f"no address yet on {', '.join(missing)}", statuses)
-        if self.pods == "container":
-            state = containers.get(pod.container)
-            if state is None or state.status == "created":
-                return not_ready("container not started", statuses)
-            if state.status == "stopped":
-                tail = output_tail(self._bundle(plan.livelesson, pod.endpoint))
-                said = f"; its last output: {tail}" if tail else " without output"
-                return not_ready(f"container {pod.endpoint} exited{said}", statuses, fatal=True)
-            if not self._container_ok(state, pod):
-                return not_ready(f"container {state.status} or in an old network namespace", statuses)
-        elif self._processes.process(plan.livelesson, pod.endpoint) is None:
-            return not_ready("pod process not running", statuses)
+        stopped = running(pod)
+        if stopped is not None:
+            return not_ready(stopped.reason, statuses, fatal=stopped.fatal)
         closed = sorted(set(ports) - set(open_ports))
         if closed:
             return not_ready(f"ports not accepting connections: {closed}", statuses)
@@ -357,23 +279,23 @@ class LocalBackend(Backend):
         deadline = time.monotonic() + wait
         while True:
             with self._owned.reading(plan.livelesson):
-                containers = self._runc.states() if self.pods == "container" else {}
-                pods = _parallel(self._status, [(plan, p, containers) for p in plan.pods])
+                running = self.runtime.readiness(plan)
+                pods = parallel(self._status, [(plan, p, running) for p in plan.pods])
             observation = Observation({p.endpoint: p for p in pods})
             if observation.ready or any(p.fatal for p in pods) or time.monotonic() >= deadline:
                 return observation
             time.sleep(0.02)
 
-    def exec(self, plan: Plan, endpoint: str, argv: Sequence[str], *, timeout: float) -> ExecResult:
+    def _existing(self, plan: Plan, endpoint: str) -> Pod:
         pod = plan.pod(endpoint)
         if not netns.exists(pod.netns):
             raise PermanentError(f"pod {endpoint} does not exist (no namespace {pod.netns})")
+        return pod
+
+    def exec(self, plan: Plan, endpoint: str, argv: Sequence[str], *, timeout: float) -> ExecResult:
+        pod = self._existing(plan, endpoint)
         try:
-            if self.pods == "container":
-                proc = self._runc.exec(pod.container, argv, timeout=timeout)
-                _container_exec_error(proc.returncode, proc.stderr.decode(errors="replace"), endpoint, argv)
-            else:
-                proc = netns.run(self._emulated_argv(plan, argv), netns=pod.netns, timeout=timeout)
+            proc = self.runtime.exec(plan, pod, argv, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
             raise TemporaryError(f"`{' '.join(argv)}` in {endpoint} timed out after {timeout}s") from exc
         except FileNotFoundError as exc:
@@ -381,41 +303,18 @@ class LocalBackend(Backend):
         return ExecResult(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
 
     def attach(self, plan: Plan, endpoint: str, argv: Sequence[str], *, tty: bool) -> int:
-        pod = plan.pod(endpoint)
-        if not netns.exists(pod.netns):
-            raise PermanentError(f"pod {endpoint} does not exist (no namespace {pod.netns})")
-        if self.pods == "container":
-            if not self._container_ok(self._runc.states().get(pod.container), pod):
-                raise PermanentError(f"the container of {endpoint} is not running")
-            return self._runc.attach(pod.container, argv, tty=tty)
-        # emulated: the host's own program, in the pod's network namespace only (said by the record)
-        command = self._emulated_argv(plan, argv)
-        try:
-            return netns.in_netns(pod.netns, lambda: subprocess.run(command, check=False).returncode, timeout=1e9)
-        except FileNotFoundError as exc:
-            raise PermanentError(f"`{argv[0]}` cannot run in {endpoint}: {exc.strerror}") from exc
+        return self.runtime.attach(plan, self._existing(plan, endpoint), argv, tty=tty)
 
     def connect(self, plan: Plan, endpoint: str, port: int, *, timeout: float) -> socket.socket:
         """A socket made inside the pod's network namespace (a socket keeps the namespace it was made in),
         connected to its loopback: what a kubelet's port-forward does, without a process in the pod."""
-        pod = plan.pod(endpoint)
-        if not netns.exists(pod.netns):
-            raise PermanentError(f"pod {endpoint} does not exist (no namespace {pod.netns})")
+        pod = self._existing(plan, endpoint)
         try:
             return netns.in_netns(
                 pod.netns, lambda: socket.create_connection(("127.0.0.1", port), timeout=timeout), timeout=timeout + 5
             )
         except OSError as exc:
             raise TemporaryError(f"nothing accepts on port {port} in {endpoint}: {exc.strerror or exc}") from exc
-
-    def _emulated_argv(self, plan: Plan, argv: Sequence[str]) -> list[str]:
-        """An emulated pod's command, in a mount namespace of its own where the live lesson's hosts file is
-        /etc/hosts (the host's filesystem otherwise): names resolve there as in a container."""
-        hosts = self._hosts(plan.livelesson)
-        if not hosts.exists():
-            return list(argv)
-        script = 'mount --bind "$0" /etc/hosts && exec "$@"'
-        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(hosts), *argv]
 
     # --- destroy and list --------------------------------------------------------------------------
 
@@ -433,48 +332,36 @@ class LocalBackend(Backend):
         if owner is None:
             return
         mark = self.mark(livelesson)
-        networks: dict[str, Any] = owner["networks"]
-        pods: dict[str, str] = owner["pods"]
+        # what runs in the pods first, as a kubelet stops it before the sandbox's CNI DEL
+        for runtime in self._runtimes:
+            runtime.remove(livelesson)
+        nodes = self.nodes.known([*owner.pod_nodes().values(), owner.default_node])
         # without the node namespace the bridges and host veths are gone already, and the IPAM folder is
         # removed below; running DEL from the root namespace instead would break "nothing in the root ns"
-        # containers first, as a kubelet stops them before the sandbox's CNI DEL; ours are those whose
-        # bundle is in this live lesson's folder
-        folder = self._owned.folder(livelesson)
-        containers = [c for c in self._runc.states().values() if c.bundle.parent == folder / "containers"]
-        _parallel(lambda c: self._runc.remove(c.id), containers)
-        unmount_all(folder)
-        remove_cgroup(naming.cgroup_parent(self.instance, livelesson))
-        default_node = str(owner.get("node_netns") or self.node_netns)
-        nodes = self.nodes.known([*map(str, (owner.get("nodes") or {}).values()), default_node])
         if self.cni_path.is_dir():
-            releases = [(att, str(att.get("node") or default_node)) for att in owner["attachments"]]
-            _parallel(
-                lambda att, node: self._attachments.release(owner, att, node),
-                [(att, node) for att, node in releases if node in nodes and netns.exists(node)],
+            releases = [(owner.networks[att.network], att, owner.node_of(att)) for att in owner.attachments]
+            parallel(
+                self._attachments.release,
+                [(net, att, node) for net, att, node in releases if node in nodes and netns.exists(node)],
             )
-        _parallel(
-            lambda pid: stop(pid, lambda: self._processes.is_marked(pid, livelesson)),
-            self._processes.marked(livelesson),
-        )
-        _parallel(netns.delete, list(pods.values()))
+        parallel(netns.delete, list(owner.pods.values()))
         # bridges and tunnels, on every node the lesson had
-        _parallel(lambda node: rtnetlink.delete_links(node, _marked(node, mark)), nodes)
-        for net in networks.values():
-            shutil.rmtree(self.ipam_dir / net["cni"]["name"], ignore_errors=True)
+        parallel(lambda node: rtnetlink.delete_links(node, _marked(node, mark)), nodes)
+        for net in owner.networks.values():
+            shutil.rmtree(self.ipam_dir / net.cni["name"], ignore_errors=True)
         shutil.rmtree(self._owned.folder(livelesson), ignore_errors=True)
-        log.info("local backend destroyed", livelesson=livelesson, pods=len(pods), networks=len(networks))
+        log.info("local backend destroyed", livelesson=livelesson, pods=len(owner.pods), networks=len(owner.networks))
 
     def remains(self, livelesson: str) -> Sequence[str]:
         """What of that live lesson is still on this host (for a check after destroy): namespaces, bridges,
-        containers, mounts, cgroups, its folder."""
+        what ran in its pods (containers, their mounts and cgroups, pod processes), its folder."""
         prefix = naming.namespace(self.instance, livelesson)
         found = [f"netns {n}" for n in sorted(netns.names()) if n.startswith(f"{prefix}-")]
         for node in self.nodes.known(list(netns.names())):
             found += [f"{link.kind} {link.name} on {node}" for link in _links_marked(node, self.mark(livelesson))]
+        for runtime in self._runtimes:
+            found += runtime.remains(livelesson)
         folder = self._owned.folder(livelesson)
-        found += [f"container {c.id}" for c in self._runc.states().values() if c.bundle.parent == folder / "containers"]
-        found += [f"mount {m}" for m in mounts_under(folder)]
-        found += [f"cgroup {d}" for d in cgroup_dirs(naming.cgroup_parent(self.instance, livelesson)) if d.exists()]
         if folder.exists():
             found.append(f"folder {folder}")
         return found
@@ -491,10 +378,8 @@ class LocalBackend(Backend):
             for node in nodes:
                 netns.delete(node)
             self.nodes.remove_underlay()
-            remove_cgroup(naming.cgroup_instance(self.instance))
-            for top in cgroup_dirs(naming.MANAGED_BY):  # shared by instances: only once it is empty
-                with contextlib.suppress(OSError):
-                    top.rmdir()
+            for runtime in self._runtimes:
+                runtime.prune()
             return True
 
 
@@ -510,26 +395,3 @@ def _marked(node: str, mark: str) -> list[str]:
 def _alias(mark: str, network: Network) -> str:
     """A bridge's mark: the live lesson's, then its link's index, or ``main`` for the eth0 bridge."""
     return f"{mark}/{MAIN_NETWORK}" if network.nad == MAIN_NETWORK else f"{mark}/{network.index}"
-
-
-def _container_prerequisites() -> None:
-    missing = [tool for tool in ("runc", "umoci", "skopeo") if shutil.which(tool) is None]
-    if missing:
-        raise PrerequisiteMissing(
-            f"container pods need {', '.join(missing)}: apt-get install runc umoci skopeo "
-            "(or set LESSON_LOCAL_PODS=emulated for stand-in processes instead of containers)"
-        )
-    with open("/proc/filesystems") as handle:
-        if "overlay" not in handle.read().split():
-            raise PrerequisiteMissing("container pods need the kernel's overlay filesystem (modprobe overlay)")
-
-
-def _container_exec_error(returncode: int, stderr: str, endpoint: str, argv: Sequence[str]) -> None:
-    """runc exec's own failures (exit 255 with its message) as errors; the command's exit is a result."""
-    if returncode != 255:
-        return
-    message = tool_message(stderr)
-    if "executable file not found" in message or "no such file or directory" in message:
-        raise PermanentError(f"`{argv[0]}` cannot run in {endpoint}: {message}")
-    if "container does not exist" in message or "not running" in message or "cannot exec" in message:
-        raise PermanentError(f"the container of {endpoint} is not running: {message}")

@@ -5,6 +5,10 @@ namespace, bridge and attachment it will make, and the deployment that made them
 record back (:meth:`Ownership.claim`) and acts only on a record with the same mark, and only for its own
 deployment; :meth:`Ownership.ours` reports only its own deployment's lessons.
 
+The record is an :class:`OwnerRecord`, read in one place (:meth:`Ownership.owner`) by a strict loader: a
+file that is not exactly such a record (bad JSON, a field missing, of the wrong type or unknown) raises
+:class:`MalformedOwnerRecord` naming the file and each fault, and is never guessed at.
+
 Ids arrive from the queue, where anyone with Redis access can write: every path built from one is checked
 (a live-lesson id, and a path that resolves inside its folder of the state root) before it is used.
 """
@@ -17,19 +21,29 @@ import os
 import shutil
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import structlog
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from scheduler.core import naming
 from scheduler.core.errors import PermanentError
 from scheduler.core.plan import Plan
 from scheduler.core.records import ID_PATTERN, check_id
 
-__all__ = ["Ownership", "read_json", "write_json"]
+__all__ = [
+    "MalformedOwnerRecord",
+    "OwnedAttachment",
+    "OwnedNetwork",
+    "OwnerRecord",
+    "Ownership",
+    "read_json",
+    "write_json",
+]
 
 log = structlog.get_logger(__package__)  # the local backend's events, under one logger name
 
@@ -49,6 +63,75 @@ def read_json(path: Path) -> Any:
         return None
 
 
+# --- the owner record ----------------------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    # no coercion and no unknown keys: a record is exactly what :meth:`Ownership.record` wrote
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class OwnedNetwork(_Strict):
+    bridge: str
+    cni: dict[str, Any]  # the CNI configuration DEL runs with; its ``name`` is the IPAM folder's
+
+
+class OwnedAttachment(_Strict):
+    endpoint: str
+    netns: str
+    ifname: str
+    network: str  # a key of :attr:`OwnerRecord.networks`
+    node: str = ""  # empty in records made before pods were placed: the record's default node
+
+
+class OwnerRecord(_Strict):
+    """What one live lesson owns on this host (``lessons/<id>/owner.json``)."""
+
+    mark: str
+    instance: str
+    deployment: str = ""  # empty in records made before deployments were told apart
+    livelesson: str
+    lesson: str
+    session: str
+    node_netns: str = ""  # the node of a pod ``nodes`` does not name; empty: the instance's first node
+    pods: dict[str, str]  # endpoint -> its network namespace
+    nodes: dict[str, str] = Field(default_factory=dict)  # endpoint -> its node; empty before placement
+    networks: dict[str, OwnedNetwork]  # by NAD name
+    attachments: tuple[OwnedAttachment, ...]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OwnerRecord:
+        """Every name one part uses is one another part defines, so destroy never meets a dangling one."""
+        for att in self.attachments:
+            if att.endpoint not in self.pods:
+                raise ValueError(f"attachment {att.endpoint}.{att.ifname} names a pod the record has not")
+            if att.network not in self.networks:
+                raise ValueError(f"attachment {att.endpoint}.{att.ifname} names a network the record has not")
+        if unknown := set(self.nodes) - set(self.pods):
+            raise ValueError(f"nodes names pods the record has not: {sorted(unknown)}")
+        return self
+
+    @property
+    def default_node(self) -> str:
+        return self.node_netns or naming.node_netns(self.instance)
+
+    def pod_nodes(self) -> dict[str, str]:
+        """Each pod's node."""
+        return {endpoint: self.nodes.get(endpoint) or self.default_node for endpoint in self.pods}
+
+    def node_of(self, attachment: OwnedAttachment) -> str:
+        return attachment.node or self.default_node
+
+
+class MalformedOwnerRecord(PermanentError):
+    """An ``owner.json`` that is not an :class:`OwnerRecord`: what it owns is unknown, so nothing is touched."""
+
+    def __init__(self, path: Path, error: ValidationError) -> None:
+        faults = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'the file'}: {e['msg']}" for e in error.errors())
+        super().__init__(f"{path} is not a valid owner record ({faults}); refusing to act on it")
+        self.path = path
+
+
 class Ownership:
     """``<root>`` is ``<state_dir>/<instance>``: owner records, live-lesson folders and locks under it."""
 
@@ -63,8 +146,13 @@ class Ownership:
         return naming.mark(self.instance, livelesson)
 
     def folder(self, livelesson: str) -> Path:
-        """``<root>/lessons/<id>``: the live lesson's owner record, CNI results and pid files."""
+        """``<root>/lessons/<id>``: the live lesson's owner record, CNI results, hosts file and its pods'
+        pid files or container bundles."""
         return self.inside("lessons", livelesson)
+
+    def hosts_file(self, livelesson: str) -> Path:
+        """The live lesson's hosts file, every pod's /etc/hosts."""
+        return self.folder(livelesson) / "hosts"
 
     def inside(self, folder: str, livelesson: str, suffix: str = "") -> Path:
         """``<root>/<folder>/<id><suffix>``, for a valid id only, and only if it resolves inside that folder
@@ -130,50 +218,68 @@ class Ownership:
 
     # --- owner records -----------------------------------------------------------------------------
 
+    def owner(self, folder: Path) -> OwnerRecord | None:
+        """The owner record of a live-lesson folder; None when it has none. A file that is not a valid
+        record raises :class:`MalformedOwnerRecord`."""
+        path = folder / "owner.json"
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        try:
+            return OwnerRecord.model_validate_json(text)
+        except ValidationError as exc:
+            raise MalformedOwnerRecord(path, exc) from None
+
     def record(self, plan: Plan, *, node_netns: str, ipam_dir: Path) -> None:
         """Written before anything is created, so even a crash mid-apply leaves a record to clean up by."""
-        attachments = [
-            {"endpoint": p.endpoint, "netns": p.netns, "ifname": i.name, "network": i.network, "node": p.node}
+        attachments = tuple(
+            OwnedAttachment(endpoint=p.endpoint, netns=p.netns, ifname=i.name, network=i.network, node=p.node)
             for p in plan.pods
             for i in p.attachments
-        ]
-        networks = {n.nad: {"bridge": n.bridge, "cni": n.cni_config(str(ipam_dir))} for n in plan.networks}
+        )
+        networks = {n.nad: OwnedNetwork(bridge=n.bridge, cni=n.cni_config(str(ipam_dir))) for n in plan.networks}
         if plan.main is not None:  # static addresses: DEL needs none of them
-            networks[plan.main.nad] = {"bridge": plan.main.bridge, "cni": plan.main.cni_config(address="")}
-        doc = {
-            "mark": self.mark(plan.livelesson),
-            "instance": plan.instance,
-            "deployment": self.deployment,
-            "livelesson": plan.livelesson,
-            "lesson": plan.lesson,
-            "session": plan.session,
-            "node_netns": node_netns,
-            "pods": {p.endpoint: p.netns for p in plan.pods},
-            "nodes": {p.endpoint: p.node for p in plan.pods},
-            "networks": networks,
-            "attachments": attachments,
-        }
-        path = self.folder(plan.livelesson) / "owner.json"
-        if read_json(path) != doc:
-            write_json(path, doc)
+            networks[plan.main.nad] = OwnedNetwork(bridge=plan.main.bridge, cni=plan.main.cni_config(address=""))
+        record = OwnerRecord(
+            mark=self.mark(plan.livelesson),
+            instance=plan.instance,
+            deployment=self.deployment,
+            livelesson=plan.livelesson,
+            lesson=plan.lesson,
+            session=plan.session,
+            node_netns=node_netns,
+            pods={p.endpoint: p.netns for p in plan.pods},
+            nodes={p.endpoint: p.node for p in plan.pods},
+            networks=networks,
+            attachments=attachments,
+        )
+        folder = self.folder(plan.livelesson)
+        try:
+            current = self.owner(folder)
+        except MalformedOwnerRecord:
+            current = None  # this apply holds the lesson's lock and rewrites it
+        if current != record:
+            write_json(folder / "owner.json", record.model_dump(mode="json"))
 
-    def claim(self, livelesson: str) -> dict[str, Any] | None:
+    def claim(self, livelesson: str) -> OwnerRecord | None:
         """The owner record, when destroy may act on it; None when there is nothing (more) for it to do.
 
-        No record: nothing was created before it, so the folder is removed here. A record without our mark
-        is refused; another deployment's lesson (a shared host and instance name) is not ours to touch.
+        No record: nothing was created before it, so the folder is removed here. A record without our mark,
+        or not a valid record, is refused; another deployment's lesson (a shared host and instance name) is
+        not ours to touch.
         """
         folder = self.folder(livelesson)
-        owner = read_json(folder / "owner.json")
+        owner = self.owner(folder)
         if owner is None:
             shutil.rmtree(folder, ignore_errors=True)  # nothing was created before the record
             return None
         mark = self.mark(livelesson)
-        if not isinstance(owner, dict) or owner.get("mark") != mark:
+        if owner.mark != mark:
             raise PermanentError(f"{folder} is not marked {mark!r}; refusing to destroy")
-        if owner.get("deployment", "") != self.deployment:
+        if owner.deployment != self.deployment:
             # another deployment's lesson, on a shared host and instance name: not ours to touch
-            log.warning("destroy refused: another deployment's live lesson", owner=owner.get("deployment"))
+            log.warning("destroy refused: another deployment's live lesson", owner=owner.deployment)
             return None
         return owner
 
@@ -186,10 +292,10 @@ class Ownership:
 
     def ours(self) -> list[str]:
         """This deployment's live lessons. A folder with no owner record (a crash before it was written)
-        counts as ours once it is a minute old, so it is cleaned up rather than kept for ever."""
+        counts as ours once it is a minute old, so it is cleaned up rather than kept for ever; one with a
+        malformed record is nobody's: logged and left alone."""
         ours = []
-        for folder in self.held():
-            owner = read_json(folder / "owner.json")
+        for folder, owner in self._records(skipped="not listed"):
             if owner is None:
                 try:
                     stale = time.time() - folder.stat().st_mtime > 60
@@ -197,6 +303,25 @@ class Ownership:
                     continue
                 if stale:
                     ours.append(folder.name)
-            elif isinstance(owner, dict) and owner.get("deployment", "") == self.deployment:
+            elif owner.deployment == self.deployment:
                 ours.append(folder.name)
         return ours
+
+    def pods_per_node(self) -> Counter[str]:
+        """How many pods every live lesson of this instance (whichever deployment) has on each node."""
+        used: Counter[str] = Counter()
+        for _folder, owner in self._records(skipped="its pods not counted"):
+            if owner is not None:
+                used.update(owner.pod_nodes().values())
+        return used
+
+    def _records(self, *, skipped: str) -> Iterator[tuple[Path, OwnerRecord | None]]:
+        """Every live-lesson folder with its record (None: none yet). A malformed record is logged, saying
+        what is ``skipped``, and its folder left out, so one bad file cannot stop a look across them all."""
+        for folder in self.held():
+            try:
+                owner = self.owner(folder)
+            except MalformedOwnerRecord as exc:
+                log.warning("malformed owner record skipped", skipped=skipped, error=str(exc))
+                continue
+            yield folder, owner

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 from scheduler.core.errors import PermanentError, TemporaryError
-from workers.backends.local.netns import NamespaceGone, exists, in_netns
+from workers.backends.local.net.netns import NamespaceGone, exists, in_netns
 
 __all__ = [
     "Link",

@@ -7,7 +7,7 @@ A thread that enters a namespace (``setns``/``unshare`` move only the calling th
 thread that ends right after, so no pooled thread is ever left in a foreign namespace. Processes started
 from such a thread are born in that namespace, which is how :func:`run` replaces ``nsenter``.
 
-Links and addresses are read and changed by :mod:`workers.backends.local.rtnetlink`. Kept apart from the
+Links and addresses are read and changed by :mod:`workers.backends.local.net.rtnetlink`. Kept apart from the
 local backend's class so the test cluster's node agent can share it.
 """
 
@@ -36,6 +36,7 @@ __all__ = [
     "check_privileges",
     "delete",
     "exists",
+    "holds",
     "in_netns",
     "names",
     "run",
@@ -70,6 +71,15 @@ def names() -> set[str]:
 
 def exists(name: str) -> bool:
     return (NETNS_DIR / name).exists()
+
+
+def holds(name: str, pid: int) -> bool:
+    """Whether process ``pid`` is in namespace ``name`` as it is now (not in one of that name that was
+    deleted and made again). False when either is gone."""
+    try:
+        return Path(f"/proc/{pid}/ns/net").stat().st_ino == (NETNS_DIR / name).stat().st_ino
+    except FileNotFoundError:
+        return False
 
 
 _nsfs_dev: int | None = None

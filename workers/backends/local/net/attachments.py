@@ -14,14 +14,14 @@ import structlog
 
 from scheduler.core.errors import SchedulerError
 from scheduler.core.plan import Attachment, Plan, Pod
-from workers.backends.local import cni
-from workers.backends.local.netns import NETNS_DIR
-from workers.backends.local.ownership import Ownership, read_json, write_json
-from workers.backends.local.rtnetlink import Link
+from workers.backends.local.net import cni
+from workers.backends.local.net.netns import NETNS_DIR
+from workers.backends.local.net.rtnetlink import Link
+from workers.backends.local.ownership import OwnedAttachment, OwnedNetwork, Ownership, read_json, write_json
 
 __all__ = ["Attachments"]
 
-log = structlog.get_logger(__package__)  # the local backend's events, under one logger name
+log = structlog.get_logger("workers.backends.local")  # the local backend's events, under one logger name
 
 
 class Attachments:
@@ -64,31 +64,34 @@ class Attachments:
             if any(h in node_links and node_links[h].master == network.bridge for h in hosts):
                 return
         config = plan.cni_config(pod, itf, str(self.ipam_dir))
-        args = {"container_id": pod.netns, "netns": NETNS_DIR / pod.netns, "ifname": ifname}
+        # on the pod's node, as the kubelet of the node a pod was scheduled to runs its CNI calls
+        where: cni.Where = {
+            "container_id": pod.netns,
+            "netns": NETNS_DIR / pod.netns,
+            "ifname": ifname,
+            "node_netns": pod.node,
+            "plugin_dir": self.cni_path,
+        }
         if saved is not None or have is not None or self._leased(config["name"], pod.netns):
             # half made by a run that crashed (interface without result, result without interface, a lease
             # left behind): start this attachment over, as host-local refuses a second lease for one id
             path.unlink(missing_ok=True)
-            cni.delete(config, node_netns=pod.node, plugin_dir=self.cni_path, **args)  # type: ignore[arg-type]
-        # on the pod's node, as the kubelet of the node a pod was scheduled to runs its CNI ADD
-        result = cni.add(config, node_netns=pod.node, plugin_dir=self.cni_path, **args)  # type: ignore[arg-type]
+            cni.delete(config, **where)
+        result = cni.add(config, **where)
         write_json(path, {"addresses": result.addresses, "mac": result.mac, "raw": result.raw})
 
-    def release(self, owner: dict[str, Any], att: dict[str, str], node: str) -> None:
+    def release(self, network: OwnedNetwork, att: OwnedAttachment, node: str) -> None:
         """CNI DEL of one attachment named in an owner record, on its ``node``; a failure is logged, not raised."""
-        networks: dict[str, Any] = owner["networks"]
-        pods: dict[str, str] = owner["pods"]
-        netns_name = pods[att["endpoint"]]
         # DEL releases the IPAM lease even when the namespace is already gone
         try:
             cni.delete(
-                networks[att["network"]]["cni"],
-                container_id=netns_name,
-                netns=NETNS_DIR / netns_name,
-                ifname=att["ifname"],
+                network.cni,
+                container_id=att.netns,
+                netns=NETNS_DIR / att.netns,
+                ifname=att.ifname,
                 node_netns=node,
                 plugin_dir=self.cni_path,
             )
         except SchedulerError as exc:
             # what DEL leaves goes anyway: the veth with the pod's namespace, the lease with the IPAM folder
-            log.warning("CNI DEL failed, cleaning up without it", ifname=att["ifname"], error=str(exc))
+            log.warning("CNI DEL failed, cleaning up without it", ifname=att.ifname, error=str(exc))

@@ -1,11 +1,12 @@
-"""The local backend's containers: runc runs each pod's image in the pod's network namespace.
+"""runc and what it is handed: each container's bundle, its overlay mount, its cgroup.
 
 What a kubelet does with containerd on the seed's worker node, done with runc alone: the image (unpacked
-once by :mod:`.images`) is the read-only lower layer of an overlay mount whose upper layer belongs to the
-container; the OCI runtime config is umoci's (from the image's config) with the pod's part set here: the
-command, the network namespace the CNI plugins attached (joined, not made), its own PID, mount, UTS
-(hostname = endpoint) and IPC namespaces, a cgroup under the live lesson's with the pod's limits, and the
-security context the render gives Kubernetes (privileged for trusted pods, a few capabilities otherwise).
+once by :mod:`workers.backends.local.image_store`) is the read-only lower layer of an overlay mount whose
+upper layer belongs to the container; the OCI runtime config is umoci's (from the image's config) with the
+pod's part set here: the command, the network namespace the CNI plugins attached (joined, not made), its own
+PID, mount, UTS (hostname = endpoint) and IPC namespaces, a cgroup under the live lesson's with the pod's
+limits, and the security context the render gives Kubernetes (privileged for trusted pods, a few
+capabilities otherwise). :mod:`workers.backends.local.runtime.containers` decides when each runs.
 
 Per container, inside the live lesson's folder (removed by destroy)::
 
@@ -13,6 +14,7 @@ Per container, inside the live lesson's folder (removed by destroy)::
     containers/<endpoint>/rootfs/       the overlay mount (lower: the unpacked image)
     containers/<endpoint>/upper/, work/ the container's own layer
     containers/<endpoint>/output.log    its stdout and stderr
+    containers/<endpoint>/runc.log      runc's own errors, of its last start
 
 runc's state lives under ``<state>/<instance>/runc``. A container is ours when runc's record of it has its
 bundle in our live lesson's folder; nothing else is ever killed or deleted.
@@ -36,8 +38,8 @@ import structlog
 
 from scheduler.core.errors import PermanentError, TemporaryError
 from scheduler.core.plan import POD_LIMITS, POD_PIDS_LIMIT, UNTRUSTED_CAPABILITIES, Plan, Pod
-from workers.backends.local.images import Unpacked, tool_message
-from workers.backends.local.netns import NETNS_DIR
+from workers.backends.local.image_store import Unpacked, tool_message
+from workers.backends.local.net.netns import NETNS_DIR
 
 __all__ = [
     "ALL_CAPABILITIES",

@@ -29,11 +29,11 @@ from scheduler.core import naming
 from scheduler.core.errors import PermanentError, TemporaryError
 from scheduler.core.plan import Network
 from workers import vxlan
-from workers.backends.local import netns, rtnetlink
+from workers.backends.local.net import netns, rtnetlink
 
 __all__ = ["UNDERLAY_SUBNET", "VXLAN_PORT", "Nodes"]
 
-log = structlog.get_logger(__package__)  # the local backend's events, under one logger name
+log = structlog.get_logger("workers.backends.local")  # the local backend's events, under one logger name
 
 # only inside namespaces of ours (the underlay and the nodes' uplinks): no pod and no host route sees it
 UNDERLAY_SUBNET = ipaddress.IPv4Network("10.249.0.0/24")

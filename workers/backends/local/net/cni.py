@@ -13,20 +13,20 @@ import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict, Unpack
 
 import structlog
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from scheduler.core.errors import PermanentError, PrerequisiteMissing, TemporaryError
-from workers.backends.local import netns as _netns
+from workers.backends.local.net import netns as _netns
 
-__all__ = ["CniError", "CniResult", "add", "delete", "netns_path", "plugin"]
+__all__ = ["PLUGIN_DIR", "CniError", "CniResult", "Where", "add", "delete", "netns_path", "plugin"]
 
 log = structlog.get_logger(__name__)
 
-NETNS_DIR = Path("/run/netns")
 CALL_TIMEOUT = 20.0
+PLUGIN_DIR = Path("/usr/lib/cni")  # Debian's containernetworking-plugins
 
 # Races that clear within moments, so they are retried in place: a bridge or veth created by a concurrent
 # ADD (EEXIST), a device still settling after a DEL (EBUSY), netlink's EAGAIN.
@@ -40,7 +40,17 @@ TRY_AGAIN_LATER = 11
 
 
 def netns_path(name: str) -> Path:
-    return NETNS_DIR / name
+    return _netns.NETNS_DIR / name
+
+
+class Where(TypedDict):
+    """Which attachment a call is about (the CNI_* parameters), and where the plugin runs."""
+
+    container_id: str
+    netns: Path  # the pod's namespace (CNI_NETNS)
+    ifname: str
+    node_netns: str | None  # the namespace the plugin is started in; None: this process's
+    plugin_dir: NotRequired[Path]
 
 
 class CniError(PermanentError):
@@ -94,7 +104,7 @@ def _call(
     netns: Path,
     ifname: str,
     node_netns: str | None,
-    plugin_dir: Path,
+    plugin_dir: Path = PLUGIN_DIR,
 ) -> dict[str, Any]:
     binary = plugin(plugin_dir, str(config["type"]))
     argv = [str(binary)]
@@ -139,43 +149,11 @@ def _error(stdout: bytes, stderr: bytes) -> tuple[str, int | None]:
         return (stderr or stdout).decode(errors="replace").strip() or "no output", None
 
 
-def add(
-    config: dict[str, Any],
-    *,
-    container_id: str,
-    netns: Path,
-    ifname: str,
-    node_netns: str | None,
-    plugin_dir: Path = Path("/usr/lib/cni"),
-) -> CniResult:
-    raw = _call(
-        "ADD",
-        config,
-        container_id=container_id,
-        netns=netns,
-        ifname=ifname,
-        node_netns=node_netns,
-        plugin_dir=plugin_dir,
-    )
-    return CniResult.parse(raw, ifname)
+def add(config: dict[str, Any], **where: Unpack[Where]) -> CniResult:
+    """CNI ADD; the container interface's addresses and MAC, read from the plugin's result."""
+    return CniResult.parse(_call("ADD", config, **where), where["ifname"])
 
 
-def delete(
-    config: dict[str, Any],
-    *,
-    container_id: str,
-    netns: Path,
-    ifname: str,
-    node_netns: str | None,
-    plugin_dir: Path = Path("/usr/lib/cni"),
-) -> None:
+def delete(config: dict[str, Any], **where: Unpack[Where]) -> None:
     """CNI DEL; the spec makes it succeed when the attachment is already gone."""
-    _call(
-        "DEL",
-        config,
-        container_id=container_id,
-        netns=netns,
-        ifname=ifname,
-        node_netns=node_netns,
-        plugin_dir=plugin_dir,
-    )
+    _call("DEL", config, **where)

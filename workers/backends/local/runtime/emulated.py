@@ -1,8 +1,11 @@
-"""Pod processes: one launcher forks every missing one; found again by pid file and by the mark in argv.
+"""Emulated pods (LESSON_LOCAL_PODS=emulated): a stand-in process per pod, for hosts without runc.
 
-Each pod process (:mod:`workers.backends.local.podproc`, run as a script) enters its pod's namespace,
-listens on the declared ports and writes ``lessons/<id>/pods/<endpoint>.pid`` once it does; its argv carries
-``<mark>/<endpoint>``, so it is recognised (and only then signalled) even without a pid file.
+One launcher forks every missing pod process. Each (:mod:`workers.backends.local.runtime.podproc`, run as
+a script) enters its pod's namespace, listens on the declared ports and writes
+``lessons/<id>/pods/<endpoint>.pid`` once it does; its argv carries ``<mark>/<endpoint>``, so it is
+recognised (and only then signalled) even without a pid file. What runs in such a pod (exec, attach) is
+the host's own program, in the pod's network namespace and with the live lesson's hosts file as
+/etc/hosts; records say the pods are emulated wherever pods are shown.
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from scheduler.core.errors import TemporaryError
+from scheduler.core.errors import PermanentError, TemporaryError
 from scheduler.core.plan import Plan, Pod
-from workers.backends.local.netns import NETNS_DIR
+from scheduler.core.records import PodKind
+from workers.backends.local.net import netns
 from workers.backends.local.ownership import Ownership
+from workers.backends.local.parallel import parallel
+from workers.backends.local.runtime.pod_runtime import NotReady
 
-__all__ = ["PODPROC", "PodProcesses", "stop"]
+__all__ = ["PODPROC", "EmulatedRuntime", "PodProcesses", "stop"]
 
 PODPROC = Path(__file__).with_name("podproc.py")
 
@@ -68,11 +74,8 @@ class PodProcesses:
         pid = self.process(livelesson, pod.endpoint)
         if pid is None:
             return False
-        try:
-            if Path(f"/proc/{pid}/ns/net").stat().st_ino == (NETNS_DIR / pod.netns).stat().st_ino:
-                return True
-        except FileNotFoundError:
-            return False
+        if netns.holds(pod.netns, pid):
+            return True
         self.stop_process(livelesson, pod.endpoint)  # stranded in a namespace that is gone
         return False
 
@@ -130,3 +133,68 @@ class PodProcesses:
             return False
         prefix = f"{self.ownership.mark(livelesson)}/".encode()
         return any(arg.startswith(prefix) for arg in argv)
+
+
+class EmulatedRuntime:
+    """Stand-in pods: ready once they listen on their declared ports."""
+
+    kind: PodKind = "emulated"
+    probes_ports = True
+
+    def __init__(self, ownership: Ownership) -> None:
+        self.ownership = ownership
+        self.processes = PodProcesses(ownership)
+
+    def prerequisites(self) -> None:
+        """None beyond the backend's: a pod process is this host's Python."""
+
+    def prepare(self, plan: Plan) -> None:
+        """Nothing: a stand-in needs no image."""
+
+    def start(self, plan: Plan, attach: Callable[[], None]) -> None:
+        missing = [p for p in plan.pods if not self.processes.process_ok(plan.livelesson, p)]
+        if not missing:
+            attach()
+            return
+        # the launcher and the pods' CNI ADDs at once: they touch different objects
+        parallel(lambda work: work(), [lambda: self.processes.launch(plan, missing), attach])
+
+    def readiness(self, plan: Plan) -> Callable[[Pod], NotReady | None]:
+        def check(pod: Pod) -> NotReady | None:
+            if self.processes.process(plan.livelesson, pod.endpoint) is None:
+                return NotReady("pod process not running")
+            return None
+
+        return check
+
+    def exec(self, plan: Plan, pod: Pod, argv: Sequence[str], *, timeout: float) -> subprocess.CompletedProcess[bytes]:
+        return netns.run(self._argv(plan, argv), netns=pod.netns, timeout=timeout)
+
+    def attach(self, plan: Plan, pod: Pod, argv: Sequence[str], *, tty: bool) -> int:
+        command = self._argv(plan, argv)
+        try:
+            return netns.in_netns(pod.netns, lambda: subprocess.run(command, check=False).returncode, timeout=1e9)
+        except FileNotFoundError as exc:
+            raise PermanentError(f"`{argv[0]}` cannot run in {pod.endpoint}: {exc.strerror}") from exc
+
+    def _argv(self, plan: Plan, argv: Sequence[str]) -> list[str]:
+        """The command in a mount namespace of its own where the live lesson's hosts file is /etc/hosts (the
+        host's filesystem otherwise): names resolve there as in a container."""
+        hosts = self.ownership.hosts_file(plan.livelesson)
+        if not hosts.exists():
+            return list(argv)
+        script = 'mount --bind "$0" /etc/hosts && exec "$@"'
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(hosts), *argv]
+
+    def remove(self, livelesson: str) -> None:
+        """Every process carrying the live lesson's mark, pid file or not."""
+        parallel(
+            lambda pid: stop(pid, lambda: self.processes.is_marked(pid, livelesson)),
+            self.processes.marked(livelesson),
+        )
+
+    def remains(self, livelesson: str) -> list[str]:
+        return [f"pod process {pid}" for pid in self.processes.marked(livelesson)]
+
+    def prune(self) -> None:
+        """Nothing: pod processes belong to their live lessons."""

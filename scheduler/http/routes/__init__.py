@@ -1,0 +1,1 @@
+"""The API's routes, one router per concern; ``scheduler.http.api.create_app`` includes them."""
