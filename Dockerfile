@@ -17,6 +17,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY scheduler ./scheduler
 COPY workers ./workers
+COPY lessonctl ./lessonctl
 RUN pip install .
 
 # The lesson catalog stays a plain folder next to the code (pip installs only the packages), so an

@@ -15,8 +15,9 @@ import redis
 import structlog
 from celery.exceptions import TimeoutError as CeleryTimeout
 
+from scheduler.core.checks import check_id
 from scheduler.core.errors import InvalidRequest, LimitExceeded, NotFound, SchedulerError, TemporaryError
-from scheduler.core.records import LiveLesson, check_id
+from scheduler.core.records import LiveLesson
 from scheduler.core.steps import SETTLED
 from scheduler.core.task_names import REQUEST_TASK
 from scheduler.services.lifecycle import delete_lesson

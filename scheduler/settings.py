@@ -11,7 +11,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from scheduler.core.lessons import check_image_reference, check_special, is_dns1123_label
+from scheduler.core.checks import check_image_reference, is_dns1123_label
+from scheduler.core.lessons import check_special
 from scheduler.core.plan import MAIN_POOL
 
 __all__ = ["Settings", "get_settings", "parse_sentinels"]

@@ -25,13 +25,11 @@ from tests.support.processes import start_celery
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that needs the test cluster ``cluster``, so a run can take them apart
-    (`-m cluster`, `-m "not cluster"`): the ones that use its fixtures, and the contract suite's
-    kubernetes parametrisation (which asks for them at run time)."""
+    """Mark every test that uses the test cluster's fixtures ``cluster``, so a run can take them apart
+    (`-m cluster`, `-m "not cluster"`). The contract suite's kubernetes param, which asks for them at run
+    time, carries the mark itself (tests/contract/conftest.py)."""
     for item in items:
-        callspec = getattr(item, "callspec", None)
-        param = callspec.params.get("make_backend") if callspec is not None else None
-        if "k8s_kubeconfig" in getattr(item, "fixturenames", ()) or param == "kubernetes":
+        if "k8s_kubeconfig" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.cluster)
 
 

@@ -15,8 +15,8 @@ from typing import Any
 import structlog
 from celery import Task
 
+from scheduler.core.checks import check_id
 from scheduler.core.errors import InvalidRequest, SchedulerError
-from scheduler.core.records import check_id
 from scheduler.core.task_names import GC_TASK, REQUEST_TASK, TEARDOWN_TASK, step_task
 from scheduler.services.catalog import Catalog, configured_catalog
 from scheduler.services.lifecycle import request_lesson

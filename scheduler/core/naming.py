@@ -9,9 +9,6 @@ from __future__ import annotations
 import hashlib
 import re
 
-# a node's name is checked in scheduler.core.checks: re-exported for the importers that still ask here
-from scheduler.core.checks import NODE_NAME
-
 __all__ = [
     "ANNOTATION_PLACEMENT",
     "ANNOTATION_TUNNEL",
@@ -25,7 +22,6 @@ __all__ = [
     "LABEL_SESSION",
     "LABEL_TUNNEL_ADDRESS",
     "MANAGED_BY",
-    "NODE_NAME",
     "TUNNEL_MARK",
     "VXLAN_NAME",
     "bridge_name",

@@ -10,16 +10,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# the id and session checks live in scheduler.core.checks: re-exported for the importers that still ask here
-from scheduler.core.checks import ID_PATTERN, SESSION_PATTERN, check_id
 from scheduler.core.steps import ACTIVE, PROVISIONING, STEP_STATUS, STEPS, TERMINAL, Status
 
 __all__ = [
     "ACTIVE",
     "EMULATED_NOTE",
-    "ID_PATTERN",
     "PROVISIONING",
-    "SESSION_PATTERN",
     "STEPS",
     "STEP_STATUS",
     "TERMINAL",
@@ -32,7 +28,6 @@ __all__ = [
     "Status",
     "StepError",
     "StepTiming",
-    "check_id",
     "forward_command",
     "new_id",
     "now",

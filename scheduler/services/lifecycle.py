@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from scheduler.core.checks import check_id, is_session
 from scheduler.core.errors import InvalidRequest, NotFound, shorten
-from scheduler.core.records import SESSION_PATTERN, LiveLesson, check_id
+from scheduler.core.records import LiveLesson
 from scheduler.core.steps import ACTIVE, FIRST_TASK
 from scheduler.core.task_names import TEARDOWN_TASK
 from scheduler.services.catalog import Catalog
@@ -16,7 +17,7 @@ __all__ = ["delete_lesson", "request_lesson", "validate_session", "validate_slug
 
 def validate_session(session: object) -> str:
     # fullmatch: `$` in the pattern would also accept a trailing newline ("x\n"), not a valid label value
-    if not isinstance(session, str) or not SESSION_PATTERN.fullmatch(session):
+    if not is_session(session):
         raise InvalidRequest(
             f"session {shorten(session)} is not valid: 1-63 letters, digits, '-', '_' or '.', "
             "starting and ending with a letter or digit"

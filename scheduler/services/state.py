@@ -44,8 +44,9 @@ import structlog
 from redis.exceptions import LockError
 
 from scheduler.core import naming
+from scheduler.core.checks import check_id, is_id
 from scheduler.core.errors import AtCapacity, LimitExceeded, NotFound, NotReplicated, TemporaryError
-from scheduler.core.records import ID_PATTERN, LiveLesson, check_id, new_id, now
+from scheduler.core.records import LiveLesson, new_id, now
 from scheduler.core.steps import ACTIVE, LEASED, PROVISIONING, TERMINAL, Status
 from scheduler.services.metrics import Metrics
 from scheduler.services.redis_endpoint import PrimaryFollower, connect
@@ -128,7 +129,7 @@ def parse_status_message(data: object) -> tuple[str, str] | None:
     if not isinstance(message, dict):
         return None
     livelesson, status = message.get("id"), message.get("status")
-    if isinstance(livelesson, str) and ID_PATTERN.fullmatch(livelesson) and isinstance(status, str):
+    if isinstance(livelesson, str) and is_id(livelesson) and isinstance(status, str):
         return livelesson, status
     return None
 
@@ -265,7 +266,7 @@ class Store:
     def active(self) -> list[LiveLesson]:
         """Every active live lesson's record (provisioning, ready or deleting)."""
         ids = self._call(self.r.smembers, self._k("active"))
-        return self.many(sorted(i for i in ids if ID_PATTERN.fullmatch(i)))
+        return self.many(sorted(i for i in ids if is_id(i)))
 
     def status_counts(self) -> dict[str, int]:
         """Active live lessons (provisioning, ready, deleting) by status: one hash read, kept by each write."""
@@ -276,7 +277,7 @@ class Store:
         """Ids whose ``expiry``, ``deadline`` or ``lease`` score has passed."""
         score = (at or now()).timestamp()
         ids = self._call(self.r.zrangebyscore, self._k(which), "-inf", score)
-        return [i for i in ids if ID_PATTERN.fullmatch(i)]  # anything else was not written by us
+        return [i for i in ids if is_id(i)]  # anything else was not written by us
 
     def ping(self) -> bool:
         return bool(self._call(self.r.ping))

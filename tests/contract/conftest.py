@@ -35,7 +35,8 @@ from tests.support.fake_backend import FakeBackend, FakeWorld
 from tests.support.prereqs import is_root, needs
 from workers.backends.base import Backend
 
-BACKENDS = ["local", "local-emulated", "kubernetes", "fake"]
+# the kubernetes param carries the `cluster` mark: it runs in the suite's cluster phase (tests/run-suite.sh)
+BACKENDS = ["local", "local-emulated", pytest.param("kubernetes", marks=pytest.mark.cluster), "fake"]
 ROOM = 8  # LESSON_NODE_MAX_PODS of a placing backend: its one node takes two lessons of four pods
 
 

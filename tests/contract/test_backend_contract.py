@@ -160,14 +160,7 @@ def test_a_name_held_without_our_mark_is_refused_never_adopted(
     assert untouched()
 
 
-def test_a_lesson_of_another_deployment_is_never_adopted(
-    make_backend: MakeBackend, instance: str, backend_kind: str, request: pytest.FixtureRequest
-) -> None:
-    if backend_kind.startswith("local"):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "the local backend's mark names no deployment: another deployment applying the same id rewrites "
-            "owner.json and takes the lesson over"
-        )))  # fmt: skip
+def test_a_lesson_of_another_deployment_is_never_adopted(make_backend: MakeBackend, instance: str) -> None:
     backend, plan = applied(make_backend, instance)
     other = make_backend(OTHER_DEPLOYMENT)
     theirs = plan_for(instance, OTHER_DEPLOYMENT, livelesson=plan.livelesson)  # same id, the other's plan

@@ -498,7 +498,7 @@ def test_build_context_leaves_out_secrets_and_local_state() -> None:
 
 @pytest.mark.slow
 def test_pip_install_works_from_the_build_context(tmp_path: Path) -> None:
-    """What `RUN pip install .` sees: only the context's files. The wheel has both packages and podproc.py."""
+    """What `RUN pip install .` sees: only the context's files. The wheel has the three packages and podproc.py."""
     context = tmp_path / "context"
     for rel in context_files():
         (context / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -512,6 +512,6 @@ def test_pip_install_works_from_the_build_context(tmp_path: Path) -> None:
     (wheel,) = (tmp_path / "dist").glob("lesson_scheduler-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for module in ("scheduler/settings.py", "scheduler/http/api.py", "workers/app.py", "workers/tasks.py",
-                   "workers/backends/local/runtime/podproc.py"):  # fmt: skip
+                   "workers/backends/local/runtime/podproc.py", "lessonctl/cli.py"):  # fmt: skip
         assert module in names
     assert any(n.endswith("entry_points.txt") for n in names)

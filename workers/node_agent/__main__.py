@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from scheduler.core import naming
+from scheduler.core.checks import is_node_name
 from scheduler.core.errors import SchedulerError
 from scheduler.services.logging import configure
 from workers.backends.kubernetes.api import api_client
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ready-file", type=Path, help="written after the first complete pass")
     parser.add_argument("--log-format", choices=("json", "console"), default="json")
     args = parser.parse_args(argv)
-    if not naming.NODE_NAME.fullmatch(args.node):
+    if not is_node_name(args.node):
         parser.error(f"--node {args.node!r} is not a node name")
     if not 576 <= args.mtu <= 9000:
         parser.error(f"--mtu {args.mtu} is not in 576..9000")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from scheduler.core import naming
+from scheduler.core.checks import is_node_name
 
 __all__ = ["End", "Problem", "addresses", "ends"]
 
@@ -84,7 +85,7 @@ def _tunnel(text: Any) -> tuple[str, int, tuple[str, ...]] | str:
         not isinstance(nodes, list)
         or not 2 <= len(nodes) <= MAX_NODES
         or len(set(map(str, nodes))) != len(nodes)
-        or not all(isinstance(n, str) and naming.NODE_NAME.fullmatch(n) for n in nodes)
+        or not all(isinstance(n, str) and is_node_name(n) for n in nodes)
     ):
         return f"nodes {nodes!r} are not 2 to {MAX_NODES} distinct node names"
     return device, vni, tuple(nodes)

@@ -12,8 +12,6 @@ Every problem names the source, the path inside it (``connections[1].subnet``) a
 
 from __future__ import annotations
 
-# the identifier checks live in scheduler.core.checks: re-exported for the importers that still ask here
-from scheduler.core.checks import check_image_reference, is_dns1123_label
 from scheduler.core.lessons.loader import parse_image, parse_lesson
 from scheduler.core.lessons.raw import Flavor, Image, Lesson, Presentation, check_special
 from scheduler.core.lessons.resolved import ResolvedEndpoint, ResolvedLesson, ResolvedLink, check_reserved, resolve
@@ -26,10 +24,8 @@ __all__ = [
     "ResolvedEndpoint",
     "ResolvedLesson",
     "ResolvedLink",
-    "check_image_reference",
     "check_reserved",
     "check_special",
-    "is_dns1123_label",
     "parse_image",
     "parse_lesson",
     "resolve",

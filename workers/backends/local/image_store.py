@@ -38,9 +38,9 @@ from typing import Any
 
 import structlog
 
+from scheduler.core.checks import check_image_reference
 from scheduler.core.errors import InvalidRequest, PermanentError, PrerequisiteMissing, TemporaryError
 from scheduler.core.images import canonical
-from scheduler.core.lessons import check_image_reference
 
 __all__ = ["BUSYBOX", "ImageStore", "StoredImage", "Unpacked", "tool_message"]
 

@@ -31,9 +31,9 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from scheduler.core import naming
+from scheduler.core.checks import check_id, is_id
 from scheduler.core.errors import PermanentError
 from scheduler.core.plan import Plan
-from scheduler.core.records import ID_PATTERN, check_id
 
 __all__ = [
     "MalformedOwnerRecord",
@@ -259,6 +259,13 @@ class Ownership:
             current = self.owner(folder)
         except MalformedOwnerRecord:
             current = None  # this apply holds the lesson's lock and rewrites it
+        if current is not None and current.deployment and current.deployment != self.deployment:
+            # two deployments sharing a host and an instance name: the lesson is the other's, and taking its
+            # record over would let this one destroy what it never made
+            raise PermanentError(
+                f"live lesson {plan.livelesson} was made by another deployment ({current.deployment}); "
+                "refusing to use it"
+            )
         if current != record:
             write_json(folder / "owner.json", record.model_dump(mode="json"))
 
@@ -288,7 +295,7 @@ class Ownership:
         folder = self.root / "lessons"
         if not folder.is_dir():
             return []
-        return sorted(p for p in folder.iterdir() if ID_PATTERN.fullmatch(p.name) and p.is_dir() and not p.is_symlink())
+        return sorted(p for p in folder.iterdir() if is_id(p.name) and p.is_dir() and not p.is_symlink())
 
     def ours(self) -> list[str]:
         """This deployment's live lessons. A folder with no owner record (a crash before it was written)
