@@ -82,9 +82,9 @@ test-prereqs:
 	    echo "make test needs Go $(GO_MIN) or newer (found $$v) to build the test Kubernetes cluster (https://go.dev/dl/)"; exit 1; fi
 	@$(MAKE) --no-print-directory apt EXTRA_APT="$(TEST_APT_PACKAGES)"
 
-# lint and types first (seconds); then tests/run-suite.sh: the tests that need no cluster while the test
-# cluster's binaries build (once, minutes, cached outside the repo), then the cluster's tests. It prints
-# the slowest tests of each phase and the time of each.
+# lint and types first (seconds); then tests/run-suite.sh: the tests that need no cluster, and beside them
+# the test cluster's binaries build (once, minutes, cached outside the repo) and then the cluster's tests
+# run. It prints the slowest tests of each stream and the time of each.
 test: test-prereqs lint typecheck
 	@bash tests/run-suite.sh
 

@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# The whole suite, as `make test` runs it (after lint and types), in two phases:
+# The whole suite, as `make test` runs it (after lint and types), as two streams that run side by side:
 #
-#   1. every test that does not need the test cluster (`-m "not cluster"`: unit, integration, e2e, the
-#      contract suite's local backends), while the cluster's binaries build in the background (minutes on
-#      a fresh machine; nothing when they are cached), so the build fills the time the tests spend waiting;
-#   2. the tests that need the cluster (`-m cluster`), once the build is done: one cluster start for all.
+#   local    every test that does not need the test cluster (`-m "not cluster"`: unit, integration, e2e,
+#            the contract suite's local and fake backends); it starts at once;
+#   cluster  the tests that need the test cluster (`-m cluster`: one cluster start for all of them); it
+#            starts once the cluster's binaries are built (in the background: minutes on a fresh
+#            machine, nothing when they are cached in ~/.cache/lesson-scheduler/k8s).
 #
-# Each phase prints pytest's slowest tests; the end prints each phase's time. Exit status: non-zero if
-# the build or either phase failed (both phases run whatever the first one gave).
+# Both streams spend most of their time waiting (workers starting, pods booting, pings, failovers), so
+# side by side they take little longer than the longer one alone. They share no state: each test names
+# what it makes with a unique prefix, and the cluster checks only its own leftovers. Every line is
+# prefixed with its stream; each stream ends with pytest's slowest tests, and the run with each stream's
+# time. Exit status: non-zero if the build or either stream failed (both always run to the end).
 #
-# Environment: PYTEST_ARGS (extra pytest arguments for both phases), PY (the interpreter, .venv's).
+# Environment: PYTEST_ARGS (extra pytest arguments for both streams), PY (the interpreter, .venv's),
+# K8S_BUILD_NICE (the build's niceness: 5 here, as the cluster stream waits for it).
 set -uo pipefail
+set -m  # each stream in a process group of its own, so an interrupt stops all of it
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PY="${PY:-.venv/bin/python}"
@@ -18,43 +24,47 @@ read -r -a extra <<<"${PYTEST_ARGS:-}"
 mkdir -p .k8s
 build_log=.k8s/build-tools.log
 started=${SECONDS}
-stamp() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
+minutes() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
+results=$(mktemp -d)
+pids=()
+# the streams and the build are ours: stop them (by PID) if the run is interrupted
+trap 'for p in "${pids[@]}"; do kill -- "-${p}" 2>/dev/null; done; rm -rf "${results}"; exit 130' INT TERM
 
-echo ">> building the test cluster's binaries in the background (log: ${build_log})"
-bash tests/k8s/machinery/build-tools.sh >"${build_log}" 2>&1 &
-build_pid=$!
-# the build is ours: stop it (by its PID) if the run is interrupted
-trap 'kill -- "${build_pid}" 2>/dev/null; exit 130' INT TERM
+# stream NAME PYTEST_ARGS...: pytest with every output line prefixed "[NAME] "; writes its exit status and
+# seconds to ${results}/NAME
+stream() {
+  local name="$1" begin=${SECONDS} rc
+  shift
+  "${PY}" -m pytest --durations=25 "$@" "${extra[@]}" 2>&1 | sed -u "s/^/[${name}] /"
+  rc=${PIPESTATUS[0]}
+  echo "${rc} $((SECONDS - begin))" >"${results}/${name}"
+}
 
-echo ">> phase 1: the tests that need no cluster"
-phase1_started=${SECONDS}
-"${PY}" -m pytest -m "not cluster" --durations=25 "${extra[@]}"
-phase1_rc=$?
-phase1=$((SECONDS - phase1_started))
+echo ">> the local stream starts; the test cluster's binaries build beside it (log: ${build_log})"
+stream local -m "not cluster" &
+pids+=($!)
 
-echo ">> waiting for the cluster's binaries"
-wait_started=${SECONDS}
-if wait "${build_pid}"; then
-  build_rc=0
-else
-  build_rc=$?
-  echo "the cluster's binaries did not build (exit ${build_rc}); the end of ${build_log}:" >&2
-  tail -n 30 "${build_log}" >&2
-fi
-waited=$((SECONDS - wait_started))
+(
+  export K8S_BUILD_NICE="${K8S_BUILD_NICE:-5}"
+  begin=${SECONDS}
+  if bash tests/k8s/machinery/build-tools.sh >"${build_log}" 2>&1; then
+    echo "[cluster] the cluster's binaries are ready after $((SECONDS - begin))s: the cluster stream starts"
+    stream cluster -m cluster
+  else
+    echo "[cluster] the cluster's binaries did not build; the end of ${build_log}:"
+    tail -n 30 "${build_log}" | sed 's/^/[cluster] /'
+    echo "1 0" >"${results}/cluster"
+  fi
+) &
+pids+=($!)
+
+wait "${pids[@]}"
 trap - INT TERM
 
-phase2_rc=1
-phase2=0
-if [[ ${build_rc} -eq 0 ]]; then
-  echo ">> phase 2: the tests that need the cluster"
-  phase2_started=${SECONDS}
-  "${PY}" -m pytest -m cluster --durations=25 "${extra[@]}"
-  phase2_rc=$?
-  phase2=$((SECONDS - phase2_started))
-fi
-
+read -r local_rc local_s <"${results}/local"
+read -r cluster_rc cluster_s <"${results}/cluster"
+rm -rf "${results}"
 echo
-echo "suite: phase 1 (no cluster) $(stamp "${phase1}") exit ${phase1_rc}; waited for the build $(stamp "${waited}");" \
-  "phase 2 (cluster) $(stamp "${phase2}") exit ${phase2_rc}; in all $(stamp $((SECONDS - started)))"
-[[ ${phase1_rc} -eq 0 && ${build_rc} -eq 0 && ${phase2_rc} -eq 0 ]]
+echo "suite: local stream $(minutes "${local_s}") (exit ${local_rc}), cluster stream $(minutes "${cluster_s}")" \
+  "(exit ${cluster_rc}), in all $(minutes $((SECONDS - started)))"
+[[ ${local_rc} -eq 0 && ${cluster_rc} -eq 0 ]]

@@ -14,7 +14,12 @@ Faults, for the decisions the pipeline makes on them:
 - ``fail(member, error, times=N, after=False)``: the next N calls of ``member`` raise ``error``; ``after``:
   once its work is done, as an answer lost on the way back;
 - ``never_ready(endpoint)``: that pod keeps starting; ``fatal(endpoint, reason)``: it cannot start;
-- ``calls`` counts every member called, ``made`` lists every object created, in order.
+- ``calls`` counts every member called, ``made`` lists every object created, ``applied`` every plan the
+  applies were given and ``execs`` every exec's (endpoint, argv), in order.
+
+Scripted answers, for a caller's handling of what a command prints: ``script_exec(*answers)`` has exec
+answer them in turn, the last one every call after, in place of the pod's programs and before looking at
+the plan or the pod; a string is the stdout of a command that exited 0, an exception is raised.
 
 Time is virtual: one look of ``observe`` stands for :data:`LOOK_SECONDS`, and nothing ever sleeps.
 """
@@ -148,6 +153,9 @@ class FakeBackend(Backend):
         self.programs: dict[str, Program] = dict(PROGRAMS)
         self.calls: Counter[str] = Counter()
         self.made: list[tuple[str, str]] = []
+        self.applied: list[Plan] = []
+        self.execs: list[tuple[str, tuple[str, ...]]] = []
+        self._script: list[ExecResult | Exception] = []
         self.closed = False
         self._faults: dict[str, list[_Fault]] = {}
         self._fatal: dict[str, str] = {}
@@ -162,6 +170,20 @@ class FakeBackend(Backend):
         if not callable(getattr(Backend, member, None)):
             raise ValueError(f"the backend interface has no method {member!r}")
         self._faults.setdefault(member, []).extend([_Fault(error, after)] * times)
+
+    def script_exec(self, *answers: str | ExecResult | Exception) -> None:
+        """exec answers ``answers`` in turn, the last one every call after; none: the programs again."""
+        with self._lock:
+            self._script = [ExecResult(0, a, "") if isinstance(a, str) else a for a in answers]
+
+    def _scripted(self) -> ExecResult | None:
+        with self._lock:
+            if not self._script:
+                return None
+            answer = self._script.pop(0) if len(self._script) > 1 else self._script[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
     def never_ready(self, endpoint: str) -> None:
         self._never_ready.add(endpoint)
@@ -219,6 +241,7 @@ class FakeBackend(Backend):
             pass
 
     def apply_networks(self, plan: Plan) -> None:
+        self.applied.append(plan)
         with self._call("apply_networks"):
             self._check_plan(plan)
             for key in _network_names(plan):
@@ -226,6 +249,7 @@ class FakeBackend(Backend):
             self.world.nodes.setdefault(self.instance, set()).update(plan.nodes)
 
     def apply_pods(self, plan: Plan) -> None:
+        self.applied.append(plan)
         with self._call("apply_pods"):
             self._check_plan(plan)
             if self._ours(("namespace", plan.namespace), plan.livelesson) is None:
@@ -294,7 +318,10 @@ class FakeBackend(Backend):
         return program
 
     def exec(self, plan: Plan, endpoint: str, argv: Sequence[str], *, timeout: float) -> ExecResult:
+        self.execs.append((endpoint, tuple(argv)))
         with self._call("exec"):
+            if (answer := self._scripted()) is not None:
+                return answer
             pod = self._pod(plan, endpoint)
             return self._program(endpoint, argv)(Run(self, plan, pod, tuple(argv), timeout, lambda: b""))
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -26,9 +25,9 @@ from scheduler.http.pages import livelesson_html
 from scheduler.services.catalog import load_catalog
 from scheduler.services.state import Store
 from scheduler.settings import Settings
+from tests.support.fake_backend import FakeBackend
 from tests.support.lessons import CATALOG, CURRICULUM, live_record, triangle
 from tests.unit.test_cli_offline import documents, lessonctl, no_traceback
-from workers.backends.base import Backend, ExecResult, Observation
 from workers.pipeline import Next, Pipeline
 
 ENV = "LESSON_IMAGE_SUBSTITUTE"
@@ -275,52 +274,13 @@ def test_status_page_says_it(clean_env: pytest.MonkeyPatch) -> None:
 # --- the pipeline records it --------------------------------------------------------------------------------------
 
 
-class Recorder(Backend):
-    """Remembers the plans it is given; runs nothing."""
-
-    name = "recorder"
-    pods = "container"
-
-    def __init__(self) -> None:
-        self.applied: list[Plan] = []
-
-    def check(self) -> None:
-        pass
-
-    def apply_networks(self, plan: Plan) -> None:
-        self.applied.append(plan)
-
-    def apply_pods(self, plan: Plan) -> None:
-        self.applied.append(plan)
-
-    def observe(self, plan: Plan, *, wait: float = 0.0) -> Observation:
-        raise NotImplementedError
-
-    def attach(self, plan: Plan, endpoint: str, argv: Sequence[str], *, tty: bool) -> int:
-        raise NotImplementedError  # the pings under test never attach
-
-    def connect(self, plan: Plan, endpoint: str, port: int, *, timeout: float) -> socket.socket:
-        raise NotImplementedError  # nothing under test forwards a port
-
-    def exec(self, plan: Plan, endpoint: str, argv: Sequence[str], *, timeout: float) -> ExecResult:
-        raise NotImplementedError
-
-    def destroy(self, livelesson: str) -> None:
-        pass
-
-    def list(self) -> list[str]:
-        return []
-
-    def prune(self) -> bool:
-        return False
-
-
 @pytest.mark.parametrize("substitute", [None, "busybox"])
 def test_the_pipeline_plans_with_it_and_records_it(
     settings_for: Callable[..., Settings], substitute: str | None
 ) -> None:
     settings = settings_for(image_substitute=substitute, catalog=CURRICULUM)
-    store, backend = Store.from_settings(settings), Recorder()
+    store = Store.from_settings(settings)
+    backend = FakeBackend(instance=settings.instance, deployment=store.deployment())
     pipeline = Pipeline(settings, store, backend, load_catalog(CURRICULUM))
     record = store.create("jsnapy-network-testing", "alice", backend="local").record
     assert isinstance(pipeline.create_networks(record.id), Next)

@@ -6,15 +6,13 @@ lesson images.
 
 from __future__ import annotations
 
-import socket
 import time
-from collections.abc import Sequence
 
 import pytest
 
 from scheduler.core.errors import PermanentError, TemporaryError
-from scheduler.core.plan import Plan, Probe
-from workers.backends.base import Backend, ExecResult, Observation
+from scheduler.core.plan import Probe
+from tests.support.fake_backend import FakeBackend
 from workers.connectivity import Burst, PingResult, parse_ping, ping_argv, run_check
 
 IPUTILS_OK = """\
@@ -158,45 +156,11 @@ def test_ping_argv_is_bounded_and_quiet() -> None:
 # --- run_check: retried until a reply or the deadline (the first packet of a new link waits for ARP) ---
 
 
-class ScriptedBackend(Backend):
-    """Answers exec with a script of outputs or errors; nothing else is used by run_check."""
-
-    name = "scripted"
-
-    def __init__(self, script: Sequence[str | Exception]) -> None:
-        self.script = list(script)
-        self.calls: list[tuple[str, list[str]]] = []
-
-    def attach(self, plan: Plan, endpoint: str, argv: Sequence[str], *, tty: bool) -> int:
-        raise NotImplementedError  # the pings under test never attach
-
-    def connect(self, plan: Plan, endpoint: str, port: int, *, timeout: float) -> socket.socket:
-        raise NotImplementedError  # nothing under test forwards a port
-
-    def exec(self, plan: Plan, endpoint: str, argv: Sequence[str], *, timeout: float) -> ExecResult:
-        self.calls.append((endpoint, list(argv)))
-        step = self.script.pop(0) if len(self.script) > 1 else self.script[0]
-        if isinstance(step, Exception):
-            raise step
-        return ExecResult(0 if "0% packet loss" in step else 1, step, "")
-
-    def check(self) -> None:
-        raise NotImplementedError
-
-    def apply_networks(self, plan: Plan) -> None:
-        raise NotImplementedError
-
-    def apply_pods(self, plan: Plan) -> None:
-        raise NotImplementedError
-
-    def observe(self, plan: Plan, *, wait: float = 0.0) -> Observation:
-        raise NotImplementedError
-
-    def destroy(self, livelesson: str) -> None:
-        raise NotImplementedError
-
-    def list(self) -> list[str]:
-        raise NotImplementedError
+def scripted(*answers: str | Exception) -> FakeBackend:
+    """A backend whose exec answers ``answers`` in turn, the last one every call after."""
+    backend = FakeBackend()
+    backend.script_exec(*answers)
+    return backend
 
 
 CHECK = Probe(source="bb1", target="bb2", network="bb1-bb2", interface="net1")
@@ -224,45 +188,45 @@ def test_loss_is_computed_from_counts_and_bounded_by_the_setting() -> None:
 
 
 def test_run_check_retries_until_a_reply_then_records_the_burst() -> None:
-    backend = ScriptedBackend([IPUTILS_ALL_LOST, IPUTILS_ALL_LOST, IPUTILS_OK, IPUTILS_BURST])
+    backend = scripted(IPUTILS_ALL_LOST, IPUTILS_ALL_LOST, IPUTILS_OK, IPUTILS_BURST)
     burst = Burst(probes=5, interval=0.02)
     result = run_check(backend, PLAN, CHECK, "10.10.12.3/24", deadline=time.monotonic() + 5, burst=burst)  # type: ignore[arg-type]
     # the record keeps the burst's figures, not the last single try
     assert result == PingResult(5, 5, 0.031, 0.045, 0.072)
     assert result.loss_pct == 0.0 and result.ok
-    assert len(backend.calls) == 4
-    endpoint, argv = backend.calls[0]
+    assert len(backend.execs) == 4
+    endpoint, argv = backend.execs[0]
     assert endpoint == "bb1" and argv[-1] == "10.10.12.3"  # the prefix length is stripped
-    _, burst_argv = backend.calls[3]
+    _, burst_argv = backend.execs[3]
     assert burst_argv[burst_argv.index("-c") + 1] == "5" and burst_argv[burst_argv.index("-i") + 1] == "0.02"
 
 
 def test_run_check_fails_on_a_lossy_burst() -> None:
-    backend = ScriptedBackend([IPUTILS_OK, IPUTILS_BURST_ONE_LOST])
+    backend = scripted(IPUTILS_OK, IPUTILS_BURST_ONE_LOST)
     result = run_check(backend, PLAN, CHECK, "10.10.12.3", deadline=time.monotonic() + 5)  # type: ignore[arg-type]
     assert (result.sent, result.received, result.loss_pct, result.ok) == (5, 4, 20.0, False)
 
 
 def test_run_check_gives_up_at_the_deadline_with_every_try_counted() -> None:
-    backend = ScriptedBackend([IPUTILS_ALL_LOST])
+    backend = scripted(IPUTILS_ALL_LOST)
     started = time.monotonic()
     result = run_check(backend, PLAN, CHECK, "10.10.12.3/24", deadline=started + 0.3)  # type: ignore[arg-type]
-    assert result.received == 0 and result.sent == len(backend.calls) >= 2
+    assert result.received == 0 and result.sent == len(backend.execs) >= 2
     assert result.loss_pct == 100.0 and not result.ok
     assert time.monotonic() - started >= 0.3
 
 
 def test_run_check_retries_transient_exec_errors() -> None:
-    backend = ScriptedBackend([TemporaryError("exec timed out"), BUSYBOX_OK])
+    backend = scripted(TemporaryError("exec timed out"), BUSYBOX_OK)
     result = run_check(backend, PLAN, CHECK, "10.10.12.3", deadline=time.monotonic() + 5)  # type: ignore[arg-type]
     assert result.ok
 
 
 def test_run_check_raises_permanent_exec_errors() -> None:
-    backend = ScriptedBackend([PermanentError("pod bb1 does not exist")])
+    backend = scripted(PermanentError("pod bb1 does not exist"))
     with pytest.raises(PermanentError, match="does not exist"):
         run_check(backend, PLAN, CHECK, "10.10.12.3", deadline=time.monotonic() + 5)  # type: ignore[arg-type]
-    assert len(backend.calls) == 1
+    assert len(backend.execs) == 1
 
 
 # --- by name: the name is resolved inside the pod, and must lead to the target's eth0 address ---------------------
@@ -286,21 +250,21 @@ def test_parse_ping_reads_where_a_name_led(output: str) -> None:
 
 
 def test_run_check_by_name_pings_the_name_and_passes_when_it_led_to_the_target() -> None:
-    backend = ScriptedBackend([named(IPUTILS_OK), "PING bb2 (10.10.12.3) 56(84) bytes of data.\n" + IPUTILS_BURST])
+    backend = scripted(named(IPUTILS_OK), "PING bb2 (10.10.12.3) 56(84) bytes of data.\n" + IPUTILS_BURST)
     result = run_check(backend, PLAN, BY_NAME, "10.10.12.3/24", deadline=time.monotonic() + 5)  # type: ignore[arg-type]
-    assert [argv[-1] for _, argv in backend.calls] == ["bb2", "bb2"]  # the name, never the address
+    assert [argv[-1] for _, argv in backend.execs] == ["bb2", "bb2"]  # the name, never the address
     assert result.ok and result.resolved == "10.10.12.3"
 
 
 def test_run_check_by_name_fails_when_the_name_leads_elsewhere() -> None:
     # the replies come from 10.10.12.3, but the target's eth0 is 10.250.0.3: another pod answered
-    backend = ScriptedBackend([named(IPUTILS_OK)])
+    backend = scripted(named(IPUTILS_OK))
     result = run_check(backend, PLAN, BY_NAME, "10.250.0.3/24", deadline=time.monotonic() + 0.3)  # type: ignore[arg-type]
     assert not result.ok and result.resolved == "10.10.12.3"
-    assert len(backend.calls) >= 2  # kept trying until the deadline
+    assert len(backend.execs) >= 2  # kept trying until the deadline
 
 
 def test_run_check_by_name_fails_when_the_name_does_not_resolve() -> None:
-    backend = ScriptedBackend(["ping: bad address 'bb2'\n"])
+    backend = scripted("ping: bad address 'bb2'\n")
     result = run_check(backend, PLAN, BY_NAME, "10.250.0.3/24", deadline=time.monotonic() + 0.3)  # type: ignore[arg-type]
     assert not result.ok and result.resolved is None and result.received == 0
