@@ -21,8 +21,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PY="${PY:-.venv/bin/python}"
 read -r -a extra <<<"${PYTEST_ARGS:-}"
-mkdir -p .k8s
-build_log=.k8s/build-tools.log
+# not in .k8s/: the cluster takes that folder only when it made it itself
+mkdir -p build
+build_log=build/k8s-tools.log
 started=${SECONDS}
 minutes() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
 results=$(mktemp -d)
