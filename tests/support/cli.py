@@ -1,5 +1,6 @@
 """``lessonctl`` as a person runs it, in a subprocess with a test's settings as LESSON_ variables: piped
-(``lessonctl``, ``up``) or under a real pseudo-terminal (``run_in_terminal``)."""
+(``lessonctl``, ``up``) or under a real pseudo-terminal (``run_in_terminal``); or with no settings at all
+(``offline``: validate, render, graph)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,36 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from scheduler.settings import Settings
+from tests.support.lessons import REPO
 from tests.support.processes import settings_env
 
 LESSONCTL = str(Path(sys.executable).with_name("lessonctl"))
+
+
+def offline(*args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``lessonctl ARGS`` from the repository's root with no LESSON_ variable but ``env``'s, in a narrow
+    terminal (40 columns: a problem must not wrap over two lines)."""
+    assert Path(LESSONCTL).exists(), f"{LESSONCTL} is missing: pip install -e '.[test]'"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("LESSON_")}
+    clean["COLUMNS"] = "40"
+    return subprocess.run(
+        [LESSONCTL, *args], cwd=REPO, env={**clean, **(env or {})}, capture_output=True, text=True, timeout=120
+    )
+
+
+def no_traceback(result: subprocess.CompletedProcess[str]) -> None:
+    """Bad input gets a message, never a traceback."""
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def documents(text: str) -> list[dict[str, Any]]:
+    """The documents of a multi-document YAML text (`lessonctl render`'s output), empty ones left out."""
+    return [d for d in yaml.safe_load_all(text) if d is not None]
 
 
 def lessonctl_env(settings: Settings) -> dict[str, str]:

@@ -3,43 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from scheduler.core.render import NETWORKS_ANNOTATION
-from tests.support.lessons import REPO
+from tests.support.cli import documents, no_traceback
+from tests.support.cli import offline as lessonctl
 
-LESSONCTL = Path(sys.executable).parent / "lessonctl"
 TRIANGLE = "config/lessons/busybox-triangle.yaml"
-
-
-def lessonctl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    assert LESSONCTL.exists(), f"{LESSONCTL} is missing: pip install -e '.[test]'"
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("LESSON_")}
-    clean["COLUMNS"] = "40"  # a narrow terminal must not wrap a problem over two lines
-    return subprocess.run(
-        [str(LESSONCTL), *args],
-        cwd=REPO,
-        env={**clean, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def no_traceback(result: subprocess.CompletedProcess[str]) -> None:
-    assert "Traceback" not in result.stderr + result.stdout
-
-
-def documents(text: str) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(text) if d is not None]
 
 
 def kinds(docs: list[dict[str, Any]]) -> dict[str, int]:

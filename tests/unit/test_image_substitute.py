@@ -25,9 +25,10 @@ from scheduler.http.pages import livelesson_html
 from scheduler.services.catalog import load_catalog
 from scheduler.services.state import Store
 from scheduler.settings import Settings
+from tests.support.cli import documents, no_traceback
+from tests.support.cli import offline as lessonctl
 from tests.support.fake_backend import FakeBackend
 from tests.support.lessons import CATALOG, CURRICULUM, live_record, triangle
-from tests.unit.test_cli_offline import documents, lessonctl, no_traceback
 from workers.pipeline import Next, Pipeline
 
 ENV = "LESSON_IMAGE_SUBSTITUTE"

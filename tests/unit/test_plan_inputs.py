@@ -17,8 +17,8 @@ from scheduler.http.api import create_app
 from scheduler.services.catalog import load_catalog
 from scheduler.services.state import Store
 from scheduler.settings import Settings
+from tests.support.fake_backend import FakeBackend
 from tests.support.lessons import CATALOG, triangle
-from tests.unit.test_image_substitute import Recorder
 from workers.pipeline import Pipeline
 
 # every setting a plan depends on, away from its default
@@ -58,7 +58,8 @@ def test_the_status_page_draws_the_plan_the_pipeline_executes(
 
     record = store.update(created.id, place)
     assert record is not None
-    executed = Pipeline(settings, store, Recorder(), catalog).plan(record)
+    backend = FakeBackend(instance=settings.instance, deployment=store.deployment())
+    executed = Pipeline(settings, store, backend, catalog).plan(record)
     assert executed.placed and executed.image_substitute == "busybox:1.36" and executed.deployment
 
     drawn: list[Plan] = []
