@@ -64,8 +64,10 @@ typecheck: venv
 unit: venv
 	$(PY) -m pytest tests/unit -q -n 2 --durations=10
 
-# the inner loop: what every change should pass before it is pushed
-check: lint typecheck unit
+# the inner loop: what every change should pass before it is pushed; it says how long it took
+check: venv
+	@start=$$(date +%s); $(MAKE) --no-print-directory lint typecheck unit && \
+	  echo "make check: passed in $$(( $$(date +%s) - start ))s"
 
 pytest: venv
 	@$(MAKE) --no-print-directory apt EXTRA_APT="$(TEST_APT_PACKAGES)"

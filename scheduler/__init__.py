@@ -1,4 +1,4 @@
-"""lesson-scheduler: the request side (lessons, plans, state, API, client, CLI)."""
+"""lesson-scheduler: the request side (lessons, plans, state, API, client) and the pure core the workers share."""
 
 __all__ = ["__version__"]
 
