@@ -88,7 +88,7 @@ def test_every_curriculum_lesson_through_the_http_api(
             listed = api.get("/v1/lessons")
             assert listed.status_code == 200
             assert sorted(item["slug"] for item in listed.json()) == sorted(LESSONS)
-            finals = walk_through_api(api, LESSONS, backend="local", timeout=90)
+            finals = walk_through_api(api, LESSONS, backend="local", timeout=90, in_flight=4)
     finally:
         server.stop()
     assert len(finals) == len(LESSONS)

@@ -41,11 +41,12 @@ def test_every_curriculum_lesson_through_the_http_api_on_kubernetes(
         provision_timeout_seconds=180,
         image_substitute="busybox",
     )
-    start_worker(settings)
+    start_worker(settings, concurrency=4)
     server = ApiServer(settings, tmp_path / "api.log")
     try:
         with httpx.Client(base_url=server.url, timeout=30) as api:
-            finals = walk_through_api(api, LESSONS, backend="kubernetes", timeout=150)
+            # four lessons at a time, as learners arrive together: the node starts their pods side by side
+            finals = walk_through_api(api, LESSONS, backend="kubernetes", timeout=150, in_flight=4)
     finally:
         server.stop()
     assert [final["lesson"] for final in finals] == list(LESSONS)

@@ -326,7 +326,9 @@ class KubernetesBackend(Backend):
             raise TemporaryError(f"port-forward to {endpoint}:{port} failed to connect: {exc}") from exc
         finally:
             api.close()
-        return forward.socket(port)  # type: ignore[no-any-return]
+        # the client wraps its end of the socket pair only to drop TCP_NODELAY (invalid on a socket pair); the
+        # interface promises a socket.socket (a context manager among other things), so hand over that end
+        return forward.socket(port)._socket  # type: ignore[no-any-return]
 
     def attach(self, plan: Plan, endpoint: str, argv: Sequence[str], *, tty: bool) -> int:
         """The pods/exec subresource with stdin, as ``kubectl exec -i [-t]``: bytes both ways (binary, so a
