@@ -2,8 +2,9 @@
 # The whole suite, as `make test` runs it (after lint and types), as two streams that run side by side:
 #
 #   local    every test that does not need the test cluster (`-m "not cluster"`: unit, integration, e2e,
-#            the contract suite's local and fake backends), in two pytest-xdist processes; it starts at
-#            once;
+#            the contract suite's local and fake backends); it starts at once. One process: the cluster
+#            stream is the longer one, and a second local process would only slow it (and load the
+#            timing of its terminals and failovers);
 #   cluster  the tests that need the test cluster (`-m cluster`: one cluster start for all of them); it
 #            starts once the cluster's binaries are built (in the background: minutes on a fresh
 #            machine, nothing when they are cached in ~/.cache/lesson-scheduler/k8s).
@@ -43,7 +44,7 @@ stream() {
 }
 
 echo ">> the local stream starts; the test cluster's binaries build beside it (log: ${build_log})"
-stream local -m "not cluster" -n 2 &
+stream local -m "not cluster" &
 pids+=($!)
 
 (

@@ -66,7 +66,8 @@ def fake_world() -> FakeWorld:
 def make_backend(
     backend_kind: str, request: pytest.FixtureRequest, instance: str, tmp_path: Path, fake_world: FakeWorld
 ) -> Iterator[MakeBackend]:
-    """Every backend made is closed after the test, and every deployment's lessons destroyed."""
+    """Every backend made is closed after the test, and every deployment's lessons destroyed (on
+    kubernetes by ``k8s_cleanup``, which deletes the instance's namespaces)."""
     make: MakeBackend
     cleanup: list[Callable[[], None]] = []
     if backend_kind.startswith("local"):
@@ -112,6 +113,8 @@ def make_backend(
     try:
         for backend in made:  # a test may have closed one already: closing again is harmless
             backend.close()
+        if backend_kind == "kubernetes":
+            return  # k8s_cleanup deletes the instance's namespaces, without waiting ~16 s for each to go
         for deployment in deployments:  # a fresh backend each: the test's may be closed
             sweeper = make(deployment)
             try:

@@ -2,7 +2,7 @@
 
 ``ip`` (argv only, never a shell) for link changes a test makes on purpose and ``links`` for iproute2's
 JSON live here, not in the product, which reads and changes links in-process. The product's own reads
-(:mod:`workers.backends.local.netns`, :mod:`workers.backends.local.rtnetlink`) are re-exported, so a test
+(:mod:`workers.backends.local.net.netns`, :mod:`workers.backends.local.net.rtnetlink`) are re-exported, so a test
 imports one module: ``from tests.support import netns_tools as netns``.
 """
 
