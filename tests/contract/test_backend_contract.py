@@ -36,7 +36,7 @@ OTHER_DEPLOYMENT = "contract-b"
 READY_SECONDS = 30.0
 
 
-def plan_for(
+def lesson_plan(
     instance: str,
     deployment: str = DEPLOYMENT,
     *,
@@ -54,7 +54,7 @@ def plan_for(
 def applied(make_backend: MakeBackend, instance: str, plan: Plan | None = None) -> tuple[Backend, Plan]:
     """A backend and a lesson it applied, ready."""
     backend = make_backend(DEPLOYMENT)
-    plan = plan or plan_for(instance)
+    plan = plan or lesson_plan(instance)
     backend.apply_networks(plan)
     backend.apply_pods(plan)
     observation = backend.observe(plan, wait=READY_SECONDS)
@@ -66,7 +66,7 @@ def applied(make_backend: MakeBackend, instance: str, plan: Plan | None = None) 
 def served(make_backend: MakeBackend, instance: str, tmp_path: Path) -> tuple[Backend, Plan]:
     """A ready lesson h1 - h2 - h3 whose h1 serves http on 8080 (busybox httpd, its root /etc)."""
     lesson = load_catalog(names_catalog(tmp_path)).get("names")
-    return applied(make_backend, instance, plan_for(instance, lesson=lesson))
+    return applied(make_backend, instance, lesson_plan(instance, lesson=lesson))
 
 
 def ping(backend: Backend, plan: Plan, source: str, host: str) -> ExecResult:
@@ -123,7 +123,7 @@ def test_apply_twice_is_idempotent_and_observe_reports_every_interface_addressed
     make_backend: MakeBackend, instance: str
 ) -> None:
     backend = make_backend(DEPLOYMENT)
-    plan = plan_for(instance)
+    plan = lesson_plan(instance)
     for _ in range(2):
         backend.apply_networks(plan)
     not_yet = backend.observe(plan)  # no pods yet: reported, never raised
@@ -150,7 +150,7 @@ def test_a_name_held_without_our_mark_is_refused_never_adopted(
     make_backend: MakeBackend, squat: Squat, instance: str
 ) -> None:
     backend = make_backend(DEPLOYMENT)
-    plan = plan_for(instance)
+    plan = lesson_plan(instance)
     untouched = squat(plan)
     with pytest.raises(PermanentError, match="refusing to use it"):
         backend.apply_networks(plan)
@@ -163,7 +163,7 @@ def test_a_name_held_without_our_mark_is_refused_never_adopted(
 def test_a_lesson_of_another_deployment_is_never_adopted(make_backend: MakeBackend, instance: str) -> None:
     backend, plan = applied(make_backend, instance)
     other = make_backend(OTHER_DEPLOYMENT)
-    theirs = plan_for(instance, OTHER_DEPLOYMENT, livelesson=plan.livelesson)  # same id, the other's plan
+    theirs = lesson_plan(instance, OTHER_DEPLOYMENT, livelesson=plan.livelesson)  # same id, the other's plan
     with pytest.raises(PermanentError, match="refusing to use it"):
         other.apply_networks(theirs)
     assert other.list() == []
@@ -173,7 +173,7 @@ def test_a_lesson_of_another_deployment_is_never_adopted(make_backend: MakeBacke
 
 def test_half_made_lesson_is_listed_and_destroy_twice_removes_it(make_backend: MakeBackend, instance: str) -> None:
     backend = make_backend(DEPLOYMENT)
-    plan = plan_for(instance)
+    plan = lesson_plan(instance)
     backend.apply_networks(plan)  # networks only: a crash before the pods step
     assert plan.livelesson in backend.list()
     backend.destroy(plan.livelesson)
@@ -229,7 +229,7 @@ def test_exec_that_outlasts_its_timeout_is_temporary(make_backend: MakeBackend, 
 
 def test_exec_in_an_unknown_endpoint_or_a_pod_not_made_is_permanent(make_backend: MakeBackend, instance: str) -> None:
     backend = make_backend(DEPLOYMENT)
-    plan = plan_for(instance)
+    plan = lesson_plan(instance)
     with pytest.raises(PermanentError, match="no-such-endpoint"):  # named, with the known ones
         backend.exec(plan, "no-such-endpoint", ["true"], timeout=5.0)
     backend.apply_networks(plan)  # networks only: no pod to run in
@@ -306,7 +306,7 @@ def test_a_placed_lesson_runs_on_its_nodes_and_holds_their_room_until_destroyed(
     backend = make_backend(DEPLOYMENT, places=True)
     before = {r.name: r.pods for r in backend.rooms() or []}
     placement = place_lesson(LESSON, backend.rooms() or []).nodes
-    plan = plan_for(instance, placement=placement)
+    plan = lesson_plan(instance, placement=placement)
     backend.apply_networks(plan)
     backend.apply_pods(plan)
     observation = backend.observe(plan, wait=READY_SECONDS)
@@ -328,7 +328,7 @@ def test_prune_keeps_what_a_live_lesson_needs_and_is_idempotent(make_backend: Ma
     backend.destroy(plan.livelesson)
     backend.prune()  # may remove something (the local backend's node namespace)
     assert backend.prune() is False  # nothing left to remove
-    later = plan_for(instance)  # what prune removed, the next lesson makes again
+    later = lesson_plan(instance)  # what prune removed, the next lesson makes again
     backend.apply_networks(later)
     backend.apply_pods(later)
     assert backend.observe(later, wait=READY_SECONDS).ready

@@ -55,7 +55,7 @@ def concurrently(fn: Callable[[T], R], items: list[T]) -> list[R]:
         return list(pool.map(fn, items))
 
 
-def plan_for(backend: LocalBackend, lesson: ResolvedLesson | None = None, livelesson: str | None = None) -> Plan:
+def backend_plan(backend: LocalBackend, lesson: ResolvedLesson | None = None, livelesson: str | None = None) -> Plan:
     return make_plan(lesson or triangle(), livelesson or new_id(), "s1", instance=backend.instance)
 
 
@@ -167,7 +167,7 @@ EXPECTED_SUBNETS = {  # the seed's 12-net, 23-net and 31-net, in interface order
 
 
 def test_triangle_comes_up(backend: LocalBackend) -> None:
-    plan = plan_for(backend)
+    plan = backend_plan(backend)
     obs = up(backend, plan)
 
     for pod in plan.pods:
@@ -212,7 +212,7 @@ def test_triangle_comes_up(backend: LocalBackend) -> None:
 
 
 def test_pod_processes_listen_on_declared_ports(backend: LocalBackend) -> None:
-    plan = plan_for(backend)
+    plan = backend_plan(backend)
     up(backend, plan)
     for pod in plan.pods:
         listening = subprocess.run(["ip", "netns", "exec", pod.netns, "ss", "-Htln"], capture_output=True, text=True)
@@ -228,7 +228,7 @@ def test_pod_processes_listen_on_declared_ports(backend: LocalBackend) -> None:
 
 
 def test_two_live_lessons_with_the_same_subnets_cannot_reach_each_other(backend: LocalBackend) -> None:
-    a, b = plan_for(backend), plan_for(backend)
+    a, b = backend_plan(backend), backend_plan(backend)
     obs = {a.livelesson: up(backend, a), b.livelesson: up(backend, b)}
     assert_all_pings_pass(backend, a, obs[a.livelesson])
     assert_all_pings_pass(backend, b, obs[b.livelesson])
@@ -259,9 +259,9 @@ def test_two_live_lessons_with_the_same_subnets_cannot_reach_each_other(backend:
 
 
 def test_teardown_leaves_nothing_and_touches_only_its_own(backend: LocalBackend) -> None:
-    neighbour = plan_for(backend)
+    neighbour = backend_plan(backend)
     up(backend, neighbour)  # another live lesson of the same instance must survive the teardown
-    plan = plan_for(backend)
+    plan = backend_plan(backend)
 
     before = snapshot(backend, plan.livelesson)
     assert before["netns"] == set() and before["processes"] == set()
@@ -297,7 +297,7 @@ def test_teardown_leaves_nothing_and_touches_only_its_own(backend: LocalBackend)
 
 
 def test_destroy_never_touches_a_bridge_without_its_mark(backend: LocalBackend) -> None:
-    plan = plan_for(backend)
+    plan = backend_plan(backend)
     up(backend, plan)
     node = backend.node_netns
     # strangers in the node namespace: no mark at all, and the mark of a live lesson whose id extends ours
@@ -405,7 +405,7 @@ PARTIAL = ["networks only", "subset of pods", "killed mid-apply", "crash after C
 def test_interrupted_apply_then_applied_again_converges(
     backend: LocalBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
-    plan = plan_for(backend)
+    plan = backend_plan(backend)
     before = snapshot(backend, plan.livelesson)
     partial(kind)(backend, plan, tmp_path, monkeypatch)
     assert not backend.observe(plan).ready
@@ -420,7 +420,7 @@ def test_interrupted_apply_then_applied_again_converges(
 def test_destroy_after_a_partial_apply_is_clean(
     backend: LocalBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
-    plan = plan_for(backend)
+    plan = backend_plan(backend)
     before = snapshot(backend, plan.livelesson)
     partial(kind)(backend, plan, tmp_path, monkeypatch)
     backend.destroy(plan.livelesson)
@@ -476,7 +476,7 @@ DAMAGE = {
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_damage_after_ready_is_repaired_by_applying_again(backend: LocalBackend, damage: str) -> None:
-    plan = plan_for(backend)
+    plan = backend_plan(backend)
     up(backend, plan)
     DAMAGE[damage](backend, plan)
     backend.apply_networks(plan)
@@ -488,7 +488,7 @@ def test_damage_after_ready_is_repaired_by_applying_again(backend: LocalBackend,
 
 
 def test_applying_twice_is_harmless(backend: LocalBackend) -> None:
-    plan = plan_for(backend)
+    plan = backend_plan(backend)
     up(backend, plan)
     first = snapshot(backend, plan.livelesson)
     addresses = {p.netns: pod_addresses(p.netns) for p in plan.pods}
@@ -510,7 +510,7 @@ def test_applying_twice_is_harmless(backend: LocalBackend) -> None:
 
 def test_concurrent_duplicate_applies_converge(backend: LocalBackend) -> None:
     """A redelivered task running next to the original one."""
-    plan = plan_for(backend)
+    plan = backend_plan(backend)
     errors: list[BaseException] = []
 
     def apply() -> None:
@@ -552,7 +552,7 @@ def test_curriculum_has_six_lessons_with_connections() -> None:
 
 @pytest.mark.parametrize("lesson", curriculum(), ids=lambda x: x.slug)
 def test_curriculum_lesson_comes_up_with_all_pings_passing(backend: LocalBackend, lesson: ResolvedLesson) -> None:
-    plan = plan_for(backend, lesson)
+    plan = backend_plan(backend, lesson)
     before = snapshot(backend, plan.livelesson)
     obs = up(backend, plan)
     assert_all_pings_pass(backend, plan, obs)
@@ -574,7 +574,7 @@ def test_missing_cni_plugins_name_the_plugin_and_the_package(instance: str, tmp_
     empty = tmp_path / "no-plugins"
     empty.mkdir()
     backend = LocalBackend(instance=instance, state_dir=tmp_path / "state", cni_path=empty, pods="emulated")
-    plan = plan_for(backend)
+    plan = backend_plan(backend)
     with pytest.raises(PrerequisiteMissing) as caught:
         backend.apply_networks(plan)
     message = str(caught.value)
@@ -621,7 +621,7 @@ exec /usr/lib/cni/bridge
 def test_transient_cni_race_is_retried_in_place(instance: str, tmp_path: Path) -> None:
     plugins = fake_cni(tmp_path / "racy-cni", RACE_ONCE)
     backend = LocalBackend(instance=instance, state_dir=tmp_path / "state", cni_path=plugins, pods="emulated")
-    plan = plan_for(backend)
+    plan = backend_plan(backend)
     backend.apply_networks(plan)
     backend.apply_pods(plan)  # no error: the race was retried inside the call
     assert (plugins / "failed-once").is_dir()

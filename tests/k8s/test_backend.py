@@ -27,9 +27,9 @@ from tests.support.k8s import (
     WORKER_SA,
     Kubectl,
     backend,
+    catalog_plan,
     namespace_json,
     namespaces_of,
-    plan_for,
     ring_checks,
 )
 from tests.support.waits import wait_until
@@ -40,7 +40,7 @@ from workers.backends.kubernetes.status import _interfaces, _not_ready
 
 
 def test_network_status_both_name_forms_and_the_default_entry() -> None:
-    plan = plan_for("busybox-triangle", "tpure", "abcdefghij")
+    plan = catalog_plan("busybox-triangle", "tpure", "abcdefghij")
     bb1 = plan.pod("bb1")
     raw = json.dumps(
         [
@@ -152,7 +152,7 @@ def test_lifecycle_as_the_worker_service_account_uses_exactly_its_rbac(
     with pytest.raises(TemporaryError, match=r"no node labelled lessons\.io/tunnel-address"):
         kb.rooms()
     kb.placement = "affinity"
-    plan = plan_for("busybox-triangle", instance)
+    plan = catalog_plan("busybox-triangle", instance)
     kb.apply_networks(plan)
     kb.apply_pods(plan)
     observation = kb.observe(plan, wait=30)  # a list, then a watch: the pods cannot be ready yet
@@ -256,7 +256,7 @@ def test_transient_faults_are_retried_in_place(
     k8s_proxy: ApiProxy, worker_kubeconfig: Path, k8s_kubectl: Kubectl, instance: str, k8s_cleanup: list[str]
 ) -> None:
     kb = backend(worker_kubeconfig, instance)
-    plan = plan_for("busybox-triangle", instance)
+    plan = catalog_plan("busybox-triangle", instance)
     faults = [
         k8s_proxy.add("500", verb="create", resource="namespaces", times=2),
         k8s_proxy.add("429", verb="create", resource="network-attachment-definitions", retry_after=2),
@@ -302,7 +302,7 @@ def test_watch_resumes_after_410_gone_by_listing_again(
     k8s_proxy: ApiProxy, worker_kubeconfig: Path, instance: str, k8s_cleanup: list[str]
 ) -> None:
     kb = backend(worker_kubeconfig, instance)
-    plan = plan_for("busybox-line", instance)
+    plan = catalog_plan("busybox-line", instance)
     gone = k8s_proxy.add("gone", verb="watch", resource="pods")
     start = k8s_proxy.mark()
     kb.apply_networks(plan)
@@ -322,7 +322,7 @@ def test_objects_without_our_mark_are_never_used_nor_deleted(
     worker_kubeconfig: Path, k8s_kubectl: Kubectl, instance: str, k8s_cleanup: list[str]
 ) -> None:
     kb = backend(worker_kubeconfig, instance)
-    plan = plan_for("busybox-triangle", instance)
+    plan = catalog_plan("busybox-triangle", instance)
     k8s_cleanup.append(f"ns:{plan.namespace}")
     # someone else's namespace that happens to have the name this live lesson would use
     k8s_kubectl("create", "namespace", plan.namespace)
@@ -350,7 +350,7 @@ def test_two_deployments_of_one_instance_never_list_nor_destroy_each_others_less
     collects only its own live lessons."""
     a = backend(direct_worker_kubeconfig, instance, deployment="deploy-a")
     b = backend(direct_worker_kubeconfig, instance, deployment="deploy-b")
-    plan = plan_for("busybox-line", instance, deployment="deploy-a")
+    plan = catalog_plan("busybox-line", instance, deployment="deploy-a")
     ns_labels = {"app.kubernetes.io/managed-by": "lesson-scheduler", "lessons.io/instance": instance,
                  "lessons.io/deployment": "deploy-a", "lessons.io/livelesson": plan.livelesson}  # fmt: skip
     with pytest.raises(PermanentError, match="deployment"):  # a plan of another deployment is refused
@@ -384,7 +384,7 @@ def test_unschedulable_fails_fast_with_the_schedulers_reason(
     """Every node already runs a pod that refuses this live lesson's pods next to it (required
     anti-affinity): the real scheduler reports Unschedulable, and observe says so at once."""
     kb = backend(worker_kubeconfig, instance)
-    plan = plan_for("busybox-line", instance)
+    plan = catalog_plan("busybox-line", instance)
     nodes = json.loads(k8s_kubectl("get", "nodes", "-o", "json").stdout)["items"]
     blockers = []
     for node in nodes:
@@ -449,7 +449,7 @@ def test_a_broken_pod_fails_fast_with_the_kubelets_reason(
     k8s_kubectl: Kubectl, instance: str, k8s_cleanup: list[str], tmp_path: Path,
 ) -> None:  # fmt: skip
     kb = backend(worker_kubeconfig, instance)
-    plan = plan_for("pair", instance, catalog=_pair(tmp_path, image, command))
+    plan = catalog_plan("pair", instance, catalog=_pair(tmp_path, image, command))
     kb.apply_networks(plan)
     kb.apply_pods(plan)
     started = time.monotonic()

@@ -20,8 +20,8 @@ from tests.support.k8s import (
     WORKER_SA,
     Kubectl,
     backend,
+    catalog_plan,
     namespace_json,
-    plan_for,
     probe_namespace,
     ring_checks,
     token_api,
@@ -100,7 +100,7 @@ def test_a_whole_lesson_life_as_the_worker_service_account(
 ) -> None:
     kb = backend(direct_worker_kubeconfig, instance)
     assert kb.subject() == ME
-    plan = plan_for("busybox-triangle", instance)
+    plan = catalog_plan("busybox-triangle", instance)
     kb.apply_networks(plan)  # namespace, then the RoleBinding, then (granted) the NADs and the policy
     kb.apply_pods(plan)
     assert kb.observe(plan, wait=30).ready
@@ -115,7 +115,7 @@ def test_everything_outside_its_labelled_namespaces_is_refused_with_403(
     k8s_cleanup: list[str],
 ) -> None:  # fmt: skip
     kb = backend(direct_worker_kubeconfig, instance)
-    plan = plan_for("busybox-line", instance)
+    plan = catalog_plan("busybox-line", instance)
     kb.apply_networks(plan)  # a namespace of its own, granted: the refusals below are not for lack of it
     own = plan.namespace
     api = kb.api

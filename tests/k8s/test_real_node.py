@@ -25,9 +25,9 @@ from tests.support.k8s import (
     SEED_SUBNETS,
     Kubectl,
     backend,
+    catalog_plan,
     cluster,
     namespaces_of,
-    plan_for,
     ring_checks,
 )
 from tests.support.waits import wait_until
@@ -145,7 +145,7 @@ def test_the_backends_lessons_run_as_real_containers(
     """The kubernetes backend, as the worker's ServiceAccount: ready from the kubelet's Ready condition and
     Multus's network-status, pings through pods/exec inside the containers, then gone."""
     kb = backend(worker_kubeconfig, instance)
-    plan = plan_for(slug, instance)
+    plan = catalog_plan(slug, instance)
     kb.apply_networks(plan)
     kb.apply_pods(plan)
     observation = kb.observe(plan, wait=120)
@@ -170,7 +170,7 @@ def test_nothing_of_a_destroyed_lesson_runs_on_the_node(
 ) -> None:
     """After destroy, containerd holds no container of the lesson's pods (the kubelet removed them)."""
     kb = backend(worker_kubeconfig, instance)
-    plan = plan_for("busybox-line", instance)
+    plan = catalog_plan("busybox-line", instance)
     kb.apply_networks(plan)
     kb.apply_pods(plan)
     assert kb.observe(plan, wait=120).ready

@@ -131,7 +131,7 @@ def namespaces_of(kubectl: Kubectl, instance: str) -> list[dict[str, Any]]:
 KUBE_CATALOG = load_catalog(CATALOG)
 
 
-def plan_for(
+def catalog_plan(
     slug: str, instance: str, livelesson: str | None = None, deployment: str = "", catalog: Any = None
 ) -> Plan:
     lesson = (catalog or KUBE_CATALOG).get(slug)
