@@ -3,8 +3,8 @@
 #
 #   local    every test that does not need the test cluster (`-m "not cluster"`: unit, integration, e2e,
 #            the contract suite's local and fake backends); it starts at once. One process: the cluster
-#            stream is the longer one, and a second local process would only slow it (and load the
-#            timing of its terminals and failovers);
+#            stream is the longer one, and a second local process only slowed it (under that load a
+#            terminal test once missed its resize);
 #   cluster  the tests that need the test cluster (`-m cluster`: one cluster start for all of them); it
 #            starts once the cluster's binaries are built (in the background: minutes on a fresh
 #            machine, nothing when they are cached in ~/.cache/lesson-scheduler/k8s).
