@@ -134,9 +134,12 @@ class Pipeline:
 
     def _free_rooms(self, livelesson: str) -> list[NodeRoom]:
         """The backend's free room, read under the placement lock, less the pods of active lessons placed
-        but not yet held by the backend (their networks are not made yet)."""
-        rooms = self.backend.rooms() or []
+        but not yet held by the backend (their networks are not made yet).
+
+        What the backend holds is read before its room: a lesson that becomes held between the two reads is
+        then counted twice (room is under-stated for a moment), never not at all (over-placed)."""
         held = set(self.backend.list())
+        rooms = self.backend.rooms() or []
         pending: Counter[str] = Counter()
         for other in self.store.active():
             if other.id != livelesson and other.placement and other.id not in held:
