@@ -75,9 +75,11 @@ pytest: venv
 
 # what `make test` needs and apt cannot give: said at once, before minutes of work
 GO_MIN := 1.24
+# (only while Multus's binary is not built: the cluster's binaries are cached outside the repository)
 MULTUS_SRC := $(or $(LESSON_THIRD_PARTY),$(CURDIR)/../shared/third_party)/multus-cni
 test-prereqs:
-	@[ -f "$(MULTUS_SRC)/cmd/multus/main.go" ] || { echo "make test needs Multus v4.3.0's source in $(MULTUS_SRC) (github.com/k8snetworkplumbingwg/multus-cni at tag v4.3.0; the Go module proxy does not serve it), or LESSON_THIRD_PARTY naming the folder that holds multus-cni/"; exit 1; }
+	@bash -c 'source $(K8S_MACHINERY)/versions.sh && [ -x "$$K8S_BIN_DIR/multus" ]' || \
+	  [ -f "$(MULTUS_SRC)/cmd/multus/main.go" ] || { echo "make test needs Multus v4.3.0's source in $(MULTUS_SRC) (github.com/k8snetworkplumbingwg/multus-cni at tag v4.3.0; the Go module proxy does not serve it), or LESSON_THIRD_PARTY naming the folder that holds multus-cni/"; exit 1; }
 	@command -v go >/dev/null 2>&1 || { echo "make test needs Go $(GO_MIN) or newer on PATH to build the test Kubernetes cluster (https://go.dev/dl/); everything else it installs itself"; exit 1; }
 	@v=$$(go env GOVERSION | sed 's/^go//'); \
 	  if [ "$$(printf '%s\n%s\n' "$(GO_MIN)" "$$v" | sort -V | head -1)" != "$(GO_MIN)" ]; then \
